@@ -1,3 +1,13 @@
 //! twossp-engine: 2SSP structured pruning of LLMs with an exact CPU reference forward pass.
 
+pub mod arch;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod eval;
 pub mod fsutil;
+pub mod model;
+pub mod progress;
+pub mod tokenizer;
+pub mod weights;

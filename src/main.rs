@@ -1,5 +1,15 @@
-//! The `twossp-engine` command line.
+//! The `twossp-engine` command line: parse, run, and turn every error into one line and exit code 1.
 
-fn main() {
-    println!("twossp-engine {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = twossp_engine::cli::Cli::parse();
+    match twossp_engine::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,125 @@
+//! Element-wise and row-wise CPU ops: RMSNorm, RoPE, gated activations, residual add, log-softmax NLL.
+
+use crate::config::Activation;
+use rayon::prelude::*;
+
+/// Rows per rayon task for cheap row-wise ops.
+const ROWS_PER_TASK: usize = 16;
+
+/// In-place RMSNorm of each `width`-wide row: `x * rsqrt(mean(x^2) + eps) * (offset + w)`.
+pub fn rms_norm_rows(x: &mut [f32], weight: &[f32], offset: f32, eps: f32) {
+    let width = weight.len();
+    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_exact_mut(width) {
+            rms_norm_row(row, weight, offset, eps);
+        }
+    });
+}
+
+/// RMSNorm of one row in place.
+pub fn rms_norm_row(row: &mut [f32], weight: &[f32], offset: f32, eps: f32) {
+    let sum_sq: f32 = row.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (sum_sq / row.len() as f32 + eps).sqrt();
+    for (v, w) in row.iter_mut().zip(weight) {
+        *v = (*v * inv) * (offset + w);
+    }
+}
+
+/// Writes `out = rmsnorm(x)` row by row without touching `x`.
+pub fn rms_norm_into(x: &[f32], out: &mut [f32], weight: &[f32], offset: f32, eps: f32) {
+    out.copy_from_slice(x);
+    rms_norm_rows(out, weight, offset, eps);
+}
+
+/// Cos/sin of every (position, frequency) pair: `[n_positions, n_freq]` each.
+pub struct RopeTable {
+    /// cos(pos * inv_freq).
+    pub cos: Vec<f32>,
+    /// sin(pos * inv_freq).
+    pub sin: Vec<f32>,
+    /// Frequencies per position (rotary_dim / 2).
+    pub n_freq: usize,
+    /// First position of the table.
+    pub first_position: usize,
+}
+
+impl RopeTable {
+    /// Builds the table for positions `first..first + n` in f32, as HF transformers computes it.
+    pub fn new(inv_freq: &[f32], first: usize, n: usize) -> Self {
+        let n_freq = inv_freq.len();
+        let mut cos = vec![0f32; n * n_freq];
+        let mut sin = vec![0f32; n * n_freq];
+        for p in 0..n {
+            let pos = (first + p) as f32;
+            for (f, &inv) in inv_freq.iter().enumerate() {
+                let angle = pos * inv;
+                cos[p * n_freq + f] = angle.cos();
+                sin[p * n_freq + f] = angle.sin();
+            }
+        }
+        Self { cos, sin, n_freq, first_position: first }
+    }
+}
+
+/// Rotates the leading `2 * n_freq` dims of every head in `x` (`[n, n_heads * head_dim]`), half-split layout.
+pub fn apply_rope(x: &mut [f32], table: &RopeTable, n_heads: usize, head_dim: usize) {
+    let width = n_heads * head_dim;
+    let half = table.n_freq;
+    x.par_chunks_mut(width).enumerate().for_each(|(p, row)| {
+        let cos = &table.cos[p * half..(p + 1) * half];
+        let sin = &table.sin[p * half..(p + 1) * half];
+        for head in row.chunks_exact_mut(head_dim) {
+            let (lo, rest) = head.split_at_mut(half);
+            let hi = &mut rest[..half];
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * cos[i] - b * sin[i];
+                hi[i] = b * cos[i] + a * sin[i];
+            }
+        }
+    });
+}
+
+/// From `gate_up` rows `[gate | up]` (each `width` wide) writes `act(gate) * up` into `out` rows.
+pub fn gated_activation(gate_up: &[f32], out: &mut [f32], width: usize, act: Activation) {
+    out.par_chunks_mut(width).zip(gate_up.par_chunks(2 * width)).for_each(|(o, gu)| {
+        let (gate, up) = gu.split_at(width);
+        match act {
+            Activation::Silu => {
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    let inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
+                    *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+                }
+            }
+        }
+    });
+}
+
+/// `x += y` element-wise.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(a, b)| {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    });
+}
+
+/// Negative log-likelihood of `target` under softmax(`logits`), computed in f32 with max subtraction.
+pub fn nll(logits: &[f32], target: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    max + sum.ln() - logits[target]
+}
+
+/// Gemma-style soft cap: `tanh(x / cap) * cap`.
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    for v in x.iter_mut() {
+        *v = (*v / cap).tanh() * cap;
+    }
+}

@@ -1,0 +1,36 @@
+//! Command-line interface: argument parsing and one module per subcommand.
+
+mod eval;
+mod output;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// twossp-engine: 2SSP structured pruning of LLMs, with an exact CPU reference engine.
+#[derive(Parser, Debug)]
+#[command(name = "twossp-engine", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Perplexity of a model on text files (reference protocol of SPEC-2SSP.md).
+    Eval(eval::EvalArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        Command::Eval(args) => eval::run(args),
+    }
+}

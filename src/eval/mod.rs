@@ -1,0 +1,3 @@
+//! Model evaluation.
+
+pub mod perplexity;

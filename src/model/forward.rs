@@ -1,0 +1,223 @@
+//! The forward pass on the CPU backend: embeddings, blocks, final norm, LM head and NLL.
+
+use super::{Attention, Ffn, Model};
+use crate::backend::cpu::attention::{causal_attention, AttentionShape};
+use crate::backend::cpu::gemm::linear;
+use crate::backend::cpu::ops::{self, RopeTable};
+use crate::config::rope::RopeSpec;
+use crate::config::ModelConfig;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Rows of logits computed at once when scoring, so the `[T, vocab]` matrix never exists whole.
+const HEAD_ROWS: usize = 64;
+
+/// Reusable scratch buffers, so a forward pass does not reallocate per block.
+#[derive(Default)]
+pub struct Workspace {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    ropes: Vec<(RopeSpec, RopeTable)>,
+}
+
+/// Resizes `buf` to `len` without caring about its contents.
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
+impl Workspace {
+    /// RoPE table for `spec` covering positions `0..n`, built once and reused.
+    fn rope(&mut self, spec: &RopeSpec, n: usize) -> usize {
+        if let Some(i) = self.ropes.iter().position(|(s, t)| s == spec && t.cos.len() >= n * t.n_freq) {
+            return i;
+        }
+        self.ropes.retain(|(s, _)| s != spec);
+        self.ropes.push((spec.clone(), RopeTable::new(&spec.inv_freq(), 0, n)));
+        self.ropes.len() - 1
+    }
+}
+
+/// Called with the FFN intermediate activation `[n_tokens, width]` of a block (for pruning statistics).
+pub type FfnObserver<'a> = dyn FnMut(usize, &[f32]) + 'a;
+
+impl Model {
+    /// Embedding rows of `ids` (scaled for Gemma), `[n, hidden]`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+            bail!("token id {bad} is outside the vocabulary of {} tokens", self.config.vocab);
+        }
+        let scale = self.config.arch.embed_scaled.then(|| (hidden as f32).sqrt());
+        let mut x = vec![0f32; ids.len() * hidden];
+        x.par_chunks_mut(hidden).zip(ids.par_iter()).for_each(|(row, &id)| {
+            row.copy_from_slice(&self.embed[id as usize * hidden..][..hidden]);
+            if let Some(s) = scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        });
+        Ok(x)
+    }
+
+    /// Runs blocks `range` over the residual stream `x` (`[n, hidden]`, positions 0..n).
+    pub fn run_blocks(
+        &self,
+        x: &mut [f32],
+        range: std::ops::Range<usize>,
+        ws: &mut Workspace,
+        mut observer: Option<&mut FfnObserver<'_>>,
+    ) {
+        let n = x.len() / self.config.hidden;
+        for i in range {
+            let block = &self.blocks[i];
+            if let Some(att) = &block.attention {
+                attention_forward(&self.config, att, x, n, ws);
+            }
+            if let Some(ffn) = &block.ffn {
+                let obs = observer.as_mut().map(|o| &mut **o as &mut FfnObserver<'_>);
+                ffn_forward(&self.config, ffn, x, n, ws, i, obs);
+            }
+        }
+    }
+
+    /// Final hidden states (after the last norm) of a token sequence.
+    pub fn final_hidden(&self, ids: &[u32], ws: &mut Workspace) -> Result<Vec<f32>> {
+        let mut x = self.embed_tokens(ids)?;
+        self.run_blocks(&mut x, 0..self.blocks.len(), ws, None);
+        ops::rms_norm_rows(&mut x, &self.final_norm, self.config.arch.norm_offset, self.config.norm_eps);
+        Ok(x)
+    }
+
+    /// Full logits `[n, vocab]` of a token sequence.
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut ws = Workspace::default();
+        let h = self.final_hidden(ids, &mut ws)?;
+        let (n, vocab) = (ids.len(), self.config.vocab);
+        let mut out = vec![0f32; n * vocab];
+        linear(&h, self.head_weight(), None, &mut out, n, vocab, self.config.hidden);
+        if let Some(cap) = self.config.final_logit_softcap {
+            ops::soft_cap(&mut out, cap);
+        }
+        Ok(out)
+    }
+
+    /// Sum of next-token NLLs over `n - 1` predicted positions, from final hidden states.
+    pub fn nll_from_hidden(&self, hidden_states: &[f32], ids: &[u32]) -> f64 {
+        let (hidden, vocab) = (self.config.hidden, self.config.vocab);
+        let n_pred = ids.len().saturating_sub(1);
+        let mut logits = vec![0f32; HEAD_ROWS * vocab];
+        let mut total = 0f64;
+        for start in (0..n_pred).step_by(HEAD_ROWS) {
+            let rows = HEAD_ROWS.min(n_pred - start);
+            let out = &mut logits[..rows * vocab];
+            linear(&hidden_states[start * hidden..(start + rows) * hidden], self.head_weight(), None, out, rows, vocab, hidden);
+            let cap = self.config.final_logit_softcap;
+            total += out
+                .par_chunks_mut(vocab)
+                .enumerate()
+                .map(|(r, row)| {
+                    if let Some(c) = cap {
+                        ops::soft_cap(row, c);
+                    }
+                    ops::nll(row, ids[start + r + 1] as usize) as f64
+                })
+                .sum::<f64>();
+        }
+        total
+    }
+
+    /// Sum of next-token NLLs of one window and the number of predicted tokens.
+    pub fn window_nll(&self, ids: &[u32], ws: &mut Workspace) -> Result<(f64, usize)> {
+        let h = self.final_hidden(ids, ws)?;
+        Ok((self.nll_from_hidden(&h, ids), ids.len().saturating_sub(1)))
+    }
+}
+
+/// `x += [post_norm](o_proj(attention(rope(qkv(norm(x))))))`.
+fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize, ws: &mut Workspace) {
+    let (hidden, eps, offset) = (cfg.hidden, cfg.norm_eps, cfg.arch.norm_offset);
+    let spec = &att.spec;
+    let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
+    let qkv_dim = q_dim + 2 * kv_dim;
+    let rope_idx = ws.rope(&spec.rope, n);
+    let Workspace { normed, qkv, q, k, v, attn, proj, ropes, .. } = ws;
+
+    let normed = sized(normed, n * hidden);
+    ops::rms_norm_into(x, normed, &att.norm, offset, eps);
+    let qkv = sized(qkv, n * qkv_dim);
+    linear(normed, &att.qkv.weight, att.qkv.bias.as_deref(), qkv, n, qkv_dim, hidden);
+    let (q, k, v) = (sized(q, n * q_dim), sized(k, n * kv_dim), sized(v, n * kv_dim));
+    q.par_chunks_mut(q_dim)
+        .zip(k.par_chunks_mut(kv_dim))
+        .zip(v.par_chunks_mut(kv_dim))
+        .zip(qkv.par_chunks(qkv_dim))
+        .for_each(|(((q, k), v), row)| {
+            q.copy_from_slice(&row[..q_dim]);
+            k.copy_from_slice(&row[q_dim..q_dim + kv_dim]);
+            v.copy_from_slice(&row[q_dim + kv_dim..]);
+            if let Some(w) = &att.q_norm {
+                q.chunks_exact_mut(spec.head_dim).for_each(|h| ops::rms_norm_row(h, w, offset, eps));
+            }
+            if let Some(w) = &att.k_norm {
+                k.chunks_exact_mut(spec.head_dim).for_each(|h| ops::rms_norm_row(h, w, offset, eps));
+            }
+        });
+    let table = &ropes[rope_idx].1;
+    ops::apply_rope(q, table, spec.n_heads, spec.head_dim);
+    ops::apply_rope(k, table, spec.n_kv_heads, spec.head_dim);
+
+    let attn = sized(attn, n * q_dim);
+    let shape = AttentionShape {
+        n_queries: n,
+        n_keys: n,
+        n_heads: spec.n_heads,
+        n_kv_heads: spec.n_kv_heads,
+        head_dim: spec.head_dim,
+        scale: spec.scale,
+        window: spec.window,
+    };
+    causal_attention(q, k, v, attn, &shape);
+    let proj = sized(proj, n * hidden);
+    linear(attn, &att.o.weight, att.o.bias.as_deref(), proj, n, hidden, q_dim);
+    if let Some(w) = &att.post_norm {
+        ops::rms_norm_rows(proj, w, offset, eps);
+    }
+    ops::add_in_place(x, proj);
+}
+
+/// `x += [post_norm](down(act(gate(h)) * up(h)))` with `h = norm(x)`.
+fn ffn_forward(
+    cfg: &ModelConfig,
+    ffn: &Ffn,
+    x: &mut [f32],
+    n: usize,
+    ws: &mut Workspace,
+    block: usize,
+    observer: Option<&mut FfnObserver<'_>>,
+) {
+    let (hidden, eps, offset) = (cfg.hidden, cfg.norm_eps, cfg.arch.norm_offset);
+    let width = ffn.width();
+    let Workspace { normed, gate_up, act, proj, .. } = ws;
+    let normed = sized(normed, n * hidden);
+    ops::rms_norm_into(x, normed, &ffn.norm, offset, eps);
+    let gate_up = sized(gate_up, n * 2 * width);
+    linear(normed, &ffn.gate_up.weight, ffn.gate_up.bias.as_deref(), gate_up, n, 2 * width, hidden);
+    let act = sized(act, n * width);
+    ops::gated_activation(gate_up, act, width, cfg.activation);
+    if let Some(obs) = observer {
+        obs(block, act);
+    }
+    let proj = sized(proj, n * hidden);
+    linear(act, &ffn.down.weight, ffn.down.bias.as_deref(), proj, n, hidden, width);
+    if let Some(w) = &ffn.post_norm {
+        ops::rms_norm_rows(proj, w, offset, eps);
+    }
+    ops::add_in_place(x, proj);
+}

@@ -1,0 +1,124 @@
+//! Loading a [`Model`] from an HF checkpoint folder, mapping each family's tensor names.
+
+use super::{Attention, Block, Ffn, Linear, Model};
+use crate::arch::ArchTraits;
+use crate::config::{AttentionSpec, ModelConfig};
+use crate::weights::TensorStore;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+impl Model {
+    /// Loads config.json and the safetensors weights of `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let store = TensorStore::open(dir)?;
+        Self::from_store(config, &store).with_context(|| format!("cannot load model from {}", dir.display()))
+    }
+
+    /// Builds the model from a config and its tensors.
+    pub fn from_store(config: ModelConfig, store: &TensorStore) -> Result<Self> {
+        let (hidden, vocab) = (config.hidden, config.vocab);
+        let embed = store.f32("model.embed_tokens.weight", &[vocab, hidden])?;
+        let blocks = (0..config.n_layers())
+            .map(|i| load_block(&config, store, i))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = store.f32("model.norm.weight", &[hidden])?;
+        let lm_head = if config.tie_embeddings && !store.contains("lm_head.weight") {
+            None
+        } else {
+            Some(Linear { weight: store.f32("lm_head.weight", &[vocab, hidden])?, bias: None, out_dim: vocab, in_dim: hidden })
+        };
+        Ok(Self { config, embed, blocks, final_norm, lm_head })
+    }
+}
+
+fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Block> {
+    let spec = &config.blocks[i];
+    let prefix = format!("model.layers.{i}");
+    let arch = &config.arch;
+    let attention = spec
+        .attention
+        .as_ref()
+        .map(|a| load_attention(arch, store, &prefix, a, config.hidden))
+        .transpose()?;
+    let ffn = if spec.ffn_width == 0 {
+        None
+    } else {
+        Some(load_ffn(arch, store, &prefix, spec.ffn_width, config.hidden)?)
+    };
+    Ok(Block { attention, ffn })
+}
+
+fn load_attention(arch: &ArchTraits, store: &TensorStore, prefix: &str, spec: &AttentionSpec, hidden: usize) -> Result<Attention> {
+    let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
+    let qkv_rows = q_dim + 2 * kv_dim;
+    let p = format!("{prefix}.self_attn");
+    let qkv = if arch.fused_qkv {
+        load_linear(store, &format!("{p}.qkv_proj"), qkv_rows, hidden, arch.qkv_bias)?
+    } else {
+        let parts = ["q_proj", "k_proj", "v_proj"]
+            .iter()
+            .zip([q_dim, kv_dim, kv_dim])
+            .map(|(name, rows)| load_linear(store, &format!("{p}.{name}"), rows, hidden, arch.qkv_bias))
+            .collect::<Result<Vec<_>>>()?;
+        concat_rows(&parts)
+    };
+    let o = load_linear(store, &format!("{p}.o_proj"), hidden, q_dim, arch.o_bias)?;
+    let head_norm = |name: &str| -> Result<Option<Vec<f32>>> {
+        arch.qk_norm.then(|| store.f32(&format!("{p}.{name}.weight"), &[spec.head_dim])).transpose()
+    };
+    let post_norm = arch
+        .sandwich_norms
+        .then(|| store.f32(&format!("{prefix}.post_attention_layernorm.weight"), &[hidden]))
+        .transpose()?;
+    Ok(Attention {
+        spec: spec.clone(),
+        norm: store.f32(&format!("{prefix}.input_layernorm.weight"), &[hidden])?,
+        qkv,
+        o,
+        q_norm: head_norm("q_norm")?,
+        k_norm: head_norm("k_norm")?,
+        post_norm,
+    })
+}
+
+fn load_ffn(arch: &ArchTraits, store: &TensorStore, prefix: &str, width: usize, hidden: usize) -> Result<Ffn> {
+    let p = format!("{prefix}.mlp");
+    let gate_up = if arch.fused_gate_up {
+        load_linear(store, &format!("{p}.gate_up_proj"), 2 * width, hidden, arch.mlp_bias)?
+    } else {
+        concat_rows(&[
+            load_linear(store, &format!("{p}.gate_proj"), width, hidden, arch.mlp_bias)?,
+            load_linear(store, &format!("{p}.up_proj"), width, hidden, arch.mlp_bias)?,
+        ])
+    };
+    let (norm_name, post_norm) = if arch.sandwich_norms {
+        ("pre_feedforward_layernorm", Some(store.f32(&format!("{prefix}.post_feedforward_layernorm.weight"), &[hidden])?))
+    } else {
+        ("post_attention_layernorm", None)
+    };
+    Ok(Ffn {
+        norm: store.f32(&format!("{prefix}.{norm_name}.weight"), &[hidden])?,
+        gate_up,
+        down: load_linear(store, &format!("{p}.down_proj"), hidden, width, arch.mlp_bias)?,
+        post_norm,
+    })
+}
+
+fn load_linear(store: &TensorStore, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+    Ok(Linear {
+        weight: store.f32(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        bias: bias.then(|| store.f32(&format!("{name}.bias"), &[out_dim])).transpose()?,
+        out_dim,
+        in_dim,
+    })
+}
+
+/// Stacks linear layers with the same input width into one (rows in order).
+fn concat_rows(parts: &[Linear]) -> Linear {
+    let in_dim = parts[0].in_dim;
+    let out_dim = parts.iter().map(|p| p.out_dim).sum();
+    let weight = parts.iter().flat_map(|p| p.weight.iter().copied()).collect();
+    let bias = parts[0].bias.is_some().then(|| parts.iter().flat_map(|p| p.bias.iter().flatten().copied()).collect());
+    Linear { weight, bias, out_dim, in_dim }
+}

@@ -1,0 +1,91 @@
+//! The model in memory: f32 weights laid out per block, loaded from an HF checkpoint folder.
+
+mod forward;
+mod load;
+
+pub use forward::{FfnObserver, Workspace};
+
+use crate::config::{AttentionSpec, ModelConfig};
+
+/// A linear layer `y = x W^T + b` with `W` row-major `[out_dim, in_dim]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// Weight rows, one per output feature.
+    pub weight: Vec<f32>,
+    /// Optional bias per output feature.
+    pub bias: Option<Vec<f32>>,
+    /// Output features.
+    pub out_dim: usize,
+    /// Input features.
+    pub in_dim: usize,
+}
+
+/// An attention submodule with its pre-norm (and Gemma's post-norm).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// Shape, masking and RoPE.
+    pub spec: AttentionSpec,
+    /// RMSNorm before the attention (`input_layernorm`).
+    pub norm: Vec<f32>,
+    /// Fused projection: rows q | k | v.
+    pub qkv: Linear,
+    /// Output projection.
+    pub o: Linear,
+    /// Per-head RMSNorm of queries (Qwen3, Gemma-3).
+    pub q_norm: Option<Vec<f32>>,
+    /// Per-head RMSNorm of keys (Qwen3, Gemma-3).
+    pub k_norm: Option<Vec<f32>>,
+    /// RMSNorm of the attention output before the residual add (Gemma-3).
+    pub post_norm: Option<Vec<f32>>,
+}
+
+/// A gated FFN with its pre-norm (and Gemma's post-norm).
+#[derive(Clone, Debug)]
+pub struct Ffn {
+    /// RMSNorm before the FFN.
+    pub norm: Vec<f32>,
+    /// Fused gate and up projections: rows gate (width) | up (width).
+    pub gate_up: Linear,
+    /// Down projection `[hidden, width]`.
+    pub down: Linear,
+    /// RMSNorm of the FFN output before the residual add (Gemma-3).
+    pub post_norm: Option<Vec<f32>>,
+}
+
+impl Ffn {
+    /// Number of neurons.
+    pub fn width(&self) -> usize {
+        self.down.in_dim
+    }
+}
+
+/// A decoder block; either submodule may be absent.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// Attention submodule, `None` once pruned.
+    pub attention: Option<Attention>,
+    /// FFN submodule, `None` for zero width.
+    pub ffn: Option<Ffn>,
+}
+
+/// A decoder-only language model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Configuration the weights follow.
+    pub config: ModelConfig,
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed: Vec<f32>,
+    /// Decoder blocks.
+    pub blocks: Vec<Block>,
+    /// Final RMSNorm.
+    pub final_norm: Vec<f32>,
+    /// Separate LM head, `None` when tied to the embeddings.
+    pub lm_head: Option<Linear>,
+}
+
+impl Model {
+    /// LM head weight `[vocab, hidden]`: its own or the tied embeddings.
+    pub fn head_weight(&self) -> &[f32] {
+        self.lm_head.as_ref().map_or(&self.embed, |h| &h.weight)
+    }
+}

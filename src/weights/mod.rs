@@ -1,0 +1,130 @@
+//! Memory-mapped safetensors checkpoints (single file or sharded with an index), read as f32.
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Where one tensor lives: shard, dtype, shape and byte range inside the mapped file.
+struct TensorEntry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// All tensors of a checkpoint folder, memory-mapped; nothing is read until asked for.
+pub struct TensorStore {
+    shards: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, TensorEntry>,
+}
+
+impl TensorStore {
+    /// Maps every safetensors shard of `dir` (via `model.safetensors.index.json` when present).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let files = shard_files(dir)?;
+        let mut shards = Vec::with_capacity(files.len());
+        let mut entries = HashMap::new();
+        for (shard, path) in files.into_iter().enumerate() {
+            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: the file is opened read-only; the engine never writes to its inputs.
+            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+            let (header_len, _) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+            let parsed = SafeTensors::deserialize(&mmap)
+                .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+            let base = 8 + header_len;
+            for (name, view) in parsed.tensors() {
+                let data = view.data();
+                let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
+                debug_assert!(start >= base);
+                entries.insert(
+                    name,
+                    TensorEntry { shard, dtype: view.dtype(), shape: view.shape().to_vec(), start, end: start + data.len() },
+                );
+            }
+            shards.push((path, mmap));
+        }
+        Ok(Self { shards, entries })
+    }
+
+    /// True when the checkpoint holds a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Reads a tensor as f32, checking its shape; bf16/f16 are widened exactly.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.entries.get(name).with_context(|| {
+            format!("missing tensor '{name}' in {}", self.shards.first().map_or(String::new(), |s| s.0.display().to_string()))
+        })?;
+        if entry.shape != shape {
+            bail!("tensor '{name}' has shape {:?}, expected {:?}", entry.shape, shape);
+        }
+        let bytes = &self.shards[entry.shard].1[entry.start..entry.end];
+        widen(bytes, entry.dtype).with_context(|| format!("tensor '{name}'"))
+    }
+
+    /// Every tensor name in the checkpoint, sorted.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+}
+
+/// Converts raw little-endian tensor bytes of a float dtype to f32.
+fn widen(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+    const CHUNK: usize = 1 << 16;
+    match dtype {
+        Dtype::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        Dtype::BF16 | Dtype::F16 => {
+            let mut out = vec![0f32; bytes.len() / 2];
+            out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(2 * CHUNK)).for_each(|(dst, src)| {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    let bits = u16::from_le_bytes([s[0], s[1]]);
+                    *d = if dtype == Dtype::BF16 {
+                        half::bf16::from_bits(bits).to_f32()
+                    } else {
+                        half::f16::from_bits(bits).to_f32()
+                    };
+                }
+            });
+            Ok(out)
+        }
+        other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+    }
+}
+
+/// The shard files of a checkpoint folder.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("model folder {} does not exist", dir.display());
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = json["weight_map"].as_object().with_context(|| format!("{} has no weight_map", index.display()))?;
+        let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        return Ok(names.into_iter().map(|n| dir.join(n)).collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.safetensors files in {}", dir.display());
+    }
+    Ok(files)
+}
