@@ -1,4 +1,4 @@
-//! CPU backend: cache-blocked GEMM, flash-style attention and element-wise ops, parallel with rayon.
+//! The CPU backend: f32 kernels vectorised with AVX2+FMA where available, parallel with rayon.
 
 pub mod attention;
 pub mod gemm;

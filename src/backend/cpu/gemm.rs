@@ -1,0 +1,834 @@
+//! Dense f32 matrix products for the CPU backend: a packed, cache-blocked GEMM and a GEMV-style path.
+//!
+//! Every product here has the "NT" form of a transformer linear layer: `c = a · bᵀ`, where both `a`
+//! (`m x k`, the activations) and `b` (`n x k`, the weights, one output feature per row) are stored
+//! row-major with `k` contiguous.
+//!
+//! Large `m` (prefill) goes through a BLIS-style algorithm:
+//!
+//! ```text
+//! for jc in 0..n step NC              // B block of NC rows, packed once and shared by all threads
+//!   for pc in 0..k step KC            //   (KC x NC packed panel lives in L3)
+//!     pack B[jc.., pc..] into NR-wide micro-panels           (parallel)
+//!     parallel over tasks = (ic block of <= MC rows) x (range of micro-panels)
+//!       pack A[ic.., pc..] into MR-tall micro-panels          (per-thread buffer, lives in L2)
+//!       for each B micro-panel (KC x NR, stays in L1)
+//!         for each A micro-panel: MR x NR register-tiled micro-kernel over KC
+//! ```
+//!
+//! The micro-kernel is 6 x 16 (12 ymm accumulators, `_mm256_fmadd_ps`) when the CPU has AVX2+FMA
+//! (detected once at run time) and a plain-Rust kernel of the same shape, written so that the
+//! compiler can auto-vectorise it, everywhere else. Edges (sizes that are not multiples of the
+//! tiles) are handled by zero-padding the packed panels and writing partial tiles through a small
+//! stack buffer, so every size, including `k = 1` or `n = 1`, is valid.
+//!
+//! Small `m` (decode: `m = 1`, or a handful of rows) is memory bound on reading `b`; it skips packing
+//! and computes dot products of the rows of `a` against groups of rows of `b` directly, in parallel
+//! over `n`.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::thread::LocalKey;
+
+/// Rows of the micro-tile (rows of `a` and `c` per micro-kernel call).
+pub(crate) const MR: usize = 6;
+/// Columns of the micro-tile (rows of `b`, columns of `c` per micro-kernel call).
+pub(crate) const NR: usize = 16;
+/// Largest depth block: a KC x NR panel of B (24 KiB) stays in L1 while A panels stream from L2.
+const KC_MAX: usize = 384;
+/// Largest row block of A packed by one task (MC x KC, about 220 KiB: lives in L2).
+const MC_MAX: usize = 144;
+/// Largest column block of B packed at once (KC x NC, about 6 MiB: lives in L3). Multiple of NR.
+const NC_MAX: usize = 4096;
+/// Products with at most this many rows of `a` take the unpacked GEMV-style path.
+const GEMV_M_MAX: usize = 4;
+/// Below this many flops a product runs on the calling thread only.
+const PAR_MIN_FLOPS: usize = 1 << 20;
+
+/// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major, contiguous.
+pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, n: usize, k: usize) {
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "linear: bias has {} elements, need {n}", b.len());
+    }
+    gemm_nt(detected_isa(), x, k, w, k, y, n, m, n, k, false, bias);
+}
+
+/// c[m x n] = a[m x k] · b[n x k]^T with explicit leading dimensions (row strides) for each operand, optionally accumulating into c.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nt(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    gemm_nt(detected_isa(), a, lda, b, ldb, c, ldc, m, n, k, accumulate, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instruction-set selection
+// ---------------------------------------------------------------------------------------------
+
+/// Which micro-kernels to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// x86-64 AVX2 + FMA intrinsics.
+    Avx2Fma,
+    /// Plain Rust, auto-vectorised for whatever the target offers.
+    Portable,
+}
+
+/// The best kernels this CPU supports; detected on first use, then cached.
+pub(crate) fn detected_isa() -> Isa {
+    static CACHE: AtomicU8 = AtomicU8::new(0);
+    match CACHE.load(Ordering::Relaxed) {
+        1 => Isa::Avx2Fma,
+        2 => Isa::Portable,
+        _ => {
+            let isa = detect_isa();
+            CACHE.store(if isa == Isa::Avx2Fma { 1 } else { 2 }, Ordering::Relaxed);
+            isa
+        }
+    }
+}
+
+fn detect_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Portable
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------------------------
+
+/// A raw pointer to the output that tasks writing disjoint tiles may share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of elements of the output (distinct rows or distinct
+// column ranges), and the output outlives the parallel region that uses the pointer.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Checks shapes and dispatches to the GEMV-style or the packed path.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_nt(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && ldb >= k && ldc >= n, "matmul_nt: leading dimensions too small");
+    assert!(a.len() >= (m - 1) * lda + k, "matmul_nt: a has {} elements, too few for {m} x {k} (lda {lda})", a.len());
+    assert!(b.len() >= (n - 1) * ldb + k, "matmul_nt: b has {} elements, too few for {n} x {k} (ldb {ldb})", b.len());
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul_nt: c has {} elements, too few for {m} x {n} (ldc {ldc})", c.len());
+    if let Some(bias) = bias {
+        assert!(bias.len() >= n);
+    }
+    if k == 0 {
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            for (j, v) in row.iter_mut().enumerate() {
+                let add = bias.map_or(0.0, |b| b[j]);
+                *v = if accumulate { *v + add } else { add };
+            }
+        }
+        return;
+    }
+    let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
+    if m <= GEMV_M_MAX {
+        gemv_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
+    } else {
+        packed_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
+    }
+}
+
+/// Runs `f(0..count)`, in parallel on the rayon pool or in order on this thread.
+fn for_each_task(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {
+    if parallel && count > 1 {
+        (0..count).into_par_iter().with_max_len(1).for_each(f);
+    } else {
+        (0..count).for_each(f);
+    }
+}
+
+/// Splits `0..total` into `parts` nearly equal contiguous ranges; returns the `i`-th.
+fn split_range(total: usize, parts: usize, i: usize) -> (usize, usize) {
+    (total * i / parts, total * (i + 1) / parts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing buffers
+// ---------------------------------------------------------------------------------------------
+
+/// A growable f32 buffer handed out 64-byte aligned.
+#[derive(Default)]
+struct PackBuf {
+    v: Vec<f32>,
+}
+
+impl PackBuf {
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        let need = len + 16;
+        if self.v.len() < need {
+            self.v = vec![0.0; need];
+        }
+        let off = self.v.as_ptr().align_offset(64).min(16);
+        &mut self.v[off..off + len]
+    }
+}
+
+thread_local! {
+    static A_BUF: RefCell<PackBuf> = RefCell::new(PackBuf::default());
+    static B_BUF: RefCell<PackBuf> = RefCell::new(PackBuf::default());
+}
+
+/// Lends this thread's buffer `key` (or, if it is already lent further up the stack, a fresh one).
+fn with_buf<R>(key: &'static LocalKey<RefCell<PackBuf>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(buf.get(len)),
+        Err(_) => f(PackBuf::default().get(len)),
+    })
+}
+
+/// Packs `rows` (<= R) rows of a k-contiguous matrix starting at row `r0`, columns `p0..p0 + kc`,
+/// as `dst[p * R + r]`; rows `rows..R` are zero.
+#[inline]
+pub(crate) fn pack_panel<const R: usize>(src: &[f32], ld: usize, r0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..kc * R];
+    if rows == R {
+        // Full panel: read R rows side by side, write each depth step as one contiguous group.
+        let base = r0 * ld + p0;
+        let srcs: [&[f32]; R] = std::array::from_fn(|r| &src[base + r * ld..base + r * ld + kc]);
+        for (p, d) in dst.chunks_exact_mut(R).enumerate() {
+            for r in 0..R {
+                d[r] = srcs[r][p];
+            }
+        }
+    } else {
+        for r in 0..R {
+            if r < rows {
+                let s = &src[(r0 + r) * ld + p0..(r0 + r) * ld + p0 + kc];
+                for (d, &v) in dst.chunks_exact_mut(R).zip(s) {
+                    d[r] = v;
+                }
+            } else {
+                for d in dst.chunks_exact_mut(R) {
+                    d[r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packed path (prefill)
+// ---------------------------------------------------------------------------------------------
+
+/// Micro-kernel: `c[MR x NR] (+)= a_panel · b_panel (+ bias)`; see [`ukr_portable`] for the contract.
+pub(crate) type MicroKernel = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool, *const f32);
+
+/// The micro-kernel for `isa`.
+pub(crate) fn micro_kernel(isa: Isa) -> MicroKernel {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => ukr_avx2,
+        _ => ukr_portable,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn packed_path(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    parallel: bool,
+) {
+    let ukr = micro_kernel(isa);
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+
+    // Depth blocks of equal size: k = 576 -> 2 x 288, k = 1536 -> 4 x 384.
+    let k_blocks = k.div_ceil(KC_MAX);
+    let kc_max = k.div_ceil(k_blocks);
+    // Column blocks of equal size (rounded to whole micro-panels).
+    let n_blocks = n.div_ceil(NC_MAX);
+    let nc_max = n.div_ceil(n_blocks).next_multiple_of(NR);
+
+    // Row blocks: at least enough to keep every thread busy several times over, a multiple of the
+    // thread count, each at most MC_MAX rows (in whole micro-panels).
+    let m_panels = m.div_ceil(MR);
+    let mut m_tasks = m.div_ceil(MC_MAX);
+    if m_tasks >= threads {
+        m_tasks = m_tasks.next_multiple_of(threads).min(m_panels);
+    }
+
+    let c_ptr = OutPtr(c.as_mut_ptr());
+    let c_len = c.len();
+
+    with_buf(&B_BUF, kc_max * nc_max, |bpack| {
+        for jc in (0..n).step_by(nc_max) {
+            let nc = nc_max.min(n - jc);
+            let n_panels = nc.div_ceil(NR);
+            // Split the columns too when there are too few row blocks to balance the threads.
+            let want = 4 * threads;
+            let n_tasks = if m_tasks >= want { 1 } else { want.div_ceil(m_tasks).min(n_panels) };
+
+            for (kb, pc) in (0..k).step_by(kc_max).enumerate() {
+                let kc = kc_max.min(k - pc);
+                let bpack = &mut bpack[..n_panels * NR * kc];
+                let pack_one = |(jp, dst): (usize, &mut [f32])| {
+                    let j0 = jc + jp * NR;
+                    pack_panel::<NR>(b, ldb, j0, NR.min(n - j0), pc, kc, dst);
+                };
+                if parallel {
+                    bpack.par_chunks_mut(NR * kc).enumerate().for_each(pack_one);
+                } else {
+                    bpack.chunks_mut(NR * kc).enumerate().for_each(pack_one);
+                }
+                let bpack: &[f32] = bpack;
+
+                // First depth block writes (or adds to) c and adds the bias; later ones accumulate.
+                let first = kb == 0;
+                let acc_mode = accumulate || !first;
+                let bias_here = if first { bias } else { None };
+
+                for_each_task(parallel, m_tasks * n_tasks, |t| {
+                    let (pm0, pm1) = split_range(m_panels, m_tasks, t / n_tasks);
+                    let (pn0, pn1) = split_range(n_panels, n_tasks, t % n_tasks);
+                    if pm0 == pm1 || pn0 == pn1 {
+                        return;
+                    }
+                    let i_start = pm0 * MR;
+                    let i_end = (pm1 * MR).min(m);
+                    with_buf(&A_BUF, (pm1 - pm0) * MR * kc, |apack| {
+                        for (ip, dst) in apack.chunks_mut(MR * kc).enumerate() {
+                            let i0 = i_start + ip * MR;
+                            pack_panel::<MR>(a, lda, i0, MR.min(i_end - i0), pc, kc, dst);
+                        }
+                        for jp in pn0..pn1 {
+                            let j0 = jc + jp * NR;
+                            let nj = NR.min(n - j0);
+                            let bp = &bpack[jp * NR * kc..(jp + 1) * NR * kc];
+                            for (ip, ap) in apack.chunks(MR * kc).enumerate() {
+                                let i0 = i_start + ip * MR;
+                                let mi = MR.min(i_end - i0);
+                                // SAFETY: the tile rows i0..i0+mi < m and columns j0..j0+nj <= n lie
+                                // inside c (checked in gemm_nt); this task alone owns them in this
+                                // depth step; the packed panels hold kc*MR and kc*NR elements.
+                                unsafe {
+                                    write_tile(
+                                        ukr, kc, ap, bp, c_ptr, c_len, ldc, i0, j0, mi, nj, acc_mode, bias_here,
+                                    );
+                                }
+                            }
+                        }
+                    });
+                });
+            }
+        }
+    });
+}
+
+/// Runs the micro-kernel for one tile of c at (i0, j0) of size mi x nj (<= MR x NR).
+///
+/// # Safety
+/// `(i0 + mi - 1) * ldc + j0 + nj <= c_len`, and no other thread touches those elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn write_tile(
+    ukr: MicroKernel,
+    kc: usize,
+    ap: &[f32],
+    bp: &[f32],
+    c: OutPtr,
+    c_len: usize,
+    ldc: usize,
+    i0: usize,
+    j0: usize,
+    mi: usize,
+    nj: usize,
+    acc: bool,
+    bias: Option<&[f32]>,
+) {
+    assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
+    debug_assert!((i0 + mi - 1) * ldc + j0 + nj <= c_len);
+    let _ = c_len;
+    let cp = c.get().add(i0 * ldc + j0);
+    if mi == MR && nj == NR {
+        let bias_ptr = bias.map_or(std::ptr::null(), |b| b[j0..j0 + NR].as_ptr());
+        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR, cp, ldc, acc, bias_ptr);
+    } else {
+        let mut tile = [0.0f32; MR * NR];
+        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR, tile.as_mut_ptr(), NR, false, std::ptr::null());
+        for i in 0..mi {
+            let row = cp.add(i * ldc);
+            for j in 0..nj {
+                let v = tile[i * NR + j] + bias.map_or(0.0, |b| b[j0 + j]);
+                let dst = row.add(j);
+                *dst = if acc { *dst + v } else { v };
+            }
+        }
+    }
+}
+
+/// Portable 6 x 16 micro-kernel: `c[i][j] (+)= sum_p a[p*MR + i] * b[p*ldb + j] (+ bias[j])`.
+///
+/// # Safety
+/// `a` holds `kc*MR` readable floats; `b` has `NR` readable floats at each of `p*ldb`, `p < kc`;
+/// `c` rows `0..MR` (stride `ldc`), columns `0..NR` are writable; `bias` is null or holds `NR` floats.
+pub(crate) unsafe fn ukr_portable(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    bias: *const f32,
+) {
+    let a = std::slice::from_raw_parts(a, kc * MR);
+    let mut t = [[0.0f32; NR]; MR];
+    for (p, ap) in a.chunks_exact(MR).enumerate() {
+        let bp = std::slice::from_raw_parts(b.add(p * ldb), NR);
+        for i in 0..MR {
+            let av = ap[i];
+            for j in 0..NR {
+                t[i][j] += av * bp[j];
+            }
+        }
+    }
+    for (i, ti) in t.iter().enumerate() {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), NR);
+        for j in 0..NR {
+            let mut v = ti[j];
+            if !bias.is_null() {
+                v += *bias.add(j);
+            }
+            row[j] = if acc { row[j] + v } else { v };
+        }
+    }
+}
+
+/// AVX2+FMA 6 x 16 micro-kernel: 12 ymm accumulators, two B loads and six broadcasts per depth step.
+///
+/// # Safety
+/// As [`ukr_portable`], and the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn ukr_avx2(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    bias: *const f32,
+) {
+    use std::arch::x86_64::*;
+    let mut c00 = _mm256_setzero_ps();
+    let mut c01 = _mm256_setzero_ps();
+    let mut c10 = _mm256_setzero_ps();
+    let mut c11 = _mm256_setzero_ps();
+    let mut c20 = _mm256_setzero_ps();
+    let mut c21 = _mm256_setzero_ps();
+    let mut c30 = _mm256_setzero_ps();
+    let mut c31 = _mm256_setzero_ps();
+    let mut c40 = _mm256_setzero_ps();
+    let mut c41 = _mm256_setzero_ps();
+    let mut c50 = _mm256_setzero_ps();
+    let mut c51 = _mm256_setzero_ps();
+    let mut ap = a;
+    let mut bp = b;
+    macro_rules! step {
+        () => {{
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            let a0 = _mm256_set1_ps(*ap);
+            c00 = _mm256_fmadd_ps(a0, b0, c00);
+            c01 = _mm256_fmadd_ps(a0, b1, c01);
+            let a1 = _mm256_set1_ps(*ap.add(1));
+            c10 = _mm256_fmadd_ps(a1, b0, c10);
+            c11 = _mm256_fmadd_ps(a1, b1, c11);
+            let a2 = _mm256_set1_ps(*ap.add(2));
+            c20 = _mm256_fmadd_ps(a2, b0, c20);
+            c21 = _mm256_fmadd_ps(a2, b1, c21);
+            let a3 = _mm256_set1_ps(*ap.add(3));
+            c30 = _mm256_fmadd_ps(a3, b0, c30);
+            c31 = _mm256_fmadd_ps(a3, b1, c31);
+            let a4 = _mm256_set1_ps(*ap.add(4));
+            c40 = _mm256_fmadd_ps(a4, b0, c40);
+            c41 = _mm256_fmadd_ps(a4, b1, c41);
+            let a5 = _mm256_set1_ps(*ap.add(5));
+            c50 = _mm256_fmadd_ps(a5, b0, c50);
+            c51 = _mm256_fmadd_ps(a5, b1, c51);
+            ap = ap.add(MR);
+            bp = bp.add(ldb);
+        }};
+    }
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!();
+        step!();
+        step!();
+        step!();
+        p += 4;
+    }
+    while p < kc {
+        step!();
+        p += 1;
+    }
+    let (bias0, bias1) = if bias.is_null() {
+        (_mm256_setzero_ps(), _mm256_setzero_ps())
+    } else {
+        (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)))
+    };
+    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+    for (i, &(r0, r1)) in rows.iter().enumerate() {
+        let dst = c.add(i * ldc);
+        let mut v0 = _mm256_add_ps(r0, bias0);
+        let mut v1 = _mm256_add_ps(r1, bias1);
+        if acc {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(dst));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(dst.add(8)));
+        }
+        _mm256_storeu_ps(dst, v0);
+        _mm256_storeu_ps(dst.add(8), v1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMV-style path (decode, tiny m)
+// ---------------------------------------------------------------------------------------------
+
+/// Rows of `b` handled together per row of `a` in the GEMV path.
+const GEMV_NB: usize = 8;
+/// Rows of `b` per parallel task in the GEMV path (a multiple of GEMV_NB).
+const GEMV_ROWS_PER_TASK: usize = 256;
+
+#[allow(clippy::too_many_arguments)]
+fn gemv_path(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    parallel: bool,
+) {
+    let c_ptr = OutPtr(c.as_mut_ptr());
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    // Enough tasks for balance, each a whole number of GEMV_NB groups.
+    let groups = n.div_ceil(GEMV_NB);
+    let tasks = groups.div_ceil(GEMV_ROWS_PER_TASK / GEMV_NB).max((4 * threads).min(groups));
+    for_each_task(parallel, tasks, |t| {
+        let (g0, g1) = split_range(groups, tasks, t);
+        for g in g0..g1 {
+            let j0 = g * GEMV_NB;
+            let nj = GEMV_NB.min(n - j0);
+            // Rows past the end of b repeat the last row; their results are dropped.
+            let brows: [&[f32]; GEMV_NB] = std::array::from_fn(|jj| {
+                let j = j0 + jj.min(nj - 1);
+                &b[j * ldb..j * ldb + k]
+            });
+            for i in 0..m {
+                let arow = &a[i * lda..i * lda + k];
+                let dots = dot_group(isa, arow, &brows);
+                for jj in 0..nj {
+                    let v = dots[jj] + bias.map_or(0.0, |bb| bb[j0 + jj]);
+                    // SAFETY: i < m and j0 + jj < n, inside c (checked in gemm_nt); the columns
+                    // j0..j0+nj belong to this task only.
+                    unsafe {
+                        let dst = c_ptr.get().add(i * ldc + j0 + jj);
+                        *dst = if accumulate { *dst + v } else { v };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Dot products of `x` with each of the `GEMV_NB` rows (all of `x`'s length).
+#[inline]
+fn dot_group(isa: Isa, x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
+    for r in rows {
+        assert!(r.len() == x.len());
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the rows have x's length (checked above) and Avx2Fma is only chosen when detected.
+        Isa::Avx2Fma => unsafe { dot_group_avx2(x, rows) },
+        _ => dot_group_portable(x, rows),
+    }
+}
+
+fn dot_group_portable(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
+    const L: usize = 8;
+    let k = x.len();
+    let kv = k - k % L;
+    let mut acc = [[0.0f32; L]; GEMV_NB];
+    for p in (0..kv).step_by(L) {
+        let xv: &[f32; L] = x[p..p + L].try_into().unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let rv: &[f32; L] = row[p..p + L].try_into().unwrap();
+            for l in 0..L {
+                acc[r][l] += xv[l] * rv[l];
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        let mut s: f32 = acc[r].iter().sum();
+        for p in kv..k {
+            s += x[p] * rows[r][p];
+        }
+        s
+    })
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA; every row has `x.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_group_avx2(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let kv = k - k % 8;
+    let xp = x.as_ptr();
+    let rp: [*const f32; GEMV_NB] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut acc = [_mm256_setzero_ps(); GEMV_NB];
+    let mut p = 0;
+    while p < kv {
+        let xv = _mm256_loadu_ps(xp.add(p));
+        for r in 0..GEMV_NB {
+            acc[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(rp[r].add(p)), acc[r]);
+        }
+        p += 8;
+    }
+    // Horizontal sums of the eight accumulators at once (transpose-and-add).
+    let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+    let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+    let s45 = _mm256_hadd_ps(acc[4], acc[5]);
+    let s67 = _mm256_hadd_ps(acc[6], acc[7]);
+    let s0123 = _mm256_hadd_ps(s01, s23);
+    let s4567 = _mm256_hadd_ps(s45, s67);
+    // s0123 lanes: [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves.
+    let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+    let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+    let tot = _mm256_add_ps(lo, hi);
+    let mut out = [0.0f32; GEMV_NB];
+    _mm256_storeu_ps(out.as_mut_ptr(), tot);
+    for p in kv..k {
+        let xv = *xp.add(p);
+        for r in 0..GEMV_NB {
+            out[r] += xv * *rp[r].add(p);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Reference product in f64; also returns, per element, the magnitude scale
+    /// `sum_p |a||b| + |bias| + |c_old|` that rounding errors are relative to.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut scale = vec![0.0f32; c.len()];
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let t = a[i * lda + p] as f64 * b[j * ldb + p] as f64;
+                    s += t;
+                    mag += t.abs();
+                }
+                if let Some(bias) = bias {
+                    s += bias[j] as f64;
+                    mag += (bias[j] as f64).abs();
+                }
+                let dst = &mut c[i * ldc + j];
+                if accumulate {
+                    mag += (*dst as f64).abs();
+                    s += *dst as f64;
+                }
+                *dst = s as f32;
+                scale[i * ldc + j] = mag as f32;
+            }
+        }
+        scale
+    }
+
+    /// `|got - want| <= 1e-5 * scale` element-wise (relative to the magnitudes summed).
+    fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (idx, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let err = (g - w).abs();
+            assert!(err <= 1e-5 * s.max(1e-30) || err == 0.0, "{what}: element {idx}: got {g}, want {w} (abs err {err:e}, scale {s:e})");
+        }
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (7, 13, 5),
+        (37, 65, 129),
+        (200, 17, 300),
+        (1, 300, 77),
+        (1, 1000, 576),
+        (2, 33, 9),
+        (3, 50, 64),
+        (4, 17, 1),
+        (5, 16, 8),
+        (6, 16, 16),
+        (12, 32, 384),
+        (13, 1, 40),
+        (64, 3, 1),
+        (97, 211, 400),
+        (150, 4100, 20),
+        (300, 40, 800),
+    ];
+
+    fn check_isa(isa: Isa) {
+        for (si, &(m, n, k)) in SHAPES.iter().enumerate() {
+            for &(pad, accumulate, with_bias) in &[(0, false, false), (3, true, false), (0, false, true), (5, true, true)] {
+                let (lda, ldb, ldc) = (k + pad, k + 2 * pad, n + pad);
+                let seed = si as u64 * 16 + pad as u64;
+                let a = fill((m - 1) * lda + k, seed);
+                let b = fill((n - 1) * ldb + k, seed + 1);
+                let bias = fill(n, seed + 2);
+                let c0 = fill((m - 1) * ldc + n, seed + 3);
+                let bias = with_bias.then_some(bias.as_slice());
+                let mut want = c0.clone();
+                let scale = naive(&a, lda, &b, ldb, &mut want, ldc, m, n, k, accumulate, bias);
+                let mut got = c0.clone();
+                gemm_nt(isa, &a, lda, &b, ldb, &mut got, ldc, m, n, k, accumulate, bias);
+                let what = format!("{isa:?} m={m} n={n} k={k} pad={pad} acc={accumulate} bias={with_bias}");
+                assert_close(&got, &want, &scale, &what);
+                // Elements between rows (the padding of c) are untouched.
+                for i in 0..m.saturating_sub(1) {
+                    assert_eq!(&got[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc], "{what}: padding");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_naive_detected_isa() {
+        check_isa(detected_isa());
+    }
+
+    #[test]
+    fn matches_naive_portable() {
+        check_isa(Isa::Portable);
+    }
+
+    #[test]
+    fn linear_with_bias_and_public_matmul() {
+        let (m, n, k) = (37, 65, 129);
+        let x = fill(m * k, 1);
+        let w = fill(n * k, 2);
+        let bias = fill(n, 3);
+        let mut want = vec![0.0; m * n];
+        let scale = naive(&x, k, &w, k, &mut want, n, m, n, k, false, Some(&bias));
+        let mut y = vec![f32::NAN; m * n];
+        linear(&x, &w, Some(&bias), &mut y, m, n, k);
+        assert_close(&y, &want, &scale, "linear");
+        // matmul_nt accumulating on top of the bias-only result gives the same.
+        let mut y2: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
+        matmul_nt(&x, k, &w, k, &mut y2, n, m, n, k, true);
+        assert_close(&y2, &want, &scale, "matmul_nt accumulate");
+    }
+
+    #[test]
+    fn k_zero_and_empty() {
+        let mut c = vec![1.0f32; 6];
+        gemm_nt(detected_isa(), &[], 0, &[], 0, &mut c, 3, 2, 3, 0, false, Some(&[1.0, 2.0, 3.0]));
+        assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        matmul_nt(&[], 0, &[], 0, &mut c, 3, 2, 3, 0, true);
+        assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        matmul_nt(&[], 0, &[], 0, &mut [], 0, 0, 0, 0, false);
+    }
+
+    #[test]
+    fn large_prefill_shape_is_parallel_and_correct() {
+        // Spans several depth blocks and row tasks; checked on a sample of rows against f64.
+        let (m, n, k) = (300, 700, 1000);
+        let x = fill(m * k, 7);
+        let w = fill(n * k, 8);
+        let mut y = vec![0.0; m * n];
+        linear(&x, &w, None, &mut y, m, n, k);
+        for i in [0, 5, 6, 143, 144, 299] {
+            let mut want = vec![0.0; n];
+            let scale = naive(&x[i * k..], k, &w, k, &mut want, n, 1, n, k, false, None);
+            assert_close(&y[i * n..(i + 1) * n], &want, &scale, &format!("row {i}"));
+        }
+    }
+}
