@@ -2,6 +2,7 @@
 
 mod eval;
 mod output;
+mod tokenize;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Perplexity of a model on text files (reference protocol of SPEC-2SSP.md).
     Eval(eval::EvalArgs),
+    /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 /// Runs the parsed command line.
@@ -32,5 +35,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Eval(args) => eval::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     }
 }

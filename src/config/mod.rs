@@ -88,6 +88,9 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and parses `config.json` from a checkpoint folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist", dir.display());
+        }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;

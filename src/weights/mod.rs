@@ -117,6 +117,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         return Ok(names.into_iter().map(|n| dir.join(n)).collect());
     }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

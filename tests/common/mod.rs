@@ -1,0 +1,55 @@
+//! Shared helpers of the integration tests: fixture paths and reference tensors.
+
+#![allow(dead_code)]
+
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+/// `tests/fixtures` of this crate.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every model fixture folder (those holding a reference.json), sorted by name.
+pub fn model_fixtures() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .expect("tests/fixtures exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Reference input ids and logits `[T, vocab]` stored by tools/make_fixtures.py.
+pub fn reference(dir: &std::path::Path) -> (Vec<u32>, Vec<f32>, usize) {
+    let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("valid reference");
+    let ids_view = st.tensor("input_ids").expect("input_ids");
+    let ids: Vec<u32> = ids_view
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let logits_view = st.tensor("logits").expect("logits");
+    let vocab = logits_view.shape()[1];
+    let logits = logits_view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (ids, logits, vocab)
+}
+
+/// reference.json of a fixture.
+pub fn reference_json(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+/// Copies a fixture folder into a fresh temporary folder that a test may mutate.
+pub fn scratch_copy(dir: &std::path::Path, tag: &str) -> PathBuf {
+    let dest = std::env::temp_dir().join(format!("twossp-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(&dest).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+    }
+    dest
+}

@@ -1,0 +1,75 @@
+//! Forward-pass parity with HF transformers: logits and perplexity of every tiny fixture model.
+
+mod common;
+
+use twossp_engine::data::Corpus;
+use twossp_engine::eval::perplexity::perplexity;
+use twossp_engine::model::Model;
+use twossp_engine::tokenizer::Tokenizer;
+
+/// The acceptance bound on max |logit difference| in f32.
+const LOGIT_TOL: f32 = 1e-4;
+
+#[test]
+fn logits_match_hf_transformers_for_every_fixture() {
+    let fixtures = common::model_fixtures();
+    assert!(fixtures.len() >= 7, "expected a fixture per architecture, found {}", fixtures.len());
+    let mut failures = Vec::new();
+    for dir in &fixtures {
+        let model = Model::load(dir).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
+        let (ids, expected, vocab) = common::reference(dir);
+        assert_eq!(vocab, model.config.vocab);
+        let got = model.logits(&ids).unwrap();
+        let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        println!("{:<16} max|dlogit| = {max_diff:.3e} (max|logit| {scale:.2})", dir.file_name().unwrap().to_string_lossy());
+        if !(max_diff <= LOGIT_TOL) {
+            failures.push(format!("{}: {max_diff:e}", dir.display()));
+        }
+    }
+    assert!(failures.is_empty(), "logit mismatch: {failures:?}");
+}
+
+#[test]
+fn perplexity_matches_hf_transformers_for_every_fixture() {
+    let text = common::fixtures().join("text/sample.txt");
+    for dir in common::model_fixtures() {
+        let reference = common::reference_json(&dir)["ppl"].clone();
+        let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
+        let n_windows = reference["n_windows"].as_u64().unwrap() as usize;
+        let model = Model::load(&dir).unwrap();
+        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+        let corpus = Corpus::load(std::slice::from_ref(&text), &tokenizer).unwrap();
+        let windows = corpus.windows(seq_len, Some(n_windows)).unwrap();
+        assert_eq!(windows.len(), n_windows);
+        let got = perplexity(&model, &windows, "fixture").unwrap();
+        let want = reference["ppl"].as_f64().unwrap();
+        let rel = (got.ppl - want).abs() / want;
+        println!("{:<16} ppl {:.6} vs HF {want:.6} (rel {rel:.2e})", dir.file_name().unwrap().to_string_lossy(), got.ppl);
+        assert!(rel < 1e-5, "{}: ppl {} vs HF {want}", dir.display(), got.ppl);
+        assert_eq!(got.predicted_tokens, reference["n_predicted"].as_u64().unwrap() as usize);
+    }
+}
+
+#[test]
+fn hub_layout_configs_describe_the_same_models() {
+    // config.hub.json: the same model in the transformers v4 / Hub layout (rope_theta, rope_scaling,
+    // rope_local_base_freq, sliding_window_pattern, ...). Loading it must give the same logits.
+    let mut checked = 0;
+    for dir in common::model_fixtures() {
+        let hub = dir.join("config.hub.json");
+        if !hub.exists() {
+            continue;
+        }
+        let raw = serde_json::from_str(&std::fs::read_to_string(&hub).unwrap()).unwrap();
+        let config = twossp_engine::config::ModelConfig::from_hf(raw).unwrap();
+        let store = twossp_engine::weights::TensorStore::open(&dir).unwrap();
+        let model = Model::from_store(config, &store).unwrap();
+        let (ids, expected, _) = common::reference(&dir);
+        let got = model.logits(&ids).unwrap();
+        let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_diff <= LOGIT_TOL, "{}: hub config gives max diff {max_diff:e}", dir.display());
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} hub-layout configs found");
+}
