@@ -2,6 +2,7 @@
 
 mod eval;
 mod output;
+mod prune;
 mod tokenize;
 
 use anyhow::Result;
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Perplexity of a model on text files (reference protocol of SPEC-2SSP.md).
     Eval(eval::EvalArgs),
+    /// 2SSP structured pruning: FFN neurons (stage 1), then attention submodules (stage 2).
+    Prune(prune::PruneArgs),
     /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -35,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Eval(args) => eval::run(args),
+        Command::Prune(args) => prune::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

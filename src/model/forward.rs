@@ -91,8 +91,13 @@ impl Model {
     pub fn final_hidden(&self, ids: &[u32], ws: &mut Workspace) -> Result<Vec<f32>> {
         let mut x = self.embed_tokens(ids)?;
         self.run_blocks(&mut x, 0..self.blocks.len(), ws, None);
-        ops::rms_norm_rows(&mut x, &self.final_norm, self.config.arch.norm_offset, self.config.norm_eps);
+        self.apply_final_norm(&mut x);
         Ok(x)
+    }
+
+    /// Applies the final RMSNorm to a residual stream in place.
+    pub fn apply_final_norm(&self, x: &mut [f32]) {
+        ops::rms_norm_rows(x, &self.final_norm, self.config.arch.norm_offset, self.config.norm_eps);
     }
 
     /// Full logits `[n, vocab]` of a token sequence.

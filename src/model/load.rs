@@ -28,7 +28,8 @@ impl Model {
         } else {
             Some(Linear { weight: store.f32("lm_head.weight", &[vocab, hidden])?, bias: None, out_dim: vocab, in_dim: hidden })
         };
-        Ok(Self { config, embed, blocks, final_norm, lm_head })
+        let storage_dtype = store.dtype("model.embed_tokens.weight").unwrap_or(safetensors::Dtype::F32);
+        Ok(Self { config, embed, blocks, final_norm, lm_head, storage_dtype })
     }
 }
 

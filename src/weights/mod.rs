@@ -57,6 +57,11 @@ impl TensorStore {
         self.entries.contains_key(name)
     }
 
+    /// Storage dtype of a tensor, if present.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
     /// Shape of a tensor, if present.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())

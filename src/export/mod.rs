@@ -1,0 +1,3 @@
+//! Writing models back to disk as HF checkpoint folders.
+
+pub mod checkpoint;

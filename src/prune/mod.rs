@@ -1,0 +1,73 @@
+//! 2SSP: stage 1 prunes FFN neurons in every block, stage 2 removes whole attention submodules.
+//! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model in memory.
+
+pub mod balance;
+pub mod stage1;
+pub mod stage2;
+
+use crate::model::Model;
+use anyhow::{bail, Result};
+use balance::{AttentionBudget, ParamCounts, PruningPlan};
+use serde::Serialize;
+use std::time::Instant;
+
+/// User choices for one 2SSP run.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Fraction of P_main to remove, in (0, 1).
+    pub sparsity: f64,
+    /// How the number of removed attention submodules is chosen.
+    pub budget: AttentionBudget,
+    /// Round the kept FFN width to a multiple of this (off by default).
+    pub ffn_multiple_of: Option<usize>,
+    /// Blocks whose attention is never removed.
+    pub protected_attention: Vec<usize>,
+}
+
+/// What both stages decided, and what they cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneOutcome {
+    /// Balance of Eq. 5.
+    pub plan: PruningPlan,
+    /// Dense counts the plan was derived from.
+    pub counts: ParamCounts,
+    /// Kept neurons per block (ascending original indices).
+    pub ffn_kept: Vec<Vec<usize>>,
+    /// Stage 2 decisions.
+    pub stage2: stage2::Stage2Outcome,
+    /// Seconds spent in stage 1 and stage 2.
+    pub seconds_stage1: f64,
+    /// Seconds spent in stage 2.
+    pub seconds_stage2: f64,
+}
+
+/// Prunes `model` in place: scores on `stage1_windows` (dense), then greedy attention removal on `stage2_windows`.
+pub fn run(model: &mut Model, opts: &PruneOptions, stage1_windows: &[&[u32]], stage2_windows: &[&[u32]]) -> Result<PruneOutcome> {
+    let counts = ParamCounts::of(&model.config)?;
+    let plan = balance::plan(&counts, opts.sparsity, opts.budget, opts.ffn_multiple_of)?;
+    if let Some(&bad) = opts.protected_attention.iter().find(|&&b| b >= counts.n_layers) {
+        bail!("protected block {bad} does not exist (the model has {} blocks)", counts.n_layers);
+    }
+    let removable = counts.n_layers - dedup_len(&opts.protected_attention);
+    if plan.n_attn > removable {
+        bail!("the plan removes {} attention submodules but only {removable} are not protected", plan.n_attn);
+    }
+
+    let t1 = Instant::now();
+    let scores = stage1::score_neurons(model, stage1_windows)?;
+    let ffn_kept: Vec<Vec<usize>> = scores.iter().map(|s| stage1::top_k_sorted(s, plan.keep)).collect();
+    model.keep_ffn_neurons(&ffn_kept);
+    let seconds_stage1 = t1.elapsed().as_secs_f64();
+
+    let t2 = Instant::now();
+    let stage2 = stage2::remove_attention_greedy(model, stage2_windows, plan.n_attn, &opts.protected_attention)?;
+    let seconds_stage2 = t2.elapsed().as_secs_f64();
+    Ok(PruneOutcome { plan, counts, ffn_kept, stage2, seconds_stage1, seconds_stage2 })
+}
+
+fn dedup_len(v: &[usize]) -> usize {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.dedup();
+    s.len()
+}

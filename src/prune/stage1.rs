@@ -1,0 +1,77 @@
+//! Stage 1: FFN neuron scores on the dense model (mean over samples of the per-sample L2 norm over tokens).
+
+use crate::model::{Model, Workspace};
+use crate::progress;
+use rayon::prelude::*;
+
+/// Per-block neuron scores, `scores[block][neuron]`.
+pub type NeuronScores = Vec<Vec<f32>>;
+
+/// Scores every FFN neuron of every block on `samples` (one forward pass each, no LM head).
+pub fn score_neurons(model: &Model, samples: &[&[u32]]) -> anyhow::Result<NeuronScores> {
+    let widths: Vec<usize> = model.blocks.iter().map(|b| b.ffn.as_ref().map_or(0, |f| f.width())).collect();
+    let mut sums: Vec<Vec<f64>> = widths.iter().map(|&w| vec![0f64; w]).collect();
+    let bar = progress::bar(samples.len() as u64, "stage 1");
+    let mut ws = Workspace::default();
+    for sample in samples {
+        let mut x = model.embed_tokens(sample)?;
+        let mut observe = |block: usize, act: &[f32]| {
+            let norms = column_l2_norms(act, widths[block]);
+            for (s, n) in sums[block].iter_mut().zip(norms) {
+                *s += n as f64;
+            }
+        };
+        model.run_blocks(&mut x, 0..model.blocks.len(), &mut ws, Some(&mut observe));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = samples.len().max(1) as f64;
+    Ok(sums.into_iter().map(|s| s.into_iter().map(|v| (v / n) as f32).collect()).collect())
+}
+
+/// `sqrt(sum_t act[t, j]^2)` for every column j of a row-major `[T, width]` matrix.
+pub fn column_l2_norms(act: &[f32], width: usize) -> Vec<f32> {
+    const COLS: usize = 256;
+    let rows = act.len() / width.max(1);
+    let mut out = vec![0f32; width];
+    out.par_chunks_mut(COLS).enumerate().for_each(|(c, dst)| {
+        let start = c * COLS;
+        let mut acc = vec![0f64; dst.len()];
+        for t in 0..rows {
+            let row = &act[t * width + start..t * width + start + dst.len()];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = a.sqrt() as f32;
+        }
+    });
+    out
+}
+
+/// Indices of the `keep` highest scores, ascending (ties keep the lower index).
+pub fn top_k_sorted(scores: &[f32], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = order.into_iter().take(keep).collect();
+    kept.sort_unstable();
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_norms_are_l2_over_rows() {
+        let act = [3.0, 1.0, 4.0, -2.0]; // 2 rows x 2 cols
+        assert_eq!(column_l2_norms(&act, 2), vec![5.0, (5.0f32).sqrt()]);
+    }
+
+    #[test]
+    fn top_k_prefers_high_scores_then_low_index() {
+        assert_eq!(top_k_sorted(&[0.5, 2.0, 1.0, 2.0, 0.1], 3), vec![1, 2, 3]);
+        assert_eq!(top_k_sorted(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+    }
+}
