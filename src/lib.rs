@@ -1,6 +1,7 @@
 //! twossp-engine: 2SSP structured pruning of LLMs with an exact CPU reference forward pass.
 
 pub mod arch;
+pub mod bench;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod progress;
 pub mod prune;

@@ -73,3 +73,28 @@ fn hub_layout_configs_describe_the_same_models() {
     }
     assert!(checked >= 7, "only {checked} hub-layout configs found");
 }
+
+#[test]
+fn kv_cache_decoding_matches_the_full_forward_pass() {
+    // Prefill half the reference sequence, then feed the rest one token at a time; every step's
+    // logits must equal the full forward pass's logits at that position (sliding windows included).
+    use twossp_engine::model::{KvCache, Workspace};
+    for dir in common::model_fixtures() {
+        let model = Model::load(&dir).unwrap();
+        let (ids, expected, vocab) = common::reference(&dir);
+        let mut cache = KvCache::new(&model, ids.len());
+        let mut ws = Workspace::default();
+        let split = ids.len() / 2;
+        let mut worst = 0f32;
+        let mut check = |pos: usize, got: &[f32]| {
+            let want = &expected[pos * vocab..(pos + 1) * vocab];
+            worst = worst.max(got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+        };
+        check(split - 1, &model.forward_cached(&ids[..split], &mut cache, &mut ws).unwrap());
+        for pos in split..ids.len() {
+            check(pos, &model.forward_cached(&ids[pos..pos + 1], &mut cache, &mut ws).unwrap());
+        }
+        assert_eq!(cache.len(), ids.len());
+        assert!(worst <= LOGIT_TOL, "{}: cached decoding differs by {worst:e}", dir.display());
+    }
+}

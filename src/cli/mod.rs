@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+mod bench;
 mod eval;
+mod generate;
 mod output;
 mod prune;
 mod tokenize;
@@ -25,6 +27,10 @@ pub struct Cli {
 pub enum Command {
     /// Perplexity of a model on text files (reference protocol of SPEC-2SSP.md).
     Eval(eval::EvalArgs),
+    /// Greedy generation from a prompt (KV cache), for a qualitative look.
+    Generate(generate::GenerateArgs),
+    /// Prefill/decode speed and memory, optionally against a baseline model.
+    Bench(bench::BenchArgs),
     /// 2SSP structured pruning: FFN neurons (stage 1), then attention submodules (stage 2).
     Prune(prune::PruneArgs),
     /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
@@ -39,6 +45,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval(args) => eval::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! The forward pass on the CPU backend: embeddings, blocks, final norm, LM head and NLL.
 
+use super::kv_cache::{KvCache, LayerCache};
 use super::{Attention, Ffn, Model};
 use crate::backend::cpu::attention::{causal_attention, AttentionShape};
 use crate::backend::cpu::gemm::linear;
@@ -40,7 +41,9 @@ impl Workspace {
             return i;
         }
         self.ropes.retain(|(s, _)| s != spec);
-        self.ropes.push((spec.clone(), RopeTable::new(&spec.inv_freq(), 0, n)));
+        // Grow geometrically so token-by-token decoding rebuilds the table rarely.
+        let len = n.next_power_of_two().max(64);
+        self.ropes.push((spec.clone(), RopeTable::new(&spec.inv_freq(), len)));
         self.ropes.len() - 1
     }
 }
@@ -72,13 +75,26 @@ impl Model {
         x: &mut [f32],
         range: std::ops::Range<usize>,
         ws: &mut Workspace,
+        observer: Option<&mut FfnObserver<'_>>,
+    ) {
+        self.run_blocks_cached(x, range, ws, observer, None);
+    }
+
+    /// Like [`Model::run_blocks`], continuing the sequence held in `cache` when one is given.
+    pub fn run_blocks_cached(
+        &self,
+        x: &mut [f32],
+        range: std::ops::Range<usize>,
+        ws: &mut Workspace,
         mut observer: Option<&mut FfnObserver<'_>>,
+        mut cache: Option<&mut KvCache>,
     ) {
         let n = x.len() / self.config.hidden;
         for i in range {
             let block = &self.blocks[i];
             if let Some(att) = &block.attention {
-                attention_forward(&self.config, att, x, n, ws);
+                let layer_cache = cache.as_mut().map(|c| c.layer(i));
+                attention_forward(&self.config, att, x, n, ws, layer_cache);
             }
             if let Some(ffn) = &block.ffn {
                 let obs = observer.as_mut().map(|o| &mut **o as &mut FfnObserver<'_>);
@@ -98,6 +114,17 @@ impl Model {
     /// Applies the final RMSNorm to a residual stream in place.
     pub fn apply_final_norm(&self, x: &mut [f32]) {
         ops::rms_norm_rows(x, &self.final_norm, self.config.arch.norm_offset, self.config.norm_eps);
+    }
+
+    /// Logits of one final hidden state (LM head plus soft cap).
+    pub fn head_logits(&self, hidden_state: &[f32]) -> Vec<f32> {
+        let vocab = self.config.vocab;
+        let mut out = vec![0f32; vocab];
+        linear(hidden_state, self.head_weight(), None, &mut out, 1, vocab, self.config.hidden);
+        if let Some(cap) = self.config.final_logit_softcap {
+            ops::soft_cap(&mut out, cap);
+        }
+        out
     }
 
     /// Full logits `[n, vocab]` of a token sequence.
@@ -145,13 +172,14 @@ impl Model {
     }
 }
 
-/// `x += [post_norm](o_proj(attention(rope(qkv(norm(x))))))`.
-fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize, ws: &mut Workspace) {
+/// `x += [post_norm](o_proj(attention(rope(qkv(norm(x))))))`; with a cache, `x` continues the cached sequence.
+fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize, ws: &mut Workspace, cache: Option<LayerCache<'_>>) {
     let (hidden, eps, offset) = (cfg.hidden, cfg.norm_eps, cfg.arch.norm_offset);
     let spec = &att.spec;
     let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
     let qkv_dim = q_dim + 2 * kv_dim;
-    let rope_idx = ws.rope(&spec.rope, n);
+    let first = cache.as_ref().map_or(0, |c| c.keys.len() / kv_dim);
+    let rope_idx = ws.rope(&spec.rope, first + n);
     let Workspace { normed, qkv, q, k, v, attn, proj, ropes, .. } = ws;
 
     let normed = sized(normed, n * hidden);
@@ -175,20 +203,28 @@ fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize
             }
         });
     let table = &ropes[rope_idx].1;
-    ops::apply_rope(q, table, spec.n_heads, spec.head_dim);
-    ops::apply_rope(k, table, spec.n_kv_heads, spec.head_dim);
+    ops::apply_rope(q, table, first, spec.n_heads, spec.head_dim);
+    ops::apply_rope(k, table, first, spec.n_kv_heads, spec.head_dim);
+    let (keys, values): (&[f32], &[f32]) = match cache {
+        Some(c) => {
+            c.keys.extend_from_slice(k);
+            c.values.extend_from_slice(v);
+            (c.keys, c.values)
+        }
+        None => (k, v),
+    };
 
     let attn = sized(attn, n * q_dim);
     let shape = AttentionShape {
         n_queries: n,
-        n_keys: n,
+        n_keys: first + n,
         n_heads: spec.n_heads,
         n_kv_heads: spec.n_kv_heads,
         head_dim: spec.head_dim,
         scale: spec.scale,
         window: spec.window,
     };
-    causal_attention(q, k, v, attn, &shape);
+    causal_attention(q, keys, values, attn, &shape);
     let proj = sized(proj, n * hidden);
     linear(attn, &att.o.weight, att.o.bias.as_deref(), proj, n, hidden, q_dim);
     if let Some(w) = &att.post_norm {

@@ -1,10 +1,12 @@
 //! The model in memory: f32 weights laid out per block, loaded from an HF checkpoint folder.
 
 mod forward;
+mod kv_cache;
 mod load;
 mod surgery;
 
 pub use forward::{FfnObserver, Workspace};
+pub use kv_cache::{KvCache, LayerCache};
 
 use crate::config::{AttentionSpec, ModelConfig};
 

@@ -39,33 +39,33 @@ pub struct RopeTable {
     pub sin: Vec<f32>,
     /// Frequencies per position (rotary_dim / 2).
     pub n_freq: usize,
-    /// First position of the table.
-    pub first_position: usize,
 }
 
 impl RopeTable {
-    /// Builds the table for positions `first..first + n` in f32, as HF transformers computes it.
-    pub fn new(inv_freq: &[f32], first: usize, n: usize) -> Self {
+    /// Builds the table for positions `0..n` in f32, as HF transformers computes it.
+    pub fn new(inv_freq: &[f32], n: usize) -> Self {
         let n_freq = inv_freq.len();
         let mut cos = vec![0f32; n * n_freq];
         let mut sin = vec![0f32; n * n_freq];
         for p in 0..n {
-            let pos = (first + p) as f32;
+            let pos = p as f32;
             for (f, &inv) in inv_freq.iter().enumerate() {
                 let angle = pos * inv;
                 cos[p * n_freq + f] = angle.cos();
                 sin[p * n_freq + f] = angle.sin();
             }
         }
-        Self { cos, sin, n_freq, first_position: first }
+        Self { cos, sin, n_freq }
     }
 }
 
-/// Rotates the leading `2 * n_freq` dims of every head in `x` (`[n, n_heads * head_dim]`), half-split layout.
-pub fn apply_rope(x: &mut [f32], table: &RopeTable, n_heads: usize, head_dim: usize) {
+/// Rotates the leading `2 * n_freq` dims of every head in `x` (`[n, n_heads * head_dim]`, rows at positions
+/// `first..first + n`), half-split layout.
+pub fn apply_rope(x: &mut [f32], table: &RopeTable, first: usize, n_heads: usize, head_dim: usize) {
     let width = n_heads * head_dim;
     let half = table.n_freq;
-    x.par_chunks_mut(width).enumerate().for_each(|(p, row)| {
+    x.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+        let p = first + i;
         let cos = &table.cos[p * half..(p + 1) * half];
         let sin = &table.sin[p * half..(p + 1) * half];
         for head in row.chunks_exact_mut(head_dim) {

@@ -1,0 +1,79 @@
+//! Speed and memory of a model: prefill throughput, time to first token, cached decode rate.
+
+use crate::generate::greedy;
+use crate::model::{KvCache, Model, Workspace};
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchSettings {
+    /// Tokens of the timed prefill (batch 1), the paper's measurement.
+    pub prefill_len: usize,
+    /// Prompt tokens before decoding (time to first token).
+    pub prompt_len: usize,
+    /// Tokens decoded one by one with the KV cache.
+    pub decode_tokens: usize,
+    /// Context length at which the KV cache size is reported.
+    pub context: usize,
+    /// Timed repetitions (the best is kept).
+    pub repeats: usize,
+}
+
+/// Measurements of one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Prefill tokens per second (best of the repeats).
+    pub prefill_tokens_per_s: f64,
+    /// Seconds of the best prefill.
+    pub prefill_seconds: f64,
+    /// Seconds from a `prompt_len` prompt to the first new token (best).
+    pub time_to_first_token_s: f64,
+    /// Decoded tokens per second after the first (best).
+    pub decode_tokens_per_s: f64,
+    /// Bytes of the weights as computed in memory (f32).
+    pub weight_bytes_f32: u64,
+    /// Bytes of the KV cache at `context` positions (f32).
+    pub kv_cache_bytes: u64,
+    /// Parameters of the decoder blocks.
+    pub params_main: u64,
+    /// All parameters.
+    pub params_total: u64,
+    /// Blocks that still compute attention.
+    pub attention_blocks: usize,
+}
+
+/// Deterministic token ids spread over the vocabulary (speed does not depend on the text).
+fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32).collect()
+}
+
+/// Measures `model` with `settings`.
+pub fn measure(model: &Model, settings: &BenchSettings) -> Result<BenchResult> {
+    let vocab = model.config.vocab;
+    let prefill_ids = synthetic_ids(settings.prefill_len, vocab);
+    let prompt = synthetic_ids(settings.prompt_len, vocab);
+    let mut ws = Workspace::default();
+    let (mut prefill, mut ttft, mut decode) = (f64::MAX, f64::MAX, 0f64);
+    for _ in 0..settings.repeats.max(1) {
+        let t = Instant::now();
+        let mut cache = KvCache::new(model, settings.prefill_len);
+        model.forward_cached(&prefill_ids, &mut cache, &mut ws)?;
+        prefill = prefill.min(t.elapsed().as_secs_f64());
+        let g = greedy(model, &prompt, settings.decode_tokens + 1, &[])?;
+        ttft = ttft.min(g.time_to_first_token);
+        decode = decode.max((g.tokens.len() - 1) as f64 / g.decode_seconds.max(1e-9));
+    }
+    Ok(BenchResult {
+        prefill_tokens_per_s: settings.prefill_len as f64 / prefill,
+        prefill_seconds: prefill,
+        time_to_first_token_s: ttft,
+        decode_tokens_per_s: decode,
+        weight_bytes_f32: model.params_total() * 4,
+        kv_cache_bytes: KvCache::bytes_for(model, settings.context),
+        params_main: model.params_main(),
+        params_total: model.params_total(),
+        attention_blocks: model.blocks.iter().filter(|b| b.attention.is_some()).count(),
+    })
+}
