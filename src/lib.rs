@@ -1,8 +1,8 @@
 //! twossp-engine: 2SSP structured pruning of LLMs with an exact CPU reference forward pass.
 
 pub mod arch;
-pub mod bench;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod progress;
 pub mod prune;

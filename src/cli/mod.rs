@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod generate;
+mod import;
 mod output;
 mod prune;
 mod tokenize;
@@ -25,6 +26,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Convert a GGUF file (e.g. a quantized llama.cpp model) into an HF checkpoint folder.
+    Import(import::ImportArgs),
     /// Perplexity of a model on text files (reference protocol of SPEC-2SSP.md).
     Eval(eval::EvalArgs),
     /// Greedy generation from a prompt (KV cache), for a qualitative look.
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     match cli.command {
+        Command::Import(args) => import::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Generate(args) => generate::run(args),
