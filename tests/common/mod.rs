@@ -39,7 +39,13 @@ pub fn reference(dir: &std::path::Path) -> (Vec<u32>, Vec<f32>, usize) {
 
 /// reference.json of a fixture.
 pub fn reference_json(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+    reference_json_file(&dir.join("reference.json"))
+}
+
+/// A JSON file, parsed.
+pub fn reference_json_file(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Copies a fixture folder into a fresh temporary folder that a test may mutate.
