@@ -31,16 +31,31 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::LocalKey;
 
-/// Rows of the micro-tile (rows of `a` and `c` per micro-kernel call).
+/// Rows of the 6 x 16 micro-tile (rows of `a` and `c` per micro-kernel call) of the AVX2 and
+/// portable kernels.
 pub(crate) const MR: usize = 6;
-/// Columns of the micro-tile (rows of `b`, columns of `c` per micro-kernel call).
+/// Columns of the 6 x 16 micro-tile (rows of `b`, columns of `c` per micro-kernel call).
 pub(crate) const NR: usize = 16;
-/// Largest depth block: a KC x NR panel of B (24 KiB) stays in L1 while A panels stream from L2.
-const KC_MAX: usize = 384;
-/// Largest row block of A packed by one task (MC x KC, about 220 KiB: lives in L2).
-const MC_MAX: usize = 144;
-/// Largest column block of B packed at once (KC x NC, about 6 MiB: lives in L3). Multiple of NR.
-const NC_MAX: usize = 4096;
+/// Rows of the AVX-512 micro-tile.
+pub(crate) const MR512: usize = 12;
+/// Columns of the AVX-512 micro-tile.
+pub(crate) const NR512: usize = 32;
+
+/// Cache blocking of the packed path for one micro-kernel shape.
+#[derive(Clone, Copy)]
+struct Blocking {
+    /// Largest depth block: a KC x NR panel of B stays in L1 while A panels stream from L2.
+    kc_max: usize,
+    /// Largest row block of A packed by one task (MC x KC lives in L2).
+    mc_max: usize,
+    /// Largest column block of B packed at once (KC x NC lives in L3); a multiple of NR.
+    nc_max: usize,
+}
+
+/// Blocking of the 6 x 16 kernels: B micro-panel 24 KiB (L1), A block 220 KiB (L2), B block 6 MiB.
+const BLOCKING_6X16: Blocking = Blocking { kc_max: 384, mc_max: 144, nc_max: 4096 };
+/// Blocking of the 12 x 32 AVX-512 kernel: B micro-panel 32 KiB, A block 288 KiB, B block 8 MiB.
+const BLOCKING_12X32: Blocking = Blocking { kc_max: 256, mc_max: 288, nc_max: 8192 };
 /// Products with at most this many rows of `a` take the unpacked GEMV-style path.
 const GEMV_M_MAX: usize = 4;
 /// Below this many flops a product runs on the calling thread only.
@@ -78,6 +93,8 @@ pub fn matmul_nt(
 /// Which micro-kernels to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
+    /// x86-64 AVX-512F (12 x 32 GEMM micro-kernel; the AVX2 kernels elsewhere).
+    Avx512,
     /// x86-64 AVX2 + FMA intrinsics.
     Avx2Fma,
     /// Plain Rust, auto-vectorised for whatever the target offers.
@@ -85,26 +102,34 @@ pub(crate) enum Isa {
 }
 
 /// The best kernels this CPU supports; detected on first use, then cached.
+///
+/// The environment variable `TWOSSP_CPU_KERNELS` (`avx512`, `avx2` or `portable`) caps the choice,
+/// for comparisons and for testing the fallbacks.
 pub(crate) fn detected_isa() -> Isa {
     static CACHE: AtomicU8 = AtomicU8::new(0);
+    const ISAS: [Isa; 3] = [Isa::Avx512, Isa::Avx2Fma, Isa::Portable];
     match CACHE.load(Ordering::Relaxed) {
-        1 => Isa::Avx2Fma,
-        2 => Isa::Portable,
+        i @ 1..=3 => ISAS[i as usize - 1],
         _ => {
             let isa = detect_isa();
-            CACHE.store(if isa == Isa::Avx2Fma { 1 } else { 2 }, Ordering::Relaxed);
+            CACHE.store(ISAS.iter().position(|&x| x == isa).unwrap() as u8 + 1, Ordering::Relaxed);
             isa
         }
     }
 }
 
 fn detect_isa() -> Isa {
+    let cap = std::env::var("TWOSSP_CPU_KERNELS").unwrap_or_default();
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if cap != "portable" && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if cap != "avx2" && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
             return Isa::Avx2Fma;
         }
     }
+    let _ = cap;
     Isa::Portable
 }
 
@@ -165,9 +190,44 @@ pub(crate) fn gemm_nt(
     }
     let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
     if m <= GEMV_M_MAX {
-        gemv_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
-    } else {
-        packed_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
+        return gemv_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => packed_path::<MR512, NR512>(
+            isa,
+            ukr_avx512,
+            BLOCKING_12X32,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+            m,
+            n,
+            k,
+            accumulate,
+            bias,
+            parallel,
+        ),
+        _ => packed_path::<MR, NR>(
+            isa,
+            micro_kernel(isa),
+            BLOCKING_6X16,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+            m,
+            n,
+            k,
+            accumulate,
+            bias,
+            parallel,
+        ),
     }
 }
 
@@ -222,13 +282,31 @@ fn with_buf<R>(key: &'static LocalKey<RefCell<PackBuf>>, len: usize, f: impl FnO
 /// Packs `rows` (<= R) rows of a k-contiguous matrix starting at row `r0`, columns `p0..p0 + kc`,
 /// as `dst[p * R + r]`; rows `rows..R` are zero.
 #[inline]
-pub(crate) fn pack_panel<const R: usize>(src: &[f32], ld: usize, r0: usize, rows: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_panel<const R: usize>(
+    isa: Isa,
+    src: &[f32],
+    ld: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
     let dst = &mut dst[..kc * R];
     if rows == R {
         // Full panel: read R rows side by side, write each depth step as one contiguous group.
         let base = r0 * ld + p0;
         let srcs: [&[f32]; R] = std::array::from_fn(|r| &src[base + r * ld..base + r * ld + kc]);
-        for (p, d) in dst.chunks_exact_mut(R).enumerate() {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
+            // SAFETY: AVX2 is available; the R source rows hold kc floats each (sliced above,
+            // consecutive rows `ld` apart) and dst holds kc * R.
+            done = unsafe { pack_full_avx2::<R>(srcs[0].as_ptr(), ld, kc, dst.as_mut_ptr()) };
+        }
+        let _ = isa;
+        for (p, d) in dst.chunks_exact_mut(R).enumerate().skip(done) {
             for r in 0..R {
                 d[r] = srcs[r][p];
             }
@@ -249,6 +327,66 @@ pub(crate) fn pack_panel<const R: usize>(src: &[f32], ld: usize, r0: usize, rows
     }
 }
 
+/// Packs the first `kc - kc % 8` depth steps of a full R-row panel with 8 x 8 transposes; returns
+/// how many depth steps it packed.
+///
+/// # Safety
+/// AVX2 is available; rows `0..R` at `src + r * ld` each hold `kc` readable floats; `dst` holds
+/// `kc * R` writable floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_full_avx2<const R: usize>(src: *const f32, ld: usize, kc: usize, dst: *mut f32) -> usize {
+    use std::arch::x86_64::*;
+    let kv = kc - kc % 8;
+    for g in 0..R.div_ceil(8) {
+        let valid = (R - 8 * g).min(8);
+        // Rows past the panel repeat its last row; the mask keeps them out of dst.
+        let rp: [*const f32; 8] = std::array::from_fn(|r| src.add((8 * g + r.min(valid - 1)) * ld));
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let mut p = 0;
+        while p < kv {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rp[i].add(p)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            // s_q: depth steps q (low half) and q + 4 (high half) of rows 0-3 or 4-7.
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (q, &col) in cols.iter().enumerate() {
+                let out = dst.add((p + q) * R + 8 * g);
+                if valid == 8 {
+                    _mm256_storeu_ps(out, col);
+                } else {
+                    _mm256_maskstore_ps(out, mask, col);
+                }
+            }
+            p += 8;
+        }
+    }
+    kv
+}
+
 // ---------------------------------------------------------------------------------------------
 // Packed path (prefill)
 // ---------------------------------------------------------------------------------------------
@@ -256,18 +394,21 @@ pub(crate) fn pack_panel<const R: usize>(src: &[f32], ld: usize, r0: usize, rows
 /// Micro-kernel: `c[MR x NR] (+)= a_panel · b_panel (+ bias)`; see [`ukr_portable`] for the contract.
 pub(crate) type MicroKernel = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool, *const f32);
 
-/// The micro-kernel for `isa`.
+/// The 6 x 16 micro-kernel for `isa` (AVX2 also on AVX-512 machines).
 pub(crate) fn micro_kernel(isa: Isa) -> MicroKernel {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => ukr_avx2,
+        Isa::Avx2Fma | Isa::Avx512 => ukr_avx2,
         _ => ukr_portable,
     }
 }
 
+/// The packed, blocked GEMM with an `MR_ x NR_` micro-kernel `ukr`.
 #[allow(clippy::too_many_arguments)]
-fn packed_path(
+fn packed_path<const MR_: usize, const NR_: usize>(
     isa: Isa,
+    ukr: MicroKernel,
+    blk: Blocking,
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -281,20 +422,20 @@ fn packed_path(
     bias: Option<&[f32]>,
     parallel: bool,
 ) {
-    let ukr = micro_kernel(isa);
+    let (mr, nr) = (MR_, NR_);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
 
-    // Depth blocks of equal size: k = 576 -> 2 x 288, k = 1536 -> 4 x 384.
-    let k_blocks = k.div_ceil(KC_MAX);
+    // Depth blocks of equal size: k = 576 -> 2 x 288, k = 1536 -> 4 x 384 (6 x 16 blocking).
+    let k_blocks = k.div_ceil(blk.kc_max);
     let kc_max = k.div_ceil(k_blocks);
     // Column blocks of equal size (rounded to whole micro-panels).
-    let n_blocks = n.div_ceil(NC_MAX);
-    let nc_max = n.div_ceil(n_blocks).next_multiple_of(NR);
+    let n_blocks = n.div_ceil(blk.nc_max);
+    let nc_max = n.div_ceil(n_blocks).next_multiple_of(nr);
 
     // Row blocks: at least enough to keep every thread busy several times over, a multiple of the
-    // thread count, each at most MC_MAX rows (in whole micro-panels).
-    let m_panels = m.div_ceil(MR);
-    let mut m_tasks = m.div_ceil(MC_MAX);
+    // thread count, each at most mc_max rows (in whole micro-panels).
+    let m_panels = m.div_ceil(mr);
+    let mut m_tasks = m.div_ceil(blk.mc_max);
     if m_tasks >= threads {
         m_tasks = m_tasks.next_multiple_of(threads).min(m_panels);
     }
@@ -305,22 +446,22 @@ fn packed_path(
     with_buf(&B_BUF, kc_max * nc_max, |bpack| {
         for jc in (0..n).step_by(nc_max) {
             let nc = nc_max.min(n - jc);
-            let n_panels = nc.div_ceil(NR);
+            let n_panels = nc.div_ceil(nr);
             // Split the columns too when there are too few row blocks to balance the threads.
             let want = 4 * threads;
             let n_tasks = if m_tasks >= want { 1 } else { want.div_ceil(m_tasks).min(n_panels) };
 
             for (kb, pc) in (0..k).step_by(kc_max).enumerate() {
                 let kc = kc_max.min(k - pc);
-                let bpack = &mut bpack[..n_panels * NR * kc];
+                let bpack = &mut bpack[..n_panels * nr * kc];
                 let pack_one = |(jp, dst): (usize, &mut [f32])| {
-                    let j0 = jc + jp * NR;
-                    pack_panel::<NR>(b, ldb, j0, NR.min(n - j0), pc, kc, dst);
+                    let j0 = jc + jp * nr;
+                    pack_panel::<NR_>(isa, b, ldb, j0, nr.min(n - j0), pc, kc, dst);
                 };
                 if parallel {
-                    bpack.par_chunks_mut(NR * kc).enumerate().for_each(pack_one);
+                    bpack.par_chunks_mut(nr * kc).enumerate().for_each(pack_one);
                 } else {
-                    bpack.chunks_mut(NR * kc).enumerate().for_each(pack_one);
+                    bpack.chunks_mut(nr * kc).enumerate().for_each(pack_one);
                 }
                 let bpack: &[f32] = bpack;
 
@@ -335,25 +476,25 @@ fn packed_path(
                     if pm0 == pm1 || pn0 == pn1 {
                         return;
                     }
-                    let i_start = pm0 * MR;
-                    let i_end = (pm1 * MR).min(m);
-                    with_buf(&A_BUF, (pm1 - pm0) * MR * kc, |apack| {
-                        for (ip, dst) in apack.chunks_mut(MR * kc).enumerate() {
-                            let i0 = i_start + ip * MR;
-                            pack_panel::<MR>(a, lda, i0, MR.min(i_end - i0), pc, kc, dst);
+                    let i_start = pm0 * mr;
+                    let i_end = (pm1 * mr).min(m);
+                    with_buf(&A_BUF, (pm1 - pm0) * mr * kc, |apack| {
+                        for (ip, dst) in apack.chunks_mut(mr * kc).enumerate() {
+                            let i0 = i_start + ip * mr;
+                            pack_panel::<MR_>(isa, a, lda, i0, mr.min(i_end - i0), pc, kc, dst);
                         }
                         for jp in pn0..pn1 {
-                            let j0 = jc + jp * NR;
-                            let nj = NR.min(n - j0);
-                            let bp = &bpack[jp * NR * kc..(jp + 1) * NR * kc];
-                            for (ip, ap) in apack.chunks(MR * kc).enumerate() {
-                                let i0 = i_start + ip * MR;
-                                let mi = MR.min(i_end - i0);
+                            let j0 = jc + jp * nr;
+                            let nj = nr.min(n - j0);
+                            let bp = &bpack[jp * nr * kc..(jp + 1) * nr * kc];
+                            for (ip, ap) in apack.chunks(mr * kc).enumerate() {
+                                let i0 = i_start + ip * mr;
+                                let mi = mr.min(i_end - i0);
                                 // SAFETY: the tile rows i0..i0+mi < m and columns j0..j0+nj <= n lie
                                 // inside c (checked in gemm_nt); this task alone owns them in this
-                                // depth step; the packed panels hold kc*MR and kc*NR elements.
+                                // depth step; the packed panels hold kc*mr and kc*nr elements.
                                 unsafe {
-                                    write_tile(
+                                    write_tile::<MR_, NR_>(
                                         ukr, kc, ap, bp, c_ptr, c_len, ldc, i0, j0, mi, nj, acc_mode, bias_here,
                                     );
                                 }
@@ -366,13 +507,13 @@ fn packed_path(
     });
 }
 
-/// Runs the micro-kernel for one tile of c at (i0, j0) of size mi x nj (<= MR x NR).
+/// Runs the micro-kernel for one tile of c at (i0, j0) of size mi x nj (<= MR_ x NR_).
 ///
 /// # Safety
 /// `(i0 + mi - 1) * ldc + j0 + nj <= c_len`, and no other thread touches those elements meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn write_tile(
+unsafe fn write_tile<const MR_: usize, const NR_: usize>(
     ukr: MicroKernel,
     kc: usize,
     ap: &[f32],
@@ -387,20 +528,21 @@ unsafe fn write_tile(
     acc: bool,
     bias: Option<&[f32]>,
 ) {
-    assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
+    assert!(ap.len() >= kc * MR_ && bp.len() >= kc * NR_);
     debug_assert!((i0 + mi - 1) * ldc + j0 + nj <= c_len);
     let _ = c_len;
     let cp = c.get().add(i0 * ldc + j0);
-    if mi == MR && nj == NR {
-        let bias_ptr = bias.map_or(std::ptr::null(), |b| b[j0..j0 + NR].as_ptr());
-        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR, cp, ldc, acc, bias_ptr);
+    if mi == MR_ && nj == NR_ {
+        let bias_ptr = bias.map_or(std::ptr::null(), |b| b[j0..j0 + NR_].as_ptr());
+        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR_, cp, ldc, acc, bias_ptr);
     } else {
-        let mut tile = [0.0f32; MR * NR];
-        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR, tile.as_mut_ptr(), NR, false, std::ptr::null());
+        let mut tile = [0.0f32; MR512 * NR512];
+        assert!(MR_ * NR_ <= tile.len());
+        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR_, tile.as_mut_ptr(), NR_, false, std::ptr::null());
         for i in 0..mi {
             let row = cp.add(i * ldc);
             for j in 0..nj {
-                let v = tile[i * NR + j] + bias.map_or(0.0, |b| b[j0 + j]);
+                let v = tile[i * NR_ + j] + bias.map_or(0.0, |b| b[j0 + j]);
                 let dst = row.add(j);
                 *dst = if acc { *dst + v } else { v };
             }
@@ -534,6 +676,57 @@ unsafe fn ukr_avx2(
     }
 }
 
+/// AVX-512 12 x 32 micro-kernel: 24 zmm accumulators, two B loads and twelve broadcasts per depth
+/// step (same contract as [`ukr_portable`] with MR = 12, NR = 32).
+///
+/// # Safety
+/// As [`ukr_portable`] for a 12 x 32 tile, and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn ukr_avx512(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    bias: *const f32,
+) {
+    use std::arch::x86_64::*;
+    let mut c0 = [_mm512_setzero_ps(); MR512];
+    let mut c1 = [_mm512_setzero_ps(); MR512];
+    let mut ap = a;
+    let mut bp = b;
+    for _ in 0..kc {
+        let b0 = _mm512_loadu_ps(bp);
+        let b1 = _mm512_loadu_ps(bp.add(16));
+        for i in 0..MR512 {
+            let ai = _mm512_set1_ps(*ap.add(i));
+            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+        ap = ap.add(MR512);
+        bp = bp.add(ldb);
+    }
+    let (bias0, bias1) = if bias.is_null() {
+        (_mm512_setzero_ps(), _mm512_setzero_ps())
+    } else {
+        (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)))
+    };
+    for i in 0..MR512 {
+        let dst = c.add(i * ldc);
+        let mut v0 = _mm512_add_ps(c0[i], bias0);
+        let mut v1 = _mm512_add_ps(c1[i], bias1);
+        if acc {
+            v0 = _mm512_add_ps(v0, _mm512_loadu_ps(dst));
+            v1 = _mm512_add_ps(v1, _mm512_loadu_ps(dst.add(16)));
+        }
+        _mm512_storeu_ps(dst, v0);
+        _mm512_storeu_ps(dst.add(16), v1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMV-style path (decode, tiny m)
 // ---------------------------------------------------------------------------------------------
@@ -600,7 +793,7 @@ fn dot_group(isa: Isa, x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the rows have x's length (checked above) and Avx2Fma is only chosen when detected.
-        Isa::Avx2Fma => unsafe { dot_group_avx2(x, rows) },
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { dot_group_avx2(x, rows) },
         _ => dot_group_portable(x, rows),
     }
 }
@@ -788,6 +981,13 @@ mod tests {
     #[test]
     fn matches_naive_portable() {
         check_isa(Isa::Portable);
+    }
+
+    #[test]
+    fn matches_naive_avx2_when_available() {
+        if matches!(detected_isa(), Isa::Avx512 | Isa::Avx2Fma) {
+            check_isa(Isa::Avx2Fma);
+        }
     }
 
     #[test]
