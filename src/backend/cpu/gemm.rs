@@ -12,19 +12,23 @@
 //!     pack B[jc.., pc..] into NR-wide micro-panels           (parallel)
 //!     parallel over tasks = (ic block of <= MC rows) x (range of micro-panels)
 //!       pack A[ic.., pc..] into MR-tall micro-panels          (per-thread buffer, lives in L2)
-//!       for each B micro-panel (KC x NR, stays in L1)
+//!       for each B micro-panel (KC x NR, reused from L1/L2)
 //!         for each A micro-panel: MR x NR register-tiled micro-kernel over KC
 //! ```
 //!
-//! The micro-kernel is 6 x 16 (12 ymm accumulators, `_mm256_fmadd_ps`) when the CPU has AVX2+FMA
-//! (detected once at run time) and a plain-Rust kernel of the same shape, written so that the
-//! compiler can auto-vectorise it, everywhere else. Edges (sizes that are not multiples of the
-//! tiles) are handled by zero-padding the packed panels and writing partial tiles through a small
-//! stack buffer, so every size, including `k = 1` or `n = 1`, is valid.
+//! Micro-kernels, chosen once at run time (`is_x86_feature_detected!`, cached):
+//! - AVX-512F: 12 x 32, 24 zmm accumulators (`_mm512_fmadd_ps`), used where the CPU has it;
+//! - AVX2+FMA: 6 x 16, 12 ymm accumulators (`_mm256_fmadd_ps`);
+//! - portable: plain Rust of the 6 x 16 shape that the compiler can auto-vectorise, everywhere else.
+//!
+//! `TWOSSP_CPU_KERNELS=avx2` or `=portable` in the environment caps the choice (comparisons, tests).
+//! Packing full panels uses AVX2 8 x 8 transposes where available. Edges (sizes that are not
+//! multiples of the tiles) are handled by zero-padding the packed panels and writing partial tiles
+//! through a small stack buffer, so every size, including `k = 1` or `n = 1`, is valid.
 //!
 //! Small `m` (decode: `m = 1`, or a handful of rows) is memory bound on reading `b`; it skips packing
-//! and computes dot products of the rows of `a` against groups of rows of `b` directly, in parallel
-//! over `n`.
+//! and computes dot products of the rows of `a` against groups of eight rows of `b` directly (with
+//! the next group prefetched), in parallel over `n`.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -44,18 +48,23 @@ pub(crate) const NR512: usize = 32;
 /// Cache blocking of the packed path for one micro-kernel shape.
 #[derive(Clone, Copy)]
 struct Blocking {
-    /// Largest depth block: a KC x NR panel of B stays in L1 while A panels stream from L2.
+    /// Largest depth block. Large is good: fewer passes over c. The KC x NR micro-panel of B is
+    /// reused across the whole A block from L1 or L2 (its loads are 1/12 of the kernel's work).
     kc_max: usize,
     /// Largest row block of A packed by one task (MC x KC lives in L2).
     mc_max: usize,
-    /// Largest column block of B packed at once (KC x NC lives in L3); a multiple of NR.
+    /// Largest column block of B packed at once (KC x NC lives in L3, which is shared); a
+    /// multiple of NR.
     nc_max: usize,
 }
 
-/// Blocking of the 6 x 16 kernels: B micro-panel 24 KiB (L1), A block 220 KiB (L2), B block 6 MiB.
-const BLOCKING_6X16: Blocking = Blocking { kc_max: 384, mc_max: 144, nc_max: 4096 };
-/// Blocking of the 12 x 32 AVX-512 kernel: B micro-panel 32 KiB, A block 288 KiB, B block 8 MiB.
-const BLOCKING_12X32: Blocking = Blocking { kc_max: 256, mc_max: 288, nc_max: 8192 };
+// Tuned on Zen 5 (48 KiB L1d, 1 MiB L2 per core, 32 MiB shared L3) at the SmolLM2 shapes: a
+// single depth block for k = 576 (no second pass over c) and B blocks of a few MiB were best.
+
+/// Blocking of the 6 x 16 kernels: B micro-panel 24 KiB (L1), A block 216 KiB (L2), B block 3 MiB.
+const BLOCKING_6X16: Blocking = Blocking { kc_max: 384, mc_max: 144, nc_max: 2048 };
+/// Blocking of the 12 x 32 AVX-512 kernel: B micro-panel 72 KiB, A block 324 KiB (L2), B block 4.5 MiB.
+const BLOCKING_12X32: Blocking = Blocking { kc_max: 576, mc_max: 144, nc_max: 2048 };
 /// Products with at most this many rows of `a` take the unpacked GEMV-style path.
 const GEMV_M_MAX: usize = 4;
 /// Below this many flops a product runs on the calling thread only.
@@ -298,14 +307,13 @@ pub(crate) fn pack_panel<const R: usize>(
         // Full panel: read R rows side by side, write each depth step as one contiguous group.
         let base = r0 * ld + p0;
         let srcs: [&[f32]; R] = std::array::from_fn(|r| &src[base + r * ld..base + r * ld + kc]);
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if matches!(isa, Isa::Avx2Fma | Isa::Avx512) {
+        let done = match isa {
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 is available; the R source rows hold kc floats each (sliced above,
             // consecutive rows `ld` apart) and dst holds kc * R.
-            done = unsafe { pack_full_avx2::<R>(srcs[0].as_ptr(), ld, kc, dst.as_mut_ptr()) };
-        }
-        let _ = isa;
+            Isa::Avx2Fma | Isa::Avx512 => unsafe { pack_full_avx2::<R>(srcs[0].as_ptr(), ld, kc, dst.as_mut_ptr()) },
+            _ => 0,
+        };
         for (p, d) in dst.chunks_exact_mut(R).enumerate().skip(done) {
             for r in 0..R {
                 d[r] = srcs[r][p];
@@ -425,7 +433,7 @@ fn packed_path<const MR_: usize, const NR_: usize>(
     let (mr, nr) = (MR_, NR_);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
 
-    // Depth blocks of equal size: k = 576 -> 2 x 288, k = 1536 -> 4 x 384 (6 x 16 blocking).
+    // Depth blocks of equal size (12 x 32 blocking: k = 576 -> 1 x 576, k = 1536 -> 3 x 512).
     let k_blocks = k.div_ceil(blk.kc_max);
     let kc_max = k.div_ceil(k_blocks);
     // Column blocks of equal size (rounded to whole micro-panels).
@@ -769,7 +777,9 @@ fn gemv_path(
             });
             for i in 0..m {
                 let arow = &a[i * lda..i * lda + k];
-                let dots = dot_group(isa, arow, &brows);
+                // While the first row of a is multiplied, the next group of b is prefetched.
+                let ahead = if i == 0 && g + 1 < g1 { GEMV_NB * ldb } else { 0 };
+                let dots = dot_group(isa, arow, &brows, ahead);
                 for jj in 0..nj {
                     let v = dots[jj] + bias.map_or(0.0, |bb| bb[j0 + jj]);
                     // SAFETY: i < m and j0 + jj < n, inside c (checked in gemm_nt); the columns
@@ -784,17 +794,21 @@ fn gemv_path(
     });
 }
 
-/// Dot products of `x` with each of the `GEMV_NB` rows (all of `x`'s length).
+/// Dot products of `x` with each of the `GEMV_NB` rows (all of `x`'s length); with `ahead > 0`,
+/// also prefetches the memory `ahead` elements past each row (a hint only, never dereferenced).
 #[inline]
-fn dot_group(isa: Isa, x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
+fn dot_group(isa: Isa, x: &[f32], rows: &[&[f32]; GEMV_NB], ahead: usize) -> [f32; GEMV_NB] {
     for r in rows {
         assert!(r.len() == x.len());
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the rows have x's length (checked above) and Avx2Fma is only chosen when detected.
-        Isa::Avx2Fma | Isa::Avx512 => unsafe { dot_group_avx2(x, rows) },
-        _ => dot_group_portable(x, rows),
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { dot_group_avx2(x, rows, ahead) },
+        _ => {
+            let _ = ahead;
+            dot_group_portable(x, rows)
+        }
     }
 }
 
@@ -825,7 +839,7 @@ fn dot_group_portable(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
 /// The CPU supports AVX2 and FMA; every row has `x.len()` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_group_avx2(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
+unsafe fn dot_group_avx2(x: &[f32], rows: &[&[f32]; GEMV_NB], ahead: usize) -> [f32; GEMV_NB] {
     use std::arch::x86_64::*;
     let k = x.len();
     let kv = k - k % 8;
@@ -837,6 +851,12 @@ unsafe fn dot_group_avx2(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] 
         let xv = _mm256_loadu_ps(xp.add(p));
         for r in 0..GEMV_NB {
             acc[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(rp[r].add(p)), acc[r]);
+        }
+        if ahead > 0 && p % 16 == 0 {
+            for &row in &rp {
+                // A prefetch never faults; wrapping_add keeps the address arithmetic defined.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p + ahead) as *const i8);
+            }
         }
         p += 8;
     }
