@@ -69,6 +69,10 @@ const BLOCKING_12X32: Blocking = Blocking { kc_max: 576, mc_max: 144, nc_max: 20
 const GEMV_M_MAX: usize = 4;
 /// Below this many flops a product runs on the calling thread only.
 const PAR_MIN_FLOPS: usize = 1 << 20;
+/// The GEMV path runs on the calling thread only below this many elements of `b` (4 MiB): a
+/// smaller product takes tens of microseconds, where handing work to other threads cost more than
+/// it saved in our measurements.
+const GEMV_PAR_MIN_ELEMS: usize = 1 << 20;
 
 /// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major, contiguous.
 pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, n: usize, k: usize) {
@@ -197,10 +201,12 @@ pub(crate) fn gemm_nt(
         }
         return;
     }
-    let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1;
+    let threads = rayon::current_num_threads();
     if m <= GEMV_M_MAX {
+        let parallel = n * k >= GEMV_PAR_MIN_ELEMS && threads > 1;
         return gemv_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
     }
+    let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && threads > 1;
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => packed_path::<MR512, NR512>(
@@ -739,10 +745,10 @@ pub(crate) unsafe fn ukr_avx512(
 // GEMV-style path (decode, tiny m)
 // ---------------------------------------------------------------------------------------------
 
-/// Rows of `b` handled together per row of `a` in the GEMV path.
-const GEMV_NB: usize = 8;
-/// Rows of `b` per parallel task in the GEMV path (a multiple of GEMV_NB).
+/// Rows of `b` per parallel task in the GEMV path.
 const GEMV_ROWS_PER_TASK: usize = 256;
+/// Prefetch distance of the GEMV path, in floats.
+const GEMV_PREFETCH: usize = 1024;
 
 #[allow(clippy::too_many_arguments)]
 fn gemv_path(
@@ -760,124 +766,179 @@ fn gemv_path(
     bias: Option<&[f32]>,
     parallel: bool,
 ) {
+    match m {
+        1 => gemv_rows::<1>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        2 => gemv_rows::<2>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        3 => gemv_rows::<3>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        4 => gemv_rows::<4>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        _ => unreachable!("the GEMV path takes at most {GEMV_M_MAX} rows"),
+    }
+}
+
+/// `c[M x n] (+)= a[M x k] · bᵀ (+ bias)`: each row of `b` is read once, front to back (the
+/// rows of `b` follow each other, so the whole of `b` is one sequential stream for the
+/// prefetchers), and multiplied by the `M` rows of `a`, which stay in L1.
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows<const M: usize>(
+    isa: Isa,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    parallel: bool,
+) {
     let c_ptr = OutPtr(c.as_mut_ptr());
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    // Enough tasks for balance, each a whole number of GEMV_NB groups.
-    let groups = n.div_ceil(GEMV_NB);
-    let tasks = groups.div_ceil(GEMV_ROWS_PER_TASK / GEMV_NB).max((4 * threads).min(groups));
+    let tasks = n.div_ceil(GEMV_ROWS_PER_TASK).max((4 * threads).min(n));
+    let xs: [&[f32]; M] = std::array::from_fn(|i| &a[i * lda..i * lda + k]);
     for_each_task(parallel, tasks, |t| {
-        let (g0, g1) = split_range(groups, tasks, t);
-        for g in g0..g1 {
-            let j0 = g * GEMV_NB;
-            let nj = GEMV_NB.min(n - j0);
-            // Rows past the end of b repeat the last row; their results are dropped.
-            let brows: [&[f32]; GEMV_NB] = std::array::from_fn(|jj| {
-                let j = j0 + jj.min(nj - 1);
-                &b[j * ldb..j * ldb + k]
-            });
-            for i in 0..m {
-                let arow = &a[i * lda..i * lda + k];
-                // While the first row of a is multiplied, the next group of b is prefetched.
-                let ahead = if i == 0 && g + 1 < g1 { GEMV_NB * ldb } else { 0 };
-                let dots = dot_group(isa, arow, &brows, ahead);
-                for jj in 0..nj {
-                    let v = dots[jj] + bias.map_or(0.0, |bb| bb[j0 + jj]);
-                    // SAFETY: i < m and j0 + jj < n, inside c (checked in gemm_nt); the columns
-                    // j0..j0+nj belong to this task only.
-                    unsafe {
-                        let dst = c_ptr.get().add(i * ldc + j0 + jj);
-                        *dst = if accumulate { *dst + v } else { v };
-                    }
+        let (j0, j1) = split_range(n, tasks, t);
+        for j in j0..j1 {
+            let dots = dot_rows::<M>(isa, &xs, &b[j * ldb..j * ldb + k]);
+            let add = bias.map_or(0.0, |bb| bb[j]);
+            for (i, &dot) in dots.iter().enumerate() {
+                // SAFETY: i < m and j < n, inside c (checked in gemm_nt); column j belongs to this
+                // task only.
+                unsafe {
+                    let dst = c_ptr.get().add(i * ldc + j);
+                    *dst = if accumulate { *dst + dot + add } else { dot + add };
                 }
             }
         }
     });
 }
 
-/// Dot products of `x` with each of the `GEMV_NB` rows (all of `x`'s length); with `ahead > 0`,
-/// also prefetches the memory `ahead` elements past each row (a hint only, never dereferenced).
+/// Dot products of one row `w` with each of the `M` rows `xs` (all of `w`'s length).
 #[inline]
-fn dot_group(isa: Isa, x: &[f32], rows: &[&[f32]; GEMV_NB], ahead: usize) -> [f32; GEMV_NB] {
-    for r in rows {
-        assert!(r.len() == x.len());
+fn dot_rows<const M: usize>(isa: Isa, xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
+    for x in xs {
+        assert!(x.len() == w.len());
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the rows have x's length (checked above) and Avx2Fma is only chosen when detected.
-        Isa::Avx2Fma | Isa::Avx512 => unsafe { dot_group_avx2(x, rows, ahead) },
-        _ => {
-            let _ = ahead;
-            dot_group_portable(x, rows)
-        }
+        // SAFETY: the rows have w's length (checked above); the ISA was detected.
+        Isa::Avx512 => unsafe { dot_rows_avx512::<M>(xs, w) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { dot_rows_avx2::<M>(xs, w) },
+        _ => dot_rows_portable::<M>(xs, w),
     }
 }
 
-fn dot_group_portable(x: &[f32], rows: &[&[f32]; GEMV_NB]) -> [f32; GEMV_NB] {
-    const L: usize = 8;
-    let k = x.len();
+fn dot_rows_portable<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
+    const L: usize = 16;
+    let k = w.len();
     let kv = k - k % L;
-    let mut acc = [[0.0f32; L]; GEMV_NB];
+    let mut acc = [[0.0f32; L]; M];
     for p in (0..kv).step_by(L) {
-        let xv: &[f32; L] = x[p..p + L].try_into().unwrap();
-        for (r, row) in rows.iter().enumerate() {
-            let rv: &[f32; L] = row[p..p + L].try_into().unwrap();
+        let wv: &[f32; L] = w[p..p + L].try_into().unwrap();
+        for (i, x) in xs.iter().enumerate() {
+            let xv: &[f32; L] = x[p..p + L].try_into().unwrap();
             for l in 0..L {
-                acc[r][l] += xv[l] * rv[l];
+                acc[i][l] += xv[l] * wv[l];
             }
         }
     }
-    std::array::from_fn(|r| {
-        let mut s: f32 = acc[r].iter().sum();
+    std::array::from_fn(|i| {
+        let mut s: f32 = acc[i].iter().sum();
         for p in kv..k {
-            s += x[p] * rows[r][p];
+            s += xs[i][p] * w[p];
         }
         s
     })
 }
 
 /// # Safety
-/// The CPU supports AVX2 and FMA; every row has `x.len()` elements.
+/// The CPU supports AVX-512F; every row of `xs` has `w.len()` elements.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_group_avx2(x: &[f32], rows: &[&[f32]; GEMV_NB], ahead: usize) -> [f32; GEMV_NB] {
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     use std::arch::x86_64::*;
-    let k = x.len();
-    let kv = k - k % 8;
-    let xp = x.as_ptr();
-    let rp: [*const f32; GEMV_NB] = std::array::from_fn(|r| rows[r].as_ptr());
-    let mut acc = [_mm256_setzero_ps(); GEMV_NB];
+    // Four independent accumulators per row of a cover the FMA latency even for M = 1.
+    const U: usize = 4;
+    let k = w.len();
+    let wp = w.as_ptr();
+    let xp: [*const f32; M] = std::array::from_fn(|i| xs[i].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); U]; M];
     let mut p = 0;
-    while p < kv {
-        let xv = _mm256_loadu_ps(xp.add(p));
-        for r in 0..GEMV_NB {
-            acc[r] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(rp[r].add(p)), acc[r]);
-        }
-        if ahead > 0 && p % 16 == 0 {
-            for &row in &rp {
-                // A prefetch never faults; wrapping_add keeps the address arithmetic defined.
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p + ahead) as *const i8);
+    while p + 16 * U <= k {
+        for u in 0..U {
+            // Software prefetch well ahead in the stream of b (into the next rows when they follow
+            // this one): decode products gain 10-20%. A hint only: never dereferenced.
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + 16 * u + GEMV_PREFETCH) as *const i8);
+            let wv = _mm512_loadu_ps(wp.add(p + 16 * u));
+            for i in 0..M {
+                acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[i].add(p + 16 * u)), wv, acc[i][u]);
             }
         }
-        p += 8;
+        p += 16 * U;
     }
-    // Horizontal sums of the eight accumulators at once (transpose-and-add).
-    let s01 = _mm256_hadd_ps(acc[0], acc[1]);
-    let s23 = _mm256_hadd_ps(acc[2], acc[3]);
-    let s45 = _mm256_hadd_ps(acc[4], acc[5]);
-    let s67 = _mm256_hadd_ps(acc[6], acc[7]);
-    let s0123 = _mm256_hadd_ps(s01, s23);
-    let s4567 = _mm256_hadd_ps(s45, s67);
-    // s0123 lanes: [r0 r1 r2 r3 | r0 r1 r2 r3] partial sums of the low and high 128-bit halves.
-    let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
-    let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
-    let tot = _mm256_add_ps(lo, hi);
-    let mut out = [0.0f32; GEMV_NB];
-    _mm256_storeu_ps(out.as_mut_ptr(), tot);
-    for p in kv..k {
-        let xv = *xp.add(p);
-        for r in 0..GEMV_NB {
-            out[r] += xv * *rp[r].add(p);
+    while p + 16 <= k {
+        let wv = _mm512_loadu_ps(wp.add(p));
+        for i in 0..M {
+            acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[i].add(p)), wv, acc[i][0]);
         }
+        p += 16;
+    }
+    if p < k {
+        let mask: __mmask16 = ((1u32 << (k - p)) - 1) as __mmask16;
+        let wv = _mm512_maskz_loadu_ps(mask, wp.add(p));
+        for i in 0..M {
+            acc[i][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xp[i].add(p)), wv, acc[i][1]);
+        }
+    }
+    std::array::from_fn(|i| {
+        let s01 = _mm512_add_ps(acc[i][0], acc[i][1]);
+        let s23 = _mm512_add_ps(acc[i][2], acc[i][3]);
+        _mm512_reduce_add_ps(_mm512_add_ps(s01, s23))
+    })
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA; every row of `xs` has `w.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
+    use std::arch::x86_64::*;
+    // Two accumulators per row of a (at most 8 of the 16 ymm registers).
+    const U: usize = 2;
+    let k = w.len();
+    let wp = w.as_ptr();
+    let xp: [*const f32; M] = std::array::from_fn(|i| xs[i].as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); U]; M];
+    let mut p = 0;
+    while p + 8 * U <= k {
+        // One line of b per iteration; prefetched as in the AVX-512 kernel.
+        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + GEMV_PREFETCH) as *const i8);
+        for u in 0..U {
+            let wv = _mm256_loadu_ps(wp.add(p + 8 * u));
+            for i in 0..M {
+                acc[i][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[i].add(p + 8 * u)), wv, acc[i][u]);
+            }
+        }
+        p += 8 * U;
+    }
+    let mut out: [f32; M] = std::array::from_fn(|i| {
+        let s = _mm256_add_ps(acc[i][0], acc[i][1]);
+        let lo = _mm256_castps256_ps128(s);
+        let hi = _mm256_extractf128_ps::<1>(s);
+        let q = _mm_add_ps(lo, hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_movehdup_ps(q));
+        _mm_cvtss_f32(q)
+    });
+    while p < k {
+        let wv = *wp.add(p);
+        for i in 0..M {
+            out[i] += *xp[i].add(p) * wv;
+        }
+        p += 1;
     }
     out
 }
