@@ -148,7 +148,12 @@ fn measure_peak(lanes: u64) -> (f64, f64) {
 }
 
 fn main() {
-    let budget = Duration::from_secs_f64(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0));
+    let budget = Duration::from_secs_f64(
+        std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1.0),
+    );
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
     let threads = rayon::current_num_threads();
@@ -165,16 +170,29 @@ fn main() {
     };
     println!(
         "GEMM kernels: {}",
-        if peak512.is_some() { "AVX-512 12x32 (set TWOSSP_CPU_KERNELS=avx2 for the AVX2 6x16 kernel)" } else if kernels.is_empty() { "best available (AVX2 6x16 where the CPU has it)" } else { kernels.as_str() }
+        if peak512.is_some() {
+            "AVX-512 12x32 (set TWOSSP_CPU_KERNELS=avx2 for the AVX2 6x16 kernel)"
+        } else if kernels.is_empty() {
+            "best available (AVX2 6x16 where the CPU has it)"
+        } else {
+            kernels.as_str()
+        }
     );
     // "% peak" is against the AVX2 peak (the brief's definition); "% 512" against the AVX-512 one.
     let pct = |g: f64| match peak512 {
         Some(p512) => format!("{:>6.1}% {:>6.1}%", 100.0 * g / peak, 100.0 * g / p512),
         None => format!("{:>6.1}%", 100.0 * g / peak),
     };
-    let pct_head = if peak512.is_some() { format!("{:>7} {:>7}", "% peak", "% 512") } else { format!("{:>7}", "% peak") };
+    let pct_head = if peak512.is_some() {
+        format!("{:>7} {:>7}", "% peak", "% 512")
+    } else {
+        format!("{:>7}", "% peak")
+    };
     println!();
-    println!("{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {pct_head}", "linear y = x·wᵀ", "m", "n", "k", "best ms", "GFLOP/s");
+    println!(
+        "{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {pct_head}",
+        "linear y = x·wᵀ", "m", "n", "k", "best ms", "GFLOP/s"
+    );
 
     let mut cases: Vec<(&str, usize, usize, usize)> = Vec::new();
     let smol = [
@@ -206,7 +224,10 @@ fn main() {
         let gflops = 2.0 * (m * n * k) as f64 / t.as_secs_f64() / 1e9;
         let note = if m == 1 {
             // Decode is bound by reading w: report the bandwidth too.
-            format!("  ({:.1} GB/s of weights, {runs} runs)", (n * k * 4) as f64 / t.as_secs_f64() / 1e9)
+            format!(
+                "  ({:.1} GB/s of weights, {runs} runs)",
+                (n * k * 4) as f64 / t.as_secs_f64() / 1e9
+            )
         } else {
             format!("  ({runs} runs)")
         };
@@ -223,7 +244,10 @@ fn main() {
     }
 
     println!();
-    println!("{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {pct_head}", "causal attention", "T", "heads", "hd", "best ms", "GFLOP/s");
+    println!(
+        "{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {pct_head}",
+        "causal attention", "T", "heads", "hd", "best ms", "GFLOP/s"
+    );
     let attn = [
         ("SmolLM2 (9 q / 3 kv)", 2048, 9, 3, 64, None),
         ("Gemma-3 local (4 / 1, w512)", 2048, 4, 1, 256, Some(512)),
@@ -245,7 +269,9 @@ fn main() {
             scale: 1.0 / (hd as f32).sqrt(),
             window,
         };
-        let (t, runs) = best_of(budget, || causal_attention(black_box(&q), black_box(&k), black_box(&v), &mut out, &shape));
+        let (t, runs) = best_of(budget, || {
+            causal_attention(black_box(&q), black_box(&k), black_box(&v), &mut out, &shape)
+        });
         black_box(&out);
         // Visible (query, key) pairs: T²/2 causal, or about T·w with a window.
         let pairs = match window {

@@ -68,8 +68,16 @@ struct Problem<'a> {
 
 pub(crate) fn causal_attention_isa(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: &AttentionShape) {
     let s = *shape;
-    assert!(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
-    assert!(s.n_keys >= s.n_queries, "more queries ({}) than keys ({})", s.n_queries, s.n_keys);
+    assert!(
+        s.n_kv_heads > 0 && s.n_heads.is_multiple_of(s.n_kv_heads),
+        "n_heads must be a multiple of n_kv_heads"
+    );
+    assert!(
+        s.n_keys >= s.n_queries,
+        "more queries ({}) than keys ({})",
+        s.n_queries,
+        s.n_keys
+    );
     assert!(s.window != Some(0), "a sliding window must be at least 1");
     let d = s.head_dim;
     assert!(q.len() >= s.n_queries * s.n_heads * d, "q too short");
@@ -105,7 +113,11 @@ fn attention_with<const MR_: usize, const NR_: usize>(
     let group = s.n_heads / s.n_kv_heads;
     let visible = s.window.map_or(s.n_keys, |w| w.min(s.n_keys));
     let work = s.n_queries * visible * s.n_heads * d;
-    let threads = if work >= PAR_MIN_WORK { rayon::current_num_threads() } else { 1 };
+    let threads = if work >= PAR_MIN_WORK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let parallel = threads > 1;
 
     // Pack every key once (all query tiles of a kv head share them).
@@ -135,7 +147,17 @@ fn attention_with<const MR_: usize, const NR_: usize>(
 
     let body = |kpack: &mut [f32]| {
         pack_keys(kpack);
-        let p = Problem { isa, ukr, q, kpack, v, out, shape: *s, group, offset: s.n_keys - s.n_queries };
+        let p = Problem {
+            isa,
+            ukr,
+            q,
+            kpack,
+            v,
+            out,
+            shape: *s,
+            group,
+            offset: s.n_keys - s.n_queries,
+        };
         let run = |t: usize| {
             // Later query tiles see more keys: hand them out first.
             let (g, qt) = (t % s.n_kv_heads, q_tiles - 1 - t / s.n_kv_heads);
@@ -230,7 +252,7 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
     row_sum.fill(0.0);
     let scores = sized(&mut s.scores, rpad * BK);
     let ppack = sized(&mut s.ppack, rpad * BK);
-    let v_direct = d % NR_ == 0;
+    let v_direct = d.is_multiple_of(NR_);
     let vpad = sized(&mut s.vpad, if v_direct { 0 } else { BK * dpad });
 
     // Keys visible to some query of the tile, from the start of the first key's panel: tiles
@@ -251,7 +273,18 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
                 let c = &mut scores[ip * MR_ * BK + jp * NR_..];
                 assert!(c.len() >= (MR_ - 1) * BK + NR_);
                 // SAFETY: ap holds d*MR_ and bp d*NR_ floats; c has MR_ rows of BK >= NR_ floats.
-                unsafe { ukr(d, ap.as_ptr(), bp.as_ptr(), NR_, c.as_mut_ptr(), BK, false, std::ptr::null()) };
+                unsafe {
+                    ukr(
+                        d,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        NR_,
+                        c.as_mut_ptr(),
+                        BK,
+                        false,
+                        std::ptr::null(),
+                    )
+                };
             }
         }
 
@@ -287,7 +320,10 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
             gemm::pack_panel::<MR_>(p.isa, scores, BK, ip * MR_, MR_, 0, kt, &mut ppack[ip * MR_ * kt..]);
         }
         let (vp, ldv): (&[f32], usize) = if v_direct {
-            (&p.v[j0 * kv_stride + g * d..(j0 + kt - 1) * kv_stride + g * d + d], kv_stride)
+            (
+                &p.v[j0 * kv_stride + g * d..(j0 + kt - 1) * kv_stride + g * d + d],
+                kv_stride,
+            )
         } else {
             for (j, dst) in vpad.chunks_exact_mut(dpad).take(kt).enumerate() {
                 let src = (j0 + j) * kv_stride + g * d;
@@ -304,7 +340,18 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
                 assert!(c.len() >= (MR_ - 1) * dpad + NR_);
                 // SAFETY: ap holds kt*MR_ floats; vp has NR_ floats at each of cb*NR_ + j*ldv, j < kt
                 // (asserted); c has MR_ rows of dpad >= NR_ floats (asserted).
-                unsafe { ukr(kt, ap.as_ptr(), vp[cb * NR_..].as_ptr(), ldv, c.as_mut_ptr(), dpad, true, std::ptr::null()) };
+                unsafe {
+                    ukr(
+                        kt,
+                        ap.as_ptr(),
+                        vp[cb * NR_..].as_ptr(),
+                        ldv,
+                        c.as_mut_ptr(),
+                        dpad,
+                        true,
+                        std::ptr::null(),
+                    )
+                };
             }
         }
         j0 += kt;
@@ -543,7 +590,10 @@ mod tests {
         causal_attention_isa(isa, &q, &k, &v, &mut got, &s);
         for (idx, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
             let err = (g - w).abs();
-            assert!(err <= 1e-5 * (m + w.abs()), "{isa:?} {s:?}: element {idx}: got {g}, want {w} (err {err:e})");
+            assert!(
+                err <= 1e-5 * (m + w.abs()),
+                "{isa:?} {s:?}: element {idx}: got {g}, want {w} (err {err:e})"
+            );
         }
     }
 
@@ -621,7 +671,15 @@ mod tests {
     #[test]
     fn large_scores_stay_finite() {
         // Scores above 88 (exp overflow range): the online max subtraction keeps exp in range.
-        let s = AttentionShape { n_queries: 50, n_keys: 50, n_heads: 1, n_kv_heads: 1, head_dim: 16, scale: 8.0, window: None };
+        let s = AttentionShape {
+            n_queries: 50,
+            n_keys: 50,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 16,
+            scale: 8.0,
+            window: None,
+        };
         check(gemm::detected_isa(), s, 7);
     }
 }

@@ -62,9 +62,18 @@ struct Blocking {
 // single depth block for k = 576 (no second pass over c) and B blocks of a few MiB were best.
 
 /// Blocking of the 6 x 16 kernels: B micro-panel 24 KiB (L1), A block 216 KiB (L2), B block 3 MiB.
-const BLOCKING_6X16: Blocking = Blocking { kc_max: 384, mc_max: 144, nc_max: 2048 };
+const BLOCKING_6X16: Blocking = Blocking {
+    kc_max: 384,
+    mc_max: 144,
+    nc_max: 2048,
+};
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// Blocking of the 12 x 32 AVX-512 kernel: B micro-panel 72 KiB, A block 324 KiB (L2), B block 4.5 MiB.
-const BLOCKING_12X32: Blocking = Blocking { kc_max: 576, mc_max: 144, nc_max: 2048 };
+const BLOCKING_12X32: Blocking = Blocking {
+    kc_max: 576,
+    mc_max: 144,
+    nc_max: 2048,
+};
 /// Products with at most this many rows of `a` take the unpacked GEMV-style path.
 const GEMV_M_MAX: usize = 4;
 /// Below this many flops a product runs on the calling thread only.
@@ -105,6 +114,7 @@ pub fn matmul_nt(
 
 /// Which micro-kernels to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Isa {
     /// x86-64 AVX-512F (12 x 32 GEMM micro-kernel; the AVX2 kernels elsewhere).
     Avx512,
@@ -125,7 +135,10 @@ pub(crate) fn detected_isa() -> Isa {
         i @ 1..=3 => ISAS[i as usize - 1],
         _ => {
             let isa = detect_isa();
-            CACHE.store(ISAS.iter().position(|&x| x == isa).unwrap() as u8 + 1, Ordering::Relaxed);
+            CACHE.store(
+                ISAS.iter().position(|&x| x == isa).unwrap() as u8 + 1,
+                Ordering::Relaxed,
+            );
             isa
         }
     }
@@ -184,10 +197,25 @@ pub(crate) fn gemm_nt(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(lda >= k && ldb >= k && ldc >= n, "matmul_nt: leading dimensions too small");
-    assert!(a.len() >= (m - 1) * lda + k, "matmul_nt: a has {} elements, too few for {m} x {k} (lda {lda})", a.len());
-    assert!(b.len() >= (n - 1) * ldb + k, "matmul_nt: b has {} elements, too few for {n} x {k} (ldb {ldb})", b.len());
-    assert!(c.len() >= (m - 1) * ldc + n, "matmul_nt: c has {} elements, too few for {m} x {n} (ldc {ldc})", c.len());
+    assert!(
+        lda >= k && ldb >= k && ldc >= n,
+        "matmul_nt: leading dimensions too small"
+    );
+    assert!(
+        a.len() >= (m - 1) * lda + k,
+        "matmul_nt: a has {} elements, too few for {m} x {k} (lda {lda})",
+        a.len()
+    );
+    assert!(
+        b.len() >= (n - 1) * ldb + k,
+        "matmul_nt: b has {} elements, too few for {n} x {k} (ldb {ldb})",
+        b.len()
+    );
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "matmul_nt: c has {} elements, too few for {m} x {n} (ldc {ldc})",
+        c.len()
+    );
     if let Some(bias) = bias {
         assert!(bias.len() >= n);
     }
@@ -356,7 +384,10 @@ unsafe fn pack_full_avx2<const R: usize>(src: *const f32, ld: usize, kc: usize, 
         let valid = (R - 8 * g).min(8);
         // Rows past the panel repeat its last row; the mask keeps them out of dst.
         let rp: [*const f32; 8] = std::array::from_fn(|r| src.add((8 * g + r.min(valid - 1)) * ld));
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(valid as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         let mut p = 0;
         while p < kv {
             let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rp[i].add(p)));
@@ -463,7 +494,11 @@ fn packed_path<const MR_: usize, const NR_: usize>(
             let n_panels = nc.div_ceil(nr);
             // Split the columns too when there are too few row blocks to balance the threads.
             let want = 4 * threads;
-            let n_tasks = if m_tasks >= want { 1 } else { want.div_ceil(m_tasks).min(n_panels) };
+            let n_tasks = if m_tasks >= want {
+                1
+            } else {
+                want.div_ceil(m_tasks).min(n_panels)
+            };
 
             for (kb, pc) in (0..k).step_by(kc_max).enumerate() {
                 let kc = kc_max.min(k - pc);
@@ -552,7 +587,16 @@ unsafe fn write_tile<const MR_: usize, const NR_: usize>(
     } else {
         let mut tile = [0.0f32; MR512 * NR512];
         assert!(MR_ * NR_ <= tile.len());
-        ukr(kc, ap.as_ptr(), bp.as_ptr(), NR_, tile.as_mut_ptr(), NR_, false, std::ptr::null());
+        ukr(
+            kc,
+            ap.as_ptr(),
+            bp.as_ptr(),
+            NR_,
+            tile.as_mut_ptr(),
+            NR_,
+            false,
+            std::ptr::null(),
+        );
         for i in 0..mi {
             let row = cp.add(i * ldc);
             for j in 0..nj {
@@ -569,6 +613,7 @@ unsafe fn write_tile<const MR_: usize, const NR_: usize>(
 /// # Safety
 /// `a` holds `kc*MR` readable floats; `b` has `NR` readable floats at each of `p*ldb`, `p < kc`;
 /// `c` rows `0..MR` (stride `ldc`), columns `0..NR` are writable; `bias` is null or holds `NR` floats.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn ukr_portable(
     kc: usize,
     a: *const f32,
@@ -608,6 +653,7 @@ pub(crate) unsafe fn ukr_portable(
 /// As [`ukr_portable`], and the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn ukr_avx2(
     kc: usize,
     a: *const f32,
@@ -697,6 +743,7 @@ unsafe fn ukr_avx2(
 /// As [`ukr_portable`] for a 12 x 32 tile, and the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn ukr_avx512(
     kc: usize,
     a: *const f32,
@@ -747,6 +794,7 @@ pub(crate) unsafe fn ukr_avx512(
 
 /// Rows of `b` per parallel task in the GEMV path.
 const GEMV_ROWS_PER_TASK: usize = 256;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// Prefetch distance of the GEMV path, in floats.
 const GEMV_PREFETCH: usize = 1024;
 
@@ -858,6 +906,7 @@ fn dot_rows_portable<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
 /// The CPU supports AVX-512F; every row of `xs` has `w.len()` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     use std::arch::x86_64::*;
     // Four independent accumulators per row of a cover the FMA latency even for M = 1.
@@ -904,6 +953,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
 /// The CPU supports AVX2 and FMA; every row of `xs` has `w.len()` elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)]
 unsafe fn dot_rows_avx2<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     use std::arch::x86_64::*;
     // Two accumulators per row of a (at most 8 of the 16 ymm registers).
@@ -1006,7 +1056,10 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (idx, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
             let err = (g - w).abs();
-            assert!(err <= 1e-5 * s.max(1e-30) || err == 0.0, "{what}: element {idx}: got {g}, want {w} (abs err {err:e}, scale {s:e})");
+            assert!(
+                err <= 1e-5 * s.max(1e-30) || err == 0.0,
+                "{what}: element {idx}: got {g}, want {w} (abs err {err:e}, scale {s:e})"
+            );
         }
     }
 
@@ -1034,7 +1087,9 @@ mod tests {
 
     fn check_isa(isa: Isa) {
         for (si, &(m, n, k)) in SHAPES.iter().enumerate() {
-            for &(pad, accumulate, with_bias) in &[(0, false, false), (3, true, false), (0, false, true), (5, true, true)] {
+            for &(pad, accumulate, with_bias) in
+                &[(0, false, false), (3, true, false), (0, false, true), (5, true, true)]
+            {
                 let (lda, ldb, ldc) = (k + pad, k + 2 * pad, n + pad);
                 let seed = si as u64 * 16 + pad as u64;
                 let a = fill((m - 1) * lda + k, seed);
@@ -1050,7 +1105,11 @@ mod tests {
                 assert_close(&got, &want, &scale, &what);
                 // Elements between rows (the padding of c) are untouched.
                 for i in 0..m.saturating_sub(1) {
-                    assert_eq!(&got[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc], "{what}: padding");
+                    assert_eq!(
+                        &got[i * ldc + n..(i + 1) * ldc],
+                        &c0[i * ldc + n..(i + 1) * ldc],
+                        "{what}: padding"
+                    );
                 }
             }
         }
@@ -1093,7 +1152,20 @@ mod tests {
     #[test]
     fn k_zero_and_empty() {
         let mut c = vec![1.0f32; 6];
-        gemm_nt(detected_isa(), &[], 0, &[], 0, &mut c, 3, 2, 3, 0, false, Some(&[1.0, 2.0, 3.0]));
+        gemm_nt(
+            detected_isa(),
+            &[],
+            0,
+            &[],
+            0,
+            &mut c,
+            3,
+            2,
+            3,
+            0,
+            false,
+            Some(&[1.0, 2.0, 3.0]),
+        );
         assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
         matmul_nt(&[], 0, &[], 0, &mut c, 3, 2, 3, 0, true);
         assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
