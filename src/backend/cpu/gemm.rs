@@ -75,7 +75,7 @@ const BLOCKING_12X32: Blocking = Blocking {
     nc_max: 2048,
 };
 /// Products with at most this many rows of `a` take the unpacked GEMV-style path.
-const GEMV_M_MAX: usize = 4;
+const GEMV_M_MAX: usize = 8;
 /// Below this many flops a product runs on the calling thread only.
 const PAR_MIN_FLOPS: usize = 1 << 20;
 /// The GEMV path runs on the calling thread only below this many elements of `b` (4 MiB): a
@@ -819,6 +819,10 @@ fn gemv_path(
         2 => gemv_rows::<2>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
         3 => gemv_rows::<3>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
         4 => gemv_rows::<4>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        5 => gemv_rows::<5>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        6 => gemv_rows::<6>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        7 => gemv_rows::<7>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        8 => gemv_rows::<8>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
         _ => unreachable!("the GEMV path takes at most {GEMV_M_MAX} rows"),
     }
 }
@@ -909,15 +913,17 @@ fn dot_rows_portable<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
 #[allow(clippy::needless_range_loop)]
 unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     use std::arch::x86_64::*;
-    // Four independent accumulators per row of a cover the FMA latency even for M = 1.
-    const U: usize = 4;
+    // Four independent accumulators per row of a cover the FMA latency even for M = 1; two per
+    // row above four rows (at most 16 of the 32 zmm registers).
+    const U_MAX: usize = 4;
+    let u_n = if M <= 4 { 4 } else { 2 };
     let k = w.len();
     let wp = w.as_ptr();
     let xp: [*const f32; M] = std::array::from_fn(|i| xs[i].as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); U]; M];
+    let mut acc = [[_mm512_setzero_ps(); U_MAX]; M];
     let mut p = 0;
-    while p + 16 * U <= k {
-        for u in 0..U {
+    while p + 16 * u_n <= k {
+        for u in 0..u_n {
             // Software prefetch well ahead in the stream of b (into the next rows when they follow
             // this one): decode products gain 10-20%. A hint only: never dereferenced.
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + 16 * u + GEMV_PREFETCH) as *const i8);
@@ -926,7 +932,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
                 acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[i].add(p + 16 * u)), wv, acc[i][u]);
             }
         }
-        p += 16 * U;
+        p += 16 * u_n;
     }
     while p + 16 <= k {
         let wv = _mm512_loadu_ps(wp.add(p));
@@ -943,6 +949,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
         }
     }
     std::array::from_fn(|i| {
+        // Unused accumulators (u_n = 2) are still zero.
         let s01 = _mm512_add_ps(acc[i][0], acc[i][1]);
         let s23 = _mm512_add_ps(acc[i][2], acc[i][3]);
         _mm512_reduce_add_ps(_mm512_add_ps(s01, s23))
@@ -956,13 +963,22 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
 #[allow(clippy::needless_range_loop)]
 unsafe fn dot_rows_avx2<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     use std::arch::x86_64::*;
-    // Two accumulators per row of a (at most 8 of the 16 ymm registers).
+    // Two accumulators per row of a up to four rows, one above (at most 8 of the 16 ymm registers).
     const U: usize = 2;
+    let one = M > 4;
     let k = w.len();
     let wp = w.as_ptr();
     let xp: [*const f32; M] = std::array::from_fn(|i| xs[i].as_ptr());
     let mut acc = [[_mm256_setzero_ps(); U]; M];
     let mut p = 0;
+    while one && p + 8 <= k {
+        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + GEMV_PREFETCH) as *const i8);
+        let wv = _mm256_loadu_ps(wp.add(p));
+        for i in 0..M {
+            acc[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xp[i].add(p)), wv, acc[i][0]);
+        }
+        p += 8;
+    }
     while p + 8 * U <= k {
         // One line of b per iteration; prefetched as in the AVX-512 kernel.
         _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + GEMV_PREFETCH) as *const i8);
@@ -1072,6 +1088,8 @@ mod tests {
         (1, 1000, 576),
         (1, 1100, 1000),
         (3, 1100, 1000),
+        (8, 300, 77),
+        (9, 40, 33),
         (2, 33, 9),
         (3, 50, 64),
         (4, 17, 1),
