@@ -26,9 +26,9 @@
 //! multiples of the tiles) are handled by zero-padding the packed panels and writing partial tiles
 //! through a small stack buffer, so every size, including `k = 1` or `n = 1`, is valid.
 //!
-//! Small `m` (decode: `m = 1`, or a handful of rows) is memory bound on reading `b`; it skips packing
-//! and computes dot products of the rows of `a` against groups of eight rows of `b` directly (with
-//! the next group prefetched), in parallel over `n`.
+//! Small `m` (decode: `m = 1`, or up to 8 rows) is memory bound on reading `b`; it skips packing and
+//! streams `b` once, front to back (software-prefetched), multiplying each of its rows by the rows
+//! of `a` held in L1, in parallel over `n` when `b` is large enough to repay the threads.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
