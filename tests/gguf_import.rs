@@ -368,7 +368,7 @@ fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 #[test]
 fn truncated_header_is_an_error() {
     let bytes = tiny_llama().bytes();
-    for cut in [2, 10, 40, 300] {
+    for cut in [0, 2, 10, 40, 300] {
         let err = import_err(&format!("trunc{cut}"), &bytes[..cut]);
         assert!(err.contains("truncated"), "cut at {cut}: {err}");
     }
@@ -648,4 +648,48 @@ fn dequantize_rejects_wrong_sizes() {
     assert!(err.contains("33 bytes"), "{err}");
     let one = f16::from_f32(1.0).to_le_bytes();
     assert_eq!(dequantize(GgmlType::F16, &one, 1).unwrap(), vec![1.0]);
+}
+
+#[test]
+fn qwen2_import_keeps_q_rows_and_writes_biases() {
+    let mut g = tiny_llama();
+    let arch_keys: Vec<String> = g
+        .kvs
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.starts_with("llama."))
+        .collect();
+    for k in arch_keys {
+        let pos = g.kvs.iter().position(|(key, _)| *key == k).unwrap();
+        g.kvs[pos].0 = k.replacen("llama.", "qwen2.", 1);
+    }
+    g.kv("general.architecture", Kv::Str("qwen2".into()))
+        .kv("tokenizer.ggml.pre", Kv::Str("qwen2".into()));
+    g.tensor_f32("blk.0.attn_q.bias", &[HEADS * HEAD_DIM], &ramp(HEADS * HEAD_DIM, 1.0))
+        .tensor_f32(
+            "blk.0.attn_k.bias",
+            &[KV_HEADS * HEAD_DIM],
+            &ramp(KV_HEADS * HEAD_DIM, 1.0),
+        )
+        .tensor_f32(
+            "blk.0.attn_v.bias",
+            &[KV_HEADS * HEAD_DIM],
+            &ramp(KV_HEADS * HEAD_DIM, 1.0),
+        );
+    let s = Scratch::new("qwen2");
+    let src = s.write("m.gguf", &g.bytes());
+    let out = s.0.join("out");
+    let summary = import(&src, &out, false).unwrap();
+    assert_eq!((summary.architecture.as_str(), summary.n_tensors), ("qwen2", 14));
+    let cfg = read_json(&out.join("config.json"));
+    assert_eq!(cfg["model_type"], "qwen2");
+    assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, q) = tensor(&st, "model.layers.0.self_attn.q_proj.weight");
+    assert_eq!((q[0], q[32], q[64]), (0.0, 1.0, 2.0), "qwen2 q rows are not permuted");
+    assert_eq!(tensor(&st, "model.layers.0.self_attn.q_proj.bias").0, vec![32]);
+    let tk = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    let toks = tk.encode("hello 12", false).unwrap().get_tokens().to_vec();
+    assert_eq!(toks, ["hello", "Ġ", "1", "2"]);
 }

@@ -396,8 +396,16 @@ impl<'a> Cursor<'a> {
                 }
                 let item_ty = self.u32()?;
                 let n = self.u64()?;
-                // Every item takes at least one byte: a larger count cannot fit in the file.
-                if n > self.remaining() as u64 {
+                // Every item takes at least `min_size` bytes: a larger count cannot fit in the file.
+                let min_size: u64 = match item_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    _ => 1,
+                };
+                if n.saturating_mul(min_size) > self.remaining() as u64 {
                     bail!("file is truncated at byte {}: array of {n} items announced", self.pos);
                 }
                 let mut items = Vec::with_capacity(n as usize);
