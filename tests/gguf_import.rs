@@ -41,7 +41,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 impl Gguf {
     fn new() -> Self {
-        Self { version: 3, ..Default::default() }
+        Self {
+            version: 3,
+            ..Default::default()
+        }
     }
 
     fn kv(&mut self, key: &str, v: Kv) -> &mut Self {
@@ -58,12 +61,22 @@ impl Gguf {
     fn tensor_f32(&mut self, name: &str, dims: &[u64], values: &[f32]) -> &mut Self {
         assert_eq!(values.len() as u64, dims.iter().product::<u64>());
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id: 0, data });
+        self.tensors.push(Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            type_id: 0,
+            data,
+        });
         self
     }
 
     fn tensor_raw(&mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id, data });
+        self.tensors.push(Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            type_id,
+            data,
+        });
         self
     }
 
@@ -124,7 +137,7 @@ impl Gguf {
             offsets.push(offset);
             offset = (offset + t.data.len() as u64).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         let data_start = out.len();
@@ -172,15 +185,23 @@ fn add_weights(g: &mut Gguf, vocab: u64, gemma: bool) {
     let q_rows = HEADS * HEAD_DIM;
     let kv_rows = KV_HEADS * HEAD_DIM;
     // attn_q holds its GGUF row index in every column so the unpermutation can be checked.
-    let q: Vec<f32> = (0..q_rows).flat_map(|r| std::iter::repeat(r as f32).take(HIDDEN as usize)).collect();
-    let k: Vec<f32> = (0..kv_rows).flat_map(|r| std::iter::repeat(r as f32).take(HIDDEN as usize)).collect();
+    let q: Vec<f32> = (0..q_rows)
+        .flat_map(|r| std::iter::repeat_n(r as f32, HIDDEN as usize))
+        .collect();
+    let k: Vec<f32> = (0..kv_rows)
+        .flat_map(|r| std::iter::repeat_n(r as f32, HIDDEN as usize))
+        .collect();
     g.tensor_f32("token_embd.weight", &[HIDDEN, vocab], &ramp(HIDDEN * vocab, 0.01))
         .tensor_f32("output_norm.weight", &[HIDDEN], &vec![1.5; HIDDEN as usize])
         .tensor_f32("blk.0.attn_norm.weight", &[HIDDEN], &vec![2.0; HIDDEN as usize])
         .tensor_f32("blk.0.attn_q.weight", &[HIDDEN, q_rows], &q)
         .tensor_f32("blk.0.attn_k.weight", &[HIDDEN, kv_rows], &k)
         .tensor_f32("blk.0.attn_v.weight", &[HIDDEN, kv_rows], &ramp(HIDDEN * kv_rows, 0.02))
-        .tensor_f32("blk.0.attn_output.weight", &[q_rows, HIDDEN], &ramp(HIDDEN * q_rows, 0.03))
+        .tensor_f32(
+            "blk.0.attn_output.weight",
+            &[q_rows, HIDDEN],
+            &ramp(HIDDEN * q_rows, 0.03),
+        )
         .tensor_f32("blk.0.ffn_norm.weight", &[HIDDEN], &vec![3.0; HIDDEN as usize])
         .tensor_f32("blk.0.ffn_gate.weight", &[HIDDEN, FFN], &ramp(HIDDEN * FFN, 0.04))
         .tensor_f32("blk.0.ffn_up.weight", &[HIDDEN, FFN], &ramp(HIDDEN * FFN, 0.05))
@@ -188,7 +209,11 @@ fn add_weights(g: &mut Gguf, vocab: u64, gemma: bool) {
     if gemma {
         g.tensor_f32("blk.0.attn_q_norm.weight", &[HEAD_DIM], &vec![1.25; HEAD_DIM as usize])
             .tensor_f32("blk.0.attn_k_norm.weight", &[HEAD_DIM], &vec![0.75; HEAD_DIM as usize])
-            .tensor_f32("blk.0.post_attention_norm.weight", &[HIDDEN], &vec![4.0; HIDDEN as usize])
+            .tensor_f32(
+                "blk.0.post_attention_norm.weight",
+                &[HIDDEN],
+                &vec![4.0; HIDDEN as usize],
+            )
             .tensor_f32("blk.0.post_ffw_norm.weight", &[HIDDEN], &vec![5.0; HIDDEN as usize]);
     }
 }
@@ -207,11 +232,22 @@ fn add_hparams(g: &mut Gguf, arch: &str) {
 
 /// A one-block llama with a byte-level BPE vocabulary ("smollm" pre-tokenizer).
 fn tiny_llama() -> Gguf {
-    let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
+    let mut tokens = vec![
+        "<|endoftext|>".to_string(),
+        "<|im_start|>".to_string(),
+        "<|im_end|>".to_string(),
+    ];
     tokens.extend(byte_level_alphabet());
-    tokens.extend(["he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġwor", "Ġworl", "Ġworld", "12"].map(String::from));
+    tokens.extend(
+        [
+            "he", "ll", "hell", "hello", "Ġw", "Ġwo", "Ġwor", "Ġworl", "Ġworld", "12",
+        ]
+        .map(String::from),
+    );
     // "l d" makes no token: the tokenizer must drop it (HF rejects merges with unknown results).
-    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor l", "Ġworl d", "l d", "1 2"];
+    let merges = [
+        "h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor l", "Ġworl d", "l d", "1 2",
+    ];
     let mut types = vec![1i32; tokens.len()];
     types[..3].fill(3);
     let vocab = tokens.len() as u64;
@@ -222,7 +258,10 @@ fn tiny_llama() -> Gguf {
         .kv("tokenizer.ggml.pre", Kv::Str("smollm".into()))
         .kv("tokenizer.ggml.tokens", Kv::Strs(tokens))
         .kv("tokenizer.ggml.token_type", Kv::I32s(types))
-        .kv("tokenizer.ggml.merges", Kv::Strs(merges.iter().map(|s| s.to_string()).collect()))
+        .kv(
+            "tokenizer.ggml.merges",
+            Kv::Strs(merges.iter().map(|s| s.to_string()).collect()),
+        )
         .kv("tokenizer.ggml.bos_token_id", Kv::U32(1))
         .kv("tokenizer.ggml.eos_token_id", Kv::U32(2))
         .kv("tokenizer.ggml.add_bos_token", Kv::Bool(false));
@@ -232,7 +271,9 @@ fn tiny_llama() -> Gguf {
 
 /// A one-block gemma3 with a SentencePiece vocabulary (scores, byte fallback, user-defined tokens).
 fn tiny_gemma() -> Gguf {
-    let mut tokens: Vec<String> = ["<pad>", "<eos>", "<bos>", "<unk>", "\n", "\n\n"].map(String::from).to_vec();
+    let mut tokens: Vec<String> = ["<pad>", "<eos>", "<bos>", "<unk>", "\n", "\n\n"]
+        .map(String::from)
+        .to_vec();
     let mut types = vec![3, 3, 3, 3, 4, 4];
     let mut scores = vec![-1000.0f32; 6];
     for b in 0..256 {
@@ -240,10 +281,13 @@ fn tiny_gemma() -> Gguf {
         types.push(6);
         scores.push(0.0);
     }
-    let normal = ["▁", "a", "b", "c", "h", "e", "l", "o", "▁h", "ll", "he", "hell", "hello", "▁hello", "ab", "bc", "abc"];
+    let normal = [
+        "▁", "a", "b", "c", "h", "e", "l", "o", "▁h", "ll", "he", "hell", "hello", "▁hello", "ab", "bc", "abc",
+    ];
     // Scores: "ab" beats "bc", so "abc" must come out as ["abc"] via "ab"+"c", and "bcab" as ["bc", "ab"].
-    let normal_scores =
-        [-1.0, -50.0, -51.0, -52.0, -53.0, -54.0, -55.0, -56.0, -10.0, -5.0, -6.0, -7.0, -9.0, -8.0, -2.0, -3.0, -4.0];
+    let normal_scores = [
+        -1.0, -50.0, -51.0, -52.0, -53.0, -54.0, -55.0, -56.0, -10.0, -5.0, -6.0, -7.0, -9.0, -8.0, -2.0, -3.0, -4.0,
+    ];
     for (t, s) in normal.iter().zip(normal_scores) {
         tokens.push(t.to_string());
         types.push(1);
@@ -311,7 +355,11 @@ fn read_json(p: &Path) -> Value {
 fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(name).unwrap_or_else(|_| panic!("missing {name}"));
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (t.shape().to_vec(), v)
 }
 
@@ -320,7 +368,7 @@ fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 #[test]
 fn truncated_header_is_an_error() {
     let bytes = tiny_llama().bytes();
-    for cut in [2, 10, 40, 300] {
+    for cut in [0, 2, 10, 40, 300] {
         let err = import_err(&format!("trunc{cut}"), &bytes[..cut]);
         assert!(err.contains("truncated"), "cut at {cut}: {err}");
     }
@@ -384,7 +432,10 @@ fn tensor_out_of_bounds_is_an_error() {
     let off_pos = pos + name.len() + 4 + 8 * g.tensors[0].dims.len() + 4;
     bytes[off_pos..off_pos + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let err = import_err("oob", &bytes);
-    assert!(err.contains("token_embd.weight") && err.contains("outside the file"), "{err}");
+    assert!(
+        err.contains("token_embd.weight") && err.contains("outside the file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -400,7 +451,10 @@ fn wrong_metadata_type_is_an_error() {
     let mut g = tiny_llama();
     g.kv("llama.block_count", Kv::Str("one".into()));
     let err = import_err("metatype", &g.bytes());
-    assert!(err.contains("llama.block_count") && err.contains("not a non-negative integer"), "{err}");
+    assert!(
+        err.contains("llama.block_count") && err.contains("not a non-negative integer"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -460,7 +514,10 @@ fn llama_import_writes_a_consistent_checkpoint() {
     let (shape, q) = tensor(&st, "model.layers.0.self_attn.q_proj.weight");
     assert_eq!(shape, vec![32, 32]);
     let row = |r: usize| q[r * 32];
-    assert_eq!((row(0), row(1), row(7), row(8), row(9), row(15)), (0.0, 2.0, 14.0, 1.0, 3.0, 15.0));
+    assert_eq!(
+        (row(0), row(1), row(7), row(8), row(9), row(15)),
+        (0.0, 2.0, 14.0, 1.0, 3.0, 15.0)
+    );
     assert_eq!((row(16), row(17), row(24)), (16.0, 18.0, 17.0));
     let (_, k) = tensor(&st, "model.layers.0.self_attn.k_proj.weight");
     assert_eq!((k[0], k[32], k[8 * 32]), (0.0, 2.0, 1.0));
@@ -555,17 +612,32 @@ fn dequantization_matches_gguf_py_bit_for_bit() {
         let ty = GgmlType(case["type_id"].as_u64().unwrap() as u32);
         assert_eq!(ty.name(), name);
         let hex = case["hex"].as_str().unwrap();
-        let data: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let data: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         let n = case["n_elements"].as_u64().unwrap() as usize;
         let got = dequantize(ty, &data, n).unwrap();
-        let want: Vec<u32> = case["expected_bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = case["expected_bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), *w, "{name} element {i}: got {g}, want {}", f32::from_bits(*w));
+            assert_eq!(
+                g.to_bits(),
+                *w,
+                "{name} element {i}: got {g}, want {}",
+                f32::from_bits(*w)
+            );
         }
         seen.push(name.to_string());
     }
-    for t in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"] {
+    for t in [
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
+    ] {
         assert!(seen.iter().any(|s| s == t), "fixture lacks {t}");
     }
 }
@@ -576,4 +648,48 @@ fn dequantize_rejects_wrong_sizes() {
     assert!(err.contains("33 bytes"), "{err}");
     let one = f16::from_f32(1.0).to_le_bytes();
     assert_eq!(dequantize(GgmlType::F16, &one, 1).unwrap(), vec![1.0]);
+}
+
+#[test]
+fn qwen2_import_keeps_q_rows_and_writes_biases() {
+    let mut g = tiny_llama();
+    let arch_keys: Vec<String> = g
+        .kvs
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.starts_with("llama."))
+        .collect();
+    for k in arch_keys {
+        let pos = g.kvs.iter().position(|(key, _)| *key == k).unwrap();
+        g.kvs[pos].0 = k.replacen("llama.", "qwen2.", 1);
+    }
+    g.kv("general.architecture", Kv::Str("qwen2".into()))
+        .kv("tokenizer.ggml.pre", Kv::Str("qwen2".into()));
+    g.tensor_f32("blk.0.attn_q.bias", &[HEADS * HEAD_DIM], &ramp(HEADS * HEAD_DIM, 1.0))
+        .tensor_f32(
+            "blk.0.attn_k.bias",
+            &[KV_HEADS * HEAD_DIM],
+            &ramp(KV_HEADS * HEAD_DIM, 1.0),
+        )
+        .tensor_f32(
+            "blk.0.attn_v.bias",
+            &[KV_HEADS * HEAD_DIM],
+            &ramp(KV_HEADS * HEAD_DIM, 1.0),
+        );
+    let s = Scratch::new("qwen2");
+    let src = s.write("m.gguf", &g.bytes());
+    let out = s.0.join("out");
+    let summary = import(&src, &out, false).unwrap();
+    assert_eq!((summary.architecture.as_str(), summary.n_tensors), ("qwen2", 14));
+    let cfg = read_json(&out.join("config.json"));
+    assert_eq!(cfg["model_type"], "qwen2");
+    assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, q) = tensor(&st, "model.layers.0.self_attn.q_proj.weight");
+    assert_eq!((q[0], q[32], q[64]), (0.0, 1.0, 2.0), "qwen2 q rows are not permuted");
+    assert_eq!(tensor(&st, "model.layers.0.self_attn.q_proj.bias").0, vec![32]);
+    let tk = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    let toks = tk.encode("hello 12", false).unwrap().get_tokens().to_vec();
+    assert_eq!(toks, ["hello", "Ġ", "1", "2"]);
 }

@@ -7,6 +7,10 @@ Needs a Python environment with gguf (gguf-py), numpy, safetensors, torch, trans
                           GGUF tensor (bit for bit) after the HF layout fix-ups (q/k unpermute, gemma norm - 1)
   ppl OUT TEXT            perplexity of HF transformers on OUT for the text file, plus a few next-token guesses
   hfgguf GGUF OUT TEXT    compares logits of OUT with transformers' own GGUF loader on the text
+  llamappl OUT TEXT [--ctx 256 --chunks 8]
+                          perplexity with llama-perplexity's protocol (chunks of ctx tokens, BOS in front when
+                          the tokenizer adds one, only the second half of each chunk scored), to compare with
+                          `llama-perplexity -m GGUF -f TEXT -c CTX --chunks N` on the quantized file
   tokens OUT TEXT [--llama-tokenize BIN --gguf GGUF]
                           Python `tokenizers` on OUT/tokenizer.json vs llama.cpp's llama-tokenize (per line)
 """
@@ -128,6 +132,28 @@ def cmd_ppl(args):
     return 0
 
 
+def cmd_llamappl(args):
+    import torch
+
+    tok, model = load_hf(args.out)
+    ids = tok(Path(args.text).read_text())["input_ids"]
+    bos = tok.bos_token_id if tok("a")["input_ids"][0] == tok.bos_token_id else None
+    ctx, first = args.ctx, args.ctx // 2
+    nll, count = 0.0, 0
+    for c in range(min(args.chunks, len(ids) // ctx)):
+        chunk = list(ids[c * ctx : (c + 1) * ctx])
+        if bos is not None:
+            chunk[0] = bos
+        with torch.no_grad():
+            logits = model(torch.tensor([chunk])).logits[0].double()
+        logp = torch.log_softmax(logits[first : ctx - 1], dim=-1)
+        target = torch.tensor(chunk[first + 1 : ctx])
+        nll += float(-logp[torch.arange(len(target)), target].sum())
+        count += len(target)
+    print(f"chunks {count // (ctx - 1 - first)}, scored tokens {count}, PPL = {np.exp(nll / count):.4f}")
+    return 0
+
+
 def cmd_hfgguf(args):
     import torch
     from transformers import AutoModelForCausalLM
@@ -144,7 +170,7 @@ def cmd_hfgguf(args):
 
 
 def llama_tokenize(binary, gguf_path, text):
-    cmd = [binary, "-m", gguf_path, "--ids", "--log-disable", "--stdin"]
+    cmd = [binary, "-m", gguf_path, "--ids", "--no-escape", "--log-disable", "--stdin"]
     res = subprocess.run(cmd, input=text.encode(), capture_output=True, check=True)
     return json.loads(res.stdout.decode().strip().splitlines()[-1])
 
@@ -187,6 +213,11 @@ def main():
     h.add_argument("out")
     h.add_argument("text")
     h.add_argument("--max-tokens", type=int, default=256)
+    lp = sub.add_parser("llamappl")
+    lp.add_argument("out")
+    lp.add_argument("text")
+    lp.add_argument("--ctx", type=int, default=256)
+    lp.add_argument("--chunks", type=int, default=8)
     t = sub.add_parser("tokens")
     t.add_argument("out")
     t.add_argument("text")
@@ -194,7 +225,13 @@ def main():
     t.add_argument("--gguf")
     t.add_argument("--chunks", action="store_true", help="tokenize each blank-line separated chunk separately")
     args = ap.parse_args()
-    return {"weights": cmd_weights, "ppl": cmd_ppl, "hfgguf": cmd_hfgguf, "tokens": cmd_tokens}[args.cmd](args)
+    return {
+        "weights": cmd_weights,
+        "ppl": cmd_ppl,
+        "llamappl": cmd_llamappl,
+        "hfgguf": cmd_hfgguf,
+        "tokens": cmd_tokens,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

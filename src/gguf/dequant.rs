@@ -108,8 +108,12 @@ impl GgmlType {
         let Some((block, bytes)) = self.block_layout() else {
             bail!("unknown tensor type id {}", self.0);
         };
-        if n_elements % block as u64 != 0 {
-            bail!("{} elements is not a multiple of the {} block size {block}", n_elements, self.name());
+        if !n_elements.is_multiple_of(block as u64) {
+            bail!(
+                "{} elements is not a multiple of the {} block size {block}",
+                n_elements,
+                self.name()
+            );
         }
         (n_elements / block as u64)
             .checked_mul(bytes as u64)
@@ -141,7 +145,12 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
     let (block, bytes) = ty.block_layout().expect("supported types are known");
     let expected = ty.storage_size(out.len() as u64)?;
     if data.len() as u64 != expected {
-        bail!("{} data has {} bytes, expected {expected} for {} elements", ty.name(), data.len(), out.len());
+        bail!(
+            "{} data has {} bytes, expected {expected} for {} elements",
+            ty.name(),
+            data.len(),
+            out.len()
+        );
     }
     let kernel: fn(&[u8], &mut [f32]) = match ty {
         GgmlType::F32 => block_f32,
@@ -158,7 +167,11 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
         _ => unreachable!("SUPPORTED and the kernel table agree"),
     };
     // Plain float types are processed as "blocks" of many elements to amortise the call.
-    let (block, bytes) = if block == 1 { (1024, bytes * 1024) } else { (block, bytes) };
+    let (block, bytes) = if block == 1 {
+        (1024, bytes * 1024)
+    } else {
+        (block, bytes)
+    };
     out.par_chunks_mut(block * BLOCKS_PER_TASK)
         .zip(data.par_chunks(bytes * BLOCKS_PER_TASK))
         .for_each(|(dst, src)| {
@@ -256,7 +269,10 @@ fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 

@@ -84,7 +84,9 @@ impl ArchParams {
         let scalar = |k: &str| -> Result<usize> {
             let name = key(k);
             match g.get(&name) {
-                Some(v) if v.as_array().is_some() => bail!("metadata key '{name}' is a per-layer list; heterogeneous layers are not supported"),
+                Some(v) if v.as_array().is_some() => {
+                    bail!("metadata key '{name}' is a per-layer list; heterogeneous layers are not supported")
+                }
                 _ => Ok(g.req_u64(&name)? as usize),
             }
         };
@@ -113,13 +115,29 @@ impl ArchParams {
                 bail!("rope.dimension_count {rot} differs from the head dimension {head_dim}: partial rotary is not supported");
             }
         }
-        let embd = g.tensor("token_embd.weight").context("missing tensor 'token_embd.weight'")?;
+        let embd = g
+            .tensor("token_embd.weight")
+            .context("missing tensor 'token_embd.weight'")?;
         if embd.dims.len() != 2 || embd.dims[0] as usize != hidden {
-            bail!("token_embd.weight has shape {:?}, expected [{hidden}, vocab]", embd.dims);
+            bail!(
+                "token_embd.weight has shape {:?}, expected [{hidden}, vocab]",
+                embd.dims
+            );
         }
         let vocab_size = embd.dims[1] as usize;
         let tied = g.tensor("output.weight").is_none();
-        Ok(Self { arch, gguf_arch, hidden, intermediate, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, tied })
+        Ok(Self {
+            arch,
+            gguf_arch,
+            hidden,
+            intermediate,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            tied,
+        })
     }
 }
 
@@ -159,7 +177,11 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
     c.insert("vocab_size".into(), json!(p.vocab_size));
     c.insert("tie_word_embeddings".into(), json!(p.tied));
     c.insert("attention_dropout".into(), json!(0.0));
-    for (name, id) in [("bos_token_id", ids.bos), ("eos_token_id", ids.eos), ("pad_token_id", ids.pad)] {
+    for (name, id) in [
+        ("bos_token_id", ids.bos),
+        ("eos_token_id", ids.eos),
+        ("pad_token_id", ids.pad),
+    ] {
         if let Some(id) = id {
             c.insert(name.into(), json!(id));
         }
@@ -189,7 +211,13 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
                 None => p.head_dim as u64,
             };
             let layer_types: Vec<&str> = (0..p.n_layers)
-                .map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" })
+                .map(|i| {
+                    if (i + 1) % 6 == 0 {
+                        "full_attention"
+                    } else {
+                        "sliding_attention"
+                    }
+                })
                 .collect();
             c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
             c.insert("query_pre_attn_scalar".into(), json!(scalar));
@@ -197,8 +225,14 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
             c.insert("sliding_window_pattern".into(), json!(6));
             c.insert("layer_types".into(), json!(layer_types));
             c.insert("rope_local_base_freq".into(), json!(10_000.0));
-            c.insert("final_logit_softcapping".into(), json!(g.opt_f64(&key("final_logit_softcapping"))?));
-            c.insert("attn_logit_softcapping".into(), json!(g.opt_f64(&key("attn_logit_softcapping"))?));
+            c.insert(
+                "final_logit_softcapping".into(),
+                json!(g.opt_f64(&key("final_logit_softcapping"))?),
+            );
+            c.insert(
+                "attn_logit_softcapping".into(),
+                json!(g.opt_f64(&key("attn_logit_softcapping"))?),
+            );
             c.insert("attention_bias".into(), json!(false));
         }
     }
@@ -272,9 +306,19 @@ pub fn plan_tensors(p: &ArchParams, tensors: &[TensorInfo]) -> Result<Vec<Tensor
         let (hf_name, expected, transform) = map_one(p, &t.name, q_dim, kv_dim)?;
         let shape = t.torch_shape();
         if shape != expected {
-            bail!("tensor '{}' has shape {:?} (HF order), expected {:?} from the metadata", t.name, shape, expected);
+            bail!(
+                "tensor '{}' has shape {:?} (HF order), expected {:?} from the metadata",
+                t.name,
+                shape,
+                expected
+            );
         }
-        plans.push(TensorPlan { index, hf_name, shape, transform });
+        plans.push(TensorPlan {
+            index,
+            hf_name,
+            shape,
+            transform,
+        });
     }
     // Every tensor the HF model needs must be present exactly once.
     let mut names: Vec<&str> = plans.iter().map(|x| x.hf_name.as_str()).collect();
@@ -320,7 +364,11 @@ fn required_names(p: &ArchParams) -> Vec<String> {
     ];
     match p.arch {
         Arch::Llama => {}
-        Arch::Qwen2 => per_layer.extend(["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]),
+        Arch::Qwen2 => per_layer.extend([
+            "self_attn.q_proj.bias",
+            "self_attn.k_proj.bias",
+            "self_attn.v_proj.bias",
+        ]),
         Arch::Qwen3 => per_layer.extend(["self_attn.q_norm.weight", "self_attn.k_norm.weight"]),
         Arch::Gemma3 => per_layer.extend([
             "self_attn.q_norm.weight",
@@ -345,21 +393,43 @@ fn map_one(p: &ArchParams, name: &str, q_dim: usize, kv_dim: usize) -> Result<(S
     let gemma = p.arch == Arch::Gemma3;
     let norm_fix = |t: Transform| if gemma { Transform::MinusOne } else { t };
     match name {
-        "token_embd.weight" => return Ok(("model.embed_tokens.weight".into(), vec![p.vocab_size, h], Transform::Copy)),
+        "token_embd.weight" => {
+            return Ok((
+                "model.embed_tokens.weight".into(),
+                vec![p.vocab_size, h],
+                Transform::Copy,
+            ))
+        }
         "output_norm.weight" => return Ok(("model.norm.weight".into(), vec![h], norm_fix(Transform::Copy))),
         "output.weight" => return Ok(("lm_head.weight".into(), vec![p.vocab_size, h], Transform::Copy)),
-        "rope_freqs.weight" => bail!("tensor 'rope_freqs.weight' (llama3-style rope frequency factors) is not supported"),
+        "rope_freqs.weight" => {
+            bail!("tensor 'rope_freqs.weight' (llama3-style rope frequency factors) is not supported")
+        }
         _ => {}
     }
-    let unknown = || anyhow::anyhow!("tensor '{name}' has no Hugging Face counterpart for architecture '{}'", p.gguf_arch);
+    let unknown = || {
+        anyhow::anyhow!(
+            "tensor '{name}' has no Hugging Face counterpart for architecture '{}'",
+            p.gguf_arch
+        )
+    };
     let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
     let (idx, local) = rest.split_once('.').ok_or_else(unknown)?;
     let i: usize = idx.parse().map_err(|_| unknown())?;
     if i >= p.n_layers {
-        bail!("tensor '{name}' refers to block {i} but the model has {} blocks", p.n_layers);
+        bail!(
+            "tensor '{name}' refers to block {i} but the model has {} blocks",
+            p.n_layers
+        );
     }
     let llama = p.arch == Arch::Llama;
-    let rope = |n_heads| if llama { Transform::UnpermuteRope { n_heads } } else { Transform::Copy };
+    let rope = |n_heads| {
+        if llama {
+            Transform::UnpermuteRope { n_heads }
+        } else {
+            Transform::Copy
+        }
+    };
     let (hf, shape, transform): (&str, Vec<usize>, Transform) = match (local, p.arch) {
         ("attn_norm.weight", _) => ("input_layernorm.weight", vec![h], norm_fix(Transform::Copy)),
         ("attn_q.weight", _) => ("self_attn.q_proj.weight", vec![q_dim, h], rope(p.n_heads)),
@@ -369,14 +439,20 @@ fn map_one(p: &ArchParams, name: &str, q_dim: usize, kv_dim: usize) -> Result<(S
         ("attn_q.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.q_proj.bias", vec![q_dim], rope(p.n_heads)),
         ("attn_k.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.k_proj.bias", vec![kv_dim], rope(p.n_kv_heads)),
         ("attn_v.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.v_proj.bias", vec![kv_dim], Transform::Copy),
-        ("attn_q_norm.weight", Arch::Gemma3 | Arch::Qwen3) => ("self_attn.q_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy)),
-        ("attn_k_norm.weight", Arch::Gemma3 | Arch::Qwen3) => ("self_attn.k_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy)),
+        ("attn_q_norm.weight", Arch::Gemma3 | Arch::Qwen3) => {
+            ("self_attn.q_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy))
+        }
+        ("attn_k_norm.weight", Arch::Gemma3 | Arch::Qwen3) => {
+            ("self_attn.k_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy))
+        }
         ("ffn_gate.weight", _) => ("mlp.gate_proj.weight", vec![p.intermediate, h], Transform::Copy),
         ("ffn_up.weight", _) => ("mlp.up_proj.weight", vec![p.intermediate, h], Transform::Copy),
         ("ffn_down.weight", _) => ("mlp.down_proj.weight", vec![h, p.intermediate], Transform::Copy),
         ("ffn_norm.weight", Arch::Gemma3) => ("pre_feedforward_layernorm.weight", vec![h], Transform::MinusOne),
         ("ffn_norm.weight", _) => ("post_attention_layernorm.weight", vec![h], Transform::Copy),
-        ("post_attention_norm.weight", Arch::Gemma3) => ("post_attention_layernorm.weight", vec![h], Transform::MinusOne),
+        ("post_attention_norm.weight", Arch::Gemma3) => {
+            ("post_attention_layernorm.weight", vec![h], Transform::MinusOne)
+        }
         ("post_ffw_norm.weight", Arch::Gemma3) => ("post_feedforward_layernorm.weight", vec![h], Transform::MinusOne),
         _ => return Err(unknown()),
     };
@@ -399,7 +475,7 @@ pub fn apply_transform(transform: Transform, shape: &[usize], values: Vec<f32>) 
 fn unpermute_rope_rows(values: &[f32], shape: &[usize], n_heads: usize) -> Result<Vec<f32>> {
     let rows = shape.first().copied().unwrap_or(0);
     let cols: usize = shape.iter().skip(1).product();
-    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+    if n_heads == 0 || rows % n_heads != 0 || !(rows / n_heads).is_multiple_of(2) {
         bail!("cannot undo the rotary permutation: {rows} rows for {n_heads} heads");
     }
     let head = rows / n_heads;

@@ -50,7 +50,11 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
     let ctx = g.opt_u64(&format!("{}.context_length", params.gguf_arch))?;
     let tok = tokenizer::build(&g, ctx)?;
     if tok.vocab_size > params.vocab_size {
-        bail!("the vocabulary has {} tokens but the embedding only {} rows", tok.vocab_size, params.vocab_size);
+        bail!(
+            "the vocabulary has {} tokens but the embedding only {} rows",
+            tok.vocab_size,
+            params.vocab_size
+        );
     }
     let config = hf_config::config_json(&g, &params, &tok.ids)?;
 
@@ -73,7 +77,11 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
 }
 
 fn write_json(path: &Path, value: &serde_json::Value, pretty: bool) -> Result<()> {
-    let mut text = if pretty { serde_json::to_string_pretty(value)? } else { serde_json::to_string(value)? };
+    let mut text = if pretty {
+        serde_json::to_string_pretty(value)?
+    } else {
+        serde_json::to_string(value)?
+    };
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -82,7 +90,10 @@ fn write_json(path: &Path, value: &serde_json::Value, pretty: bool) -> Result<()
 fn write_weights(g: &GgufFile, plans: &[TensorPlan], path: &Path) -> Result<()> {
     let entries: Vec<safetensors_out::Entry> = plans
         .iter()
-        .map(|p| safetensors_out::Entry { name: p.hf_name.clone(), shape: p.shape.clone() })
+        .map(|p| safetensors_out::Entry {
+            name: p.hf_name.clone(),
+            shape: p.shape.clone(),
+        })
         .collect();
     safetensors_out::write_f32(path, &entries, |i| {
         let p = &plans[i];

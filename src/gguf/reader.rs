@@ -133,7 +133,13 @@ impl GgufFile {
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
         let (version, metadata, tensors, alignment) =
             parse(&map).with_context(|| format!("invalid GGUF file {}", path.display()))?;
-        Ok(Self { map, version, metadata, tensors, alignment })
+        Ok(Self {
+            map,
+            version,
+            metadata,
+            tensors,
+            alignment,
+        })
     }
 
     /// The raw bytes of a tensor (bounds were checked when parsing).
@@ -155,7 +161,9 @@ impl GgufFile {
     pub fn req_str(&self, key: &str) -> Result<&str> {
         match self.get(key) {
             None => bail!("missing metadata key '{key}'"),
-            Some(v) => v.as_str().with_context(|| format!("metadata key '{key}' is not a string")),
+            Some(v) => v
+                .as_str()
+                .with_context(|| format!("metadata key '{key}' is not a string")),
         }
     }
 
@@ -163,20 +171,27 @@ impl GgufFile {
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).with_context(|| format!("metadata key '{key}' is not a non-negative integer")),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .with_context(|| format!("metadata key '{key}' is not a non-negative integer")),
         }
     }
 
     /// A required unsigned integer value.
     pub fn req_u64(&self, key: &str) -> Result<u64> {
-        self.opt_u64(key)?.with_context(|| format!("missing metadata key '{key}'"))
+        self.opt_u64(key)?
+            .with_context(|| format!("missing metadata key '{key}'"))
     }
 
     /// An optional float value.
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).with_context(|| format!("metadata key '{key}' is not numeric")),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .with_context(|| format!("metadata key '{key}' is not numeric")),
         }
     }
 
@@ -184,7 +199,10 @@ impl GgufFile {
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).with_context(|| format!("metadata key '{key}' is not a bool")),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .with_context(|| format!("metadata key '{key}' is not a bool")),
         }
     }
 
@@ -192,7 +210,10 @@ impl GgufFile {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).with_context(|| format!("metadata key '{key}' is not a string")),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .with_context(|| format!("metadata key '{key}' is not a string")),
         }
     }
 }
@@ -219,8 +240,12 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         let key = c.string().with_context(|| format!("reading metadata key #{i}"))?;
-        let ty = c.u32().with_context(|| format!("reading the type of metadata key '{key}'"))?;
-        let value = c.value(ty, 0).with_context(|| format!("reading metadata key '{key}'"))?;
+        let ty = c
+            .u32()
+            .with_context(|| format!("reading the type of metadata key '{key}'"))?;
+        let value = c
+            .value(ty, 0)
+            .with_context(|| format!("reading metadata key '{key}'"))?;
         metadata.insert(key, value);
     }
 
@@ -245,10 +270,17 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
-            dims.push(c.u64().with_context(|| format!("reading the shape of tensor '{name}'"))?);
+            dims.push(
+                c.u64()
+                    .with_context(|| format!("reading the shape of tensor '{name}'"))?,
+            );
         }
-        let type_id = c.u32().with_context(|| format!("reading the type of tensor '{name}'"))?;
-        let rel_offset = c.u64().with_context(|| format!("reading the offset of tensor '{name}'"))?;
+        let type_id = c
+            .u32()
+            .with_context(|| format!("reading the type of tensor '{name}'"))?;
+        let rel_offset = c
+            .u64()
+            .with_context(|| format!("reading the offset of tensor '{name}'"))?;
         infos.push((name, dims, GgmlType(type_id), rel_offset));
     }
     let data_start = align_up(c.pos as u64, alignment);
@@ -264,7 +296,11 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
             .with_context(|| format!("tensor '{name}' shape {dims:?} overflows"))?;
         let (block, _) = ggml_type.block_layout().expect("known type");
         if dims[0] % block as u64 != 0 {
-            bail!("tensor '{name}' rows of {} elements are not whole {} blocks of {block}", dims[0], ggml_type.name());
+            bail!(
+                "tensor '{name}' rows of {} elements are not whole {} blocks of {block}",
+                dims[0],
+                ggml_type.name()
+            );
         }
         let n_bytes = ggml_type
             .storage_size(n_elements)
@@ -331,7 +367,10 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Result<String> {
         let len = self.u64()?;
         if len > self.remaining() as u64 {
-            bail!("file is truncated at byte {}: string of {len} bytes announced", self.pos);
+            bail!(
+                "file is truncated at byte {}: string of {len} bytes announced",
+                self.pos
+            );
         }
         Ok(String::from_utf8_lossy(self.take(len as usize)?).into_owned())
     }
@@ -357,8 +396,16 @@ impl<'a> Cursor<'a> {
                 }
                 let item_ty = self.u32()?;
                 let n = self.u64()?;
-                // Every item takes at least one byte: a larger count cannot fit in the file.
-                if n > self.remaining() as u64 {
+                // Every item takes at least `min_size` bytes: a larger count cannot fit in the file.
+                let min_size: u64 = match item_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    _ => 1,
+                };
+                if n.saturating_mul(min_size) > self.remaining() as u64 {
                     bail!("file is truncated at byte {}: array of {n} items announced", self.pos);
                 }
                 let mut items = Vec::with_capacity(n as usize);

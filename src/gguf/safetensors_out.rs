@@ -22,7 +22,10 @@ pub fn write_f32(path: &Path, entries: &[Entry], mut produce: impl FnMut(usize) 
     for e in entries {
         let n: usize = e.shape.iter().product();
         let end = offset + n * 4;
-        header.insert(e.name.clone(), json!({"dtype": "F32", "shape": e.shape, "data_offsets": [offset, end]}));
+        header.insert(
+            e.name.clone(),
+            json!({"dtype": "F32", "shape": e.shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut head = serde_json::to_vec(&Value::Object(header))?;
@@ -39,7 +42,12 @@ pub fn write_f32(path: &Path, entries: &[Entry], mut produce: impl FnMut(usize) 
         let values = produce(i)?;
         let n: usize = e.shape.iter().product();
         if values.len() != n {
-            bail!("tensor '{}' produced {} values for shape {:?}", e.name, values.len(), e.shape);
+            bail!(
+                "tensor '{}' produced {} values for shape {:?}",
+                e.name,
+                values.len(),
+                e.shape
+            );
         }
         if cfg!(target_endian = "little") {
             io(w.write_all(bytemuck::cast_slice(&values)))?;

@@ -25,17 +25,51 @@ mod token_type {
 
 /// Token texts llama.cpp always treats as control tokens (end-of-generation and FIM markers).
 const FORCED_CONTROL: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
-    "_<EOT>", "<|eom_id|>", "<end_of_utterance>", "<|return|>", "<|call|>", "<|fim_prefix|>", "<fim-prefix>",
-    "<fim_prefix>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<|fim_middle|>", "<fim-middle>",
-    "<fim_middle>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-    "<reponame>", "<|file_sep|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|eom_id|>",
+    "<end_of_utterance>",
+    "<|return|>",
+    "<|call|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 /// Token texts llama.cpp treats as end of generation.
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
-    "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
 ];
 
 /// The files describing the tokenizer, plus facts for the summary.
@@ -65,15 +99,23 @@ struct Vocab {
 
 impl Vocab {
     fn read(g: &GgufFile) -> Result<Self> {
-        let list = g.get("tokenizer.ggml.tokens").context("missing metadata key 'tokenizer.ggml.tokens'")?;
+        let list = g
+            .get("tokenizer.ggml.tokens")
+            .context("missing metadata key 'tokenizer.ggml.tokens'")?;
         let list = list.as_array().context("'tokenizer.ggml.tokens' is not an array")?;
         if list.is_empty() {
             bail!("'tokenizer.ggml.tokens' is empty");
         }
         let mut tokens = Vec::with_capacity(list.len());
         for (i, v) in list.iter().enumerate() {
-            let s = v.as_str().with_context(|| format!("tokenizer.ggml.tokens[{i}] is not a string"))?;
-            tokens.push(if s.is_empty() { format!("[EMPTY_{i}]") } else { s.to_string() });
+            let s = v
+                .as_str()
+                .with_context(|| format!("tokenizer.ggml.tokens[{i}] is not a string"))?;
+            tokens.push(if s.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                s.to_string()
+            });
         }
         let n = tokens.len();
         let types = match g.get("tokenizer.ggml.token_type") {
@@ -96,7 +138,12 @@ impl Vocab {
                 types[i] = token_type::CONTROL;
             }
         }
-        Ok(Self { tokens, types, scores, index })
+        Ok(Self {
+            tokens,
+            types,
+            scores,
+            index,
+        })
     }
 
     fn len(&self) -> usize {
@@ -105,7 +152,10 @@ impl Vocab {
 
     /// Tokens matched before the model: control and unknown (special) and user-defined (not special).
     fn is_added(&self, id: usize) -> bool {
-        matches!(self.types[id], token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED)
+        matches!(
+            self.types[id],
+            token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED
+        )
     }
 
     fn is_special(&self, id: usize) -> bool {
@@ -185,10 +235,21 @@ pub fn build(g: &GgufFile, model_max_length: Option<u64>) -> Result<TokenizerFil
         let (pre_tok, ignore_merges) = bpe_pre_tokenizer(&pre)?;
         let m = bpe_model(g, &vocab, ignore_merges)?;
         let dec = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-        (m, Value::Null, pre_tok, dec, format!("gpt2 (byte-level BPE, pre '{pre}')"))
+        (
+            m,
+            Value::Null,
+            pre_tok,
+            dec,
+            format!("gpt2 (byte-level BPE, pre '{pre}')"),
+        )
     };
 
-    let post_processor = post_processor(&vocab, add_bos.then_some(bos).flatten(), add_eos.then_some(eos).flatten(), is_spm);
+    let post_processor = post_processor(
+        &vocab,
+        add_bos.then_some(bos).flatten(),
+        add_eos.then_some(eos).flatten(),
+        is_spm,
+    );
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
@@ -205,7 +266,12 @@ pub fn build(g: &GgufFile, model_max_length: Option<u64>) -> Result<TokenizerFil
     cfg.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
     cfg.insert("add_bos_token".into(), json!(add_bos));
     cfg.insert("add_eos_token".into(), json!(add_eos));
-    for (name, tid) in [("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)] {
+    for (name, tid) in [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("unk_token", unk),
+        ("pad_token", pad),
+    ] {
         if let Some(text) = vocab.text(tid) {
             cfg.insert(name.into(), json!(text));
         }
@@ -268,27 +334,36 @@ fn byte_level(use_regex: bool) -> Value {
 fn bpe_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
     Ok(match pre {
         // llama.cpp: "\p{N}" then the GPT-2 regex, i.e. every digit is its own word.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            (json!({"type": "Sequence", "pretokenizers": [split(r"\p{N}"), byte_level(true)]}), false)
-        }
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => (
+            json!({"type": "Sequence", "pretokenizers": [split(r"\p{N}"), byte_level(true)]}),
+            false,
+        ),
         "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" | "a.x-4.0"
         | "mellum" => (byte_level(true), false),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "stablelm2" | "megrez" | "hunyuan" => {
-            (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}), false)
-        }
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "stablelm2" | "megrez" | "hunyuan" => (
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
+            false,
+        ),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
-        | "smaug-bpe" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}), true),
+        | "smaug-bpe" => (
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+            true,
+        ),
         other => bail!("unsupported BPE pre-tokenizer '{other}' (tokenizer.ggml.pre)"),
     })
 }
 
 /// `model` section for byte-level BPE with the GGUF merges.
 fn bpe_model(g: &GgufFile, vocab: &Vocab, ignore_merges: bool) -> Result<Value> {
-    let list = g.get("tokenizer.ggml.merges").context("missing metadata key 'tokenizer.ggml.merges'")?;
+    let list = g
+        .get("tokenizer.ggml.merges")
+        .context("missing metadata key 'tokenizer.ggml.merges'")?;
     let list = list.as_array().context("'tokenizer.ggml.merges' is not an array")?;
     let mut merges = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
-        let s = m.as_str().with_context(|| format!("tokenizer.ggml.merges[{i}] is not a string"))?;
+        let s = m
+            .as_str()
+            .with_context(|| format!("tokenizer.ggml.merges[{i}] is not a string"))?;
         // As llama.cpp: split at the first space after the first byte.
         let Some(pos) = s.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1) else {
             bail!("tokenizer.ggml.merges[{i}] '{s}' is not 'left right'");
@@ -323,16 +398,31 @@ fn spm_parts(vocab: &Vocab, unk: Option<&str>, add_space_prefix: bool) -> (Value
         }
         for (k, _) in tok.char_indices().skip(1) {
             let (a, b) = tok.split_at(k);
-            let ok = |s: &str| vocab.index.get(s).is_some_and(|&i| spm_mergeable(vocab.types[i as usize]));
+            let ok = |s: &str| {
+                vocab
+                    .index
+                    .get(s)
+                    .is_some_and(|&i| spm_mergeable(vocab.types[i as usize]))
+            };
             if ok(a) && ok(b) {
                 let score = vocab.scores[id];
-                ranked.push((if score.is_nan() { f32::NEG_INFINITY } else { score }, id as u32, k, a, b));
+                ranked.push((
+                    if score.is_nan() { f32::NEG_INFINITY } else { score },
+                    id as u32,
+                    k,
+                    a,
+                    b,
+                ));
             }
         }
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
     let merges: Vec<Value> = ranked.iter().map(|r| json!([r.3, r.4])).collect();
-    let byte_fallback = vocab.tokens.iter().zip(&vocab.types).any(|(t, &ty)| ty == 6 && t.starts_with("<0x"));
+    let byte_fallback = vocab
+        .tokens
+        .iter()
+        .zip(&vocab.types)
+        .any(|(t, &ty)| ty == 6 && t.starts_with("<0x"));
     let model = json!({
         "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
         "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": byte_fallback,
@@ -364,7 +454,8 @@ fn post_processor(vocab: &Vocab, bos: Option<u32>, eos: Option<u32>, is_spm: boo
             json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
         };
     }
-    let special = |id: u32, type_id: u32| json!({"SpecialToken": {"id": vocab.tokens[id as usize], "type_id": type_id}});
+    let special =
+        |id: u32, type_id: u32| json!({"SpecialToken": {"id": vocab.tokens[id as usize], "type_id": type_id}});
     let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
