@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
-scripts/fetch-model.sh
+scripts/fetch-model.sh all
 scripts/fetch-data.sh
 cargo test --release --locked

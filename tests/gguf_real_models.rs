@@ -1,17 +1,15 @@
-//! Imports the real GGUF models when their paths are given and checks the rebuilt tokenizer (loaded with
-//! the Rust `tokenizers` crate) against llama.cpp's token ids in tests/fixtures/gguf/llama_tokenize_ids.json.
-//!
-//! Set TWOSSP_GGUF_SMOLLM2=/path/SmolLM2-135M-Instruct.Q4_1.gguf and/or
-//! TWOSSP_GGUF_GEMMA3=/path/gemma-3-270m-q4_k_m.gguf; without them these tests only say they were skipped.
+//! Imports the real GGUF models (fetched into models/ by scripts/fetch-model.sh, or the paths in
+//! TWOSSP_GGUF_SMOLLM2 / TWOSSP_GGUF_GEMMA3) and checks the rebuilt tokenizer (loaded with the Rust
+//! `tokenizers` crate) against llama.cpp's token ids in tests/fixtures/gguf/llama_tokenize_ids.json.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn check(env: &str, key: &str) {
-    let Some(src) = std::env::var_os(env).map(PathBuf::from) else {
-        eprintln!("skipped: set {env} to a GGUF file to run this test");
-        return;
-    };
+fn check(env: &str, default: &str, key: &str) {
+    let src = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(default));
+    assert!(src.exists(), "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does) or set {env}", src.display());
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/llama_tokenize_ids.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let text = doc["text"].as_str().unwrap();
@@ -46,10 +44,10 @@ fn check(env: &str, key: &str) {
 
 #[test]
 fn smollm2_tokenizer_matches_llama_cpp() {
-    check("TWOSSP_GGUF_SMOLLM2", "smollm2");
+    check("TWOSSP_GGUF_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2");
 }
 
 #[test]
 fn gemma3_tokenizer_matches_llama_cpp() {
-    check("TWOSSP_GGUF_GEMMA3", "gemma3");
+    check("TWOSSP_GGUF_GEMMA3", "gemma-3-270m-q4_k_m.gguf", "gemma3");
 }
