@@ -1,5 +1,6 @@
-//! The real SmolLM2-135M-Instruct (imported from its GGUF by scripts/fetch-model.sh): perplexity
-//! against HF transformers on the same token ids, and 2SSP end to end at reduced settings.
+//! The real SmolLM2-135M-Instruct and Gemma-3-270M (imported from their GGUFs by scripts/fetch-model.sh):
+//! tokenization against llama.cpp, perplexity against HF transformers on the same token ids, and 2SSP
+//! end to end at reduced settings.
 //! scripts/test.sh fetches the model and data first; without them these tests fail with a hint.
 
 mod common;
@@ -17,7 +18,7 @@ fn repo() -> PathBuf {
 
 fn smollm2() -> PathBuf {
     let dir = repo().join("models/SmolLM2-135M-Instruct.Q4_1");
-    assert!(dir.join("config.json").exists(), "{} missing: run scripts/fetch-model.sh (scripts/test.sh does)", dir.display());
+    assert!(dir.join("config.json").exists(), "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does)", dir.display());
     dir
 }
 
@@ -27,12 +28,13 @@ fn data(name: &str) -> PathBuf {
     f
 }
 
-#[test]
-fn smollm2_wiki_perplexity_matches_hf_transformers() {
-    let reference = common::reference_json_file(&common::fixtures().join("real/smollm2-wiki.json"));
+/// Perplexity of `model_dir` on the first wiki windows equals HF transformers' on the same token ids.
+fn wiki_perplexity_matches_hf(model_dir: &str, fixture: &str) {
+    let reference = common::reference_json_file(&common::fixtures().join("real").join(fixture));
     let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
     let n_windows = reference["windows"].as_u64().unwrap() as usize;
-    let dir = smollm2();
+    let dir = repo().join("models").join(model_dir);
+    assert!(dir.join("config.json").exists(), "{} missing: run scripts/fetch-model.sh all", dir.display());
     let model = Model::load(&dir).unwrap();
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
     let corpus = Corpus::load(&[data("wiki.jsonl")], &tokenizer).unwrap();
@@ -42,8 +44,18 @@ fn smollm2_wiki_perplexity_matches_hf_transformers() {
     let got = perplexity(&model, &windows, "wiki").unwrap();
     let want = reference["hf_ppl"].as_f64().unwrap();
     let rel = (got.ppl - want).abs() / want;
-    println!("SmolLM2 wiki ppl {:.5} vs HF transformers {want:.5} (rel {rel:.2e})", got.ppl);
+    println!("{model_dir} wiki ppl {:.5} vs HF transformers {want:.5} (rel {rel:.2e})", got.ppl);
     assert!(rel < 1e-3, "perplexity {} differs from HF's {want} by more than 0.1%", got.ppl);
+}
+
+#[test]
+fn smollm2_wiki_perplexity_matches_hf_transformers() {
+    wiki_perplexity_matches_hf("SmolLM2-135M-Instruct.Q4_1", "smollm2-wiki.json");
+}
+
+#[test]
+fn gemma3_wiki_perplexity_matches_hf_transformers() {
+    wiki_perplexity_matches_hf("gemma-3-270m-q4_k_m", "gemma3-wiki.json");
 }
 
 #[test]
@@ -66,4 +78,33 @@ fn smollm2_prunes_end_to_end_and_reloads() {
     assert!(removed.iter().all(|&i| model.blocks[i].attention.is_none()));
     assert!((report["sparsity_achieved"].as_f64().unwrap() - 0.375).abs() < 0.01);
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// The engine's tokenization of each whole evaluation set equals llama.cpp's on the original GGUF.
+fn tokenization_matches_llama_cpp(model_dir: &str, fixture: &str) {
+    use sha2::{Digest, Sha256};
+    let reference = common::reference_json_file(&common::fixtures().join("real").join(fixture));
+    let dir = repo().join("models").join(model_dir);
+    assert!(dir.join("tokenizer.json").exists(), "{} missing: run scripts/fetch-model.sh all", dir.display());
+    let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+    for (set, want) in reference["sets"].as_object().unwrap() {
+        let corpus = Corpus::load(&[data(&format!("{set}.jsonl"))], &tokenizer).unwrap();
+        let bytes: Vec<u8> = corpus.ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let first: Vec<u32> = serde_json::from_value(want["first_ids"].clone()).unwrap();
+        assert_eq!(&corpus.ids[..first.len()], &first[..], "{model_dir}/{set}: first ids differ");
+        assert_eq!(corpus.ids.len() as u64, want["n_tokens"].as_u64().unwrap(), "{model_dir}/{set}: token count");
+        assert_eq!(digest, want["ids_sha256"].as_str().unwrap(), "{model_dir}/{set}: ids differ from llama.cpp's");
+        println!("{model_dir}/{set}: {} tokens identical to llama-tokenize", corpus.ids.len());
+    }
+}
+
+#[test]
+fn smollm2_tokenizes_the_eval_sets_like_llama_cpp() {
+    tokenization_matches_llama_cpp("SmolLM2-135M-Instruct.Q4_1", "llama_tokenize_smollm2.json");
+}
+
+#[test]
+fn gemma3_tokenizes_the_eval_sets_like_llama_cpp() {
+    tokenization_matches_llama_cpp("gemma-3-270m-q4_k_m", "llama_tokenize_gemma3.json");
 }
