@@ -1,12 +1,14 @@
 //! Causal grouped-query attention, flash style, for the CPU backend.
 //!
-//! One task handles one kv head and a tile of consecutive queries; its rows are the (query, query
-//! head) pairs of that kv head's group, so the keys and values it packs serve every head of the
-//! group. For each tile of keys that is not entirely masked it computes the score tile with the
-//! GEMM micro-kernel (`Q · Kᵀ`, the query rows pre-scaled), applies the causal / sliding-window
-//! mask, updates a running maximum and sum per row (online softmax, with a vectorised `exp`), and
-//! accumulates `P · V` into an f32 output tile, again with the micro-kernel reading `V` in place.
-//! No `T x T` matrix is ever formed: a task holds one score tile of `rows x BK`.
+//! The keys are packed once per call into the GEMM micro-kernel's panel layout. Then one task
+//! (parallel with rayon) handles one kv head and a tile of consecutive queries; its rows are the
+//! (query, query head) pairs of that kv head's group, so every key and value it reads serves all
+//! the heads of the group. For each tile of `BK` keys that is not entirely masked (tiles above the
+//! diagonal or before the sliding window are skipped) it computes the score tile with the GEMM
+//! micro-kernel (`Q · Kᵀ`, the query rows pre-scaled), applies the causal / sliding-window mask,
+//! updates a running maximum and sum per row (online softmax, with a vectorised `exp`), rescales
+//! the f32 output tile and accumulates `P · V` into it, again with the micro-kernel, reading `V` in
+//! place. No `T x T` matrix is ever formed: a task holds one score tile of `rows x BK`.
 
 use super::gemm::{self, Isa, MicroKernel, MR, NR};
 use rayon::prelude::*;

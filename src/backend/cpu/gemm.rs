@@ -116,7 +116,7 @@ pub fn matmul_nt(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Isa {
-    /// x86-64 AVX-512F (12 x 32 GEMM micro-kernel; the AVX2 kernels elsewhere).
+    /// x86-64 AVX-512F: 12 x 32 micro-kernel, AVX-512 GEMV and softmax (packing stays AVX2).
     Avx512,
     /// x86-64 AVX2 + FMA intrinsics.
     Avx2Fma,
