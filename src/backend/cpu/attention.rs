@@ -1,12 +1,14 @@
 //! Causal grouped-query attention, flash style, for the CPU backend.
 //!
-//! One task handles one kv head and a tile of consecutive queries; its rows are the (query, query
-//! head) pairs of that kv head's group, so the keys and values it packs serve every head of the
-//! group. For each tile of keys that is not entirely masked it computes the score tile with the
-//! GEMM micro-kernel (`Q · Kᵀ`, the query rows pre-scaled), applies the causal / sliding-window
-//! mask, updates a running maximum and sum per row (online softmax, with a vectorised `exp`), and
-//! accumulates `P · V` into an f32 output tile, again with the micro-kernel reading `V` in place.
-//! No `T x T` matrix is ever formed: a task holds one score tile of `rows x BK`.
+//! The keys are packed once per call into the GEMM micro-kernel's panel layout. Then one task
+//! (parallel with rayon) handles one kv head and a tile of consecutive queries; its rows are the
+//! (query, query head) pairs of that kv head's group, so every key and value it reads serves all
+//! the heads of the group. For each tile of `BK` keys that is not entirely masked (tiles above the
+//! diagonal or before the sliding window are skipped) it computes the score tile with the GEMM
+//! micro-kernel (`Q · Kᵀ`, the query rows pre-scaled), applies the causal / sliding-window mask,
+//! updates a running maximum and sum per row (online softmax, with a vectorised `exp`), rescales
+//! the f32 output tile and accumulates `P · V` into it, again with the micro-kernel, reading `V` in
+//! place. No `T x T` matrix is ever formed: a task holds one score tile of `rows x BK`.
 
 use super::gemm::{self, Isa, MicroKernel, MR, NR};
 use rayon::prelude::*;
@@ -56,7 +58,7 @@ struct Problem<'a> {
     isa: Isa,
     ukr: MicroKernel,
     q: &'a [f32],
-    /// Keys of every kv head, packed once per call as NR-key panels: `[g][panel][depth][key]`.
+    /// Visible keys of every kv head (panels `panel_base..`), packed once per call: `[g][panel][depth][key]`.
     kpack: &'a [f32],
     v: &'a [f32],
     out: OutPtr,
@@ -64,6 +66,10 @@ struct Problem<'a> {
     group: usize,
     /// Position of query 0.
     offset: usize,
+    /// Index (in NR-key panels) of the first packed panel.
+    panel_base: usize,
+    /// Packed panels per kv head.
+    k_panels: usize,
 }
 
 pub(crate) fn causal_attention_isa(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: &AttentionShape) {
@@ -120,13 +126,15 @@ fn attention_with<const MR_: usize, const NR_: usize>(
     };
     let parallel = threads > 1;
 
-    // Pack every key once (all query tiles of a kv head share them).
-    let k_panels = s.n_keys.div_ceil(NR_);
+    // Pack every key that some query can see once (all query tiles of a kv head share them): with
+    // a sliding window, keys before the first query's window are skipped (decode with a long cache).
+    let panel_base = first_key(s.n_keys - s.n_queries, s.window) / NR_;
+    let k_panels = s.n_keys.div_ceil(NR_) - panel_base;
     let kv_stride = s.n_kv_heads * d;
     let pack_keys = |kpack: &mut [f32]| {
         let pack_one = |(idx, dst): (usize, &mut [f32])| {
             let (g, jp) = (idx / k_panels, idx % k_panels);
-            let j0 = jp * NR_;
+            let j0 = (panel_base + jp) * NR_;
             gemm::pack_panel::<NR_>(isa, k, kv_stride, j0, NR_.min(s.n_keys - j0), g * d, d, dst);
         };
         if parallel {
@@ -157,6 +165,8 @@ fn attention_with<const MR_: usize, const NR_: usize>(
             shape: *s,
             group,
             offset: s.n_keys - s.n_queries,
+            panel_base,
+            k_panels,
         };
         let run = |t: usize| {
             // Later query tiles see more keys: hand them out first.
@@ -223,8 +233,7 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
     let rpad = panels * MR_;
     let dpad = d.next_multiple_of(NR_);
     let ukr = p.ukr;
-    let k_panels = sh.n_keys.div_ceil(NR_);
-    let kpack_g = &p.kpack[g * k_panels * NR_ * d..(g + 1) * k_panels * NR_ * d];
+    let kpack_g = &p.kpack[g * p.k_panels * NR_ * d..(g + 1) * p.k_panels * NR_ * d];
 
     // Query rows r = qi * group + hh, scaled, packed as MR-row panels [depth][row].
     let qpack = sized(&mut s.qpack, rpad * d);
@@ -268,7 +277,7 @@ fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: us
         for ip in 0..panels {
             let ap = &qpack[ip * MR_ * d..(ip + 1) * MR_ * d];
             for jp in 0..kpanels {
-                let panel = j0 / NR_ + jp;
+                let panel = j0 / NR_ - p.panel_base + jp;
                 let bp = &kpack_g[panel * NR_ * d..(panel + 1) * NR_ * d];
                 let c = &mut scores[ip * MR_ * BK + jp * NR_..];
                 assert!(c.len() >= (MR_ - 1) * BK + NR_);
@@ -651,6 +660,9 @@ mod tests {
             (256, None, 1, 300),
             (24, Some(1), 17, 17),
             (40, Some(1000), 70, 70),
+            // Decode and short chunks on a long cache with a window: only the window is packed.
+            (64, Some(100), 1, 1000),
+            (64, Some(64), 3, 500),
         ]
         .iter()
         .enumerate()

@@ -116,7 +116,7 @@ pub fn matmul_nt(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Isa {
-    /// x86-64 AVX-512F (12 x 32 GEMM micro-kernel; the AVX2 kernels elsewhere).
+    /// x86-64 AVX-512F: 12 x 32 micro-kernel, AVX-512 GEMV and softmax (packing stays AVX2).
     Avx512,
     /// x86-64 AVX2 + FMA intrinsics.
     Avx2Fma,
@@ -467,6 +467,61 @@ fn packed_path<const MR_: usize, const NR_: usize>(
     bias: Option<&[f32]>,
     parallel: bool,
 ) {
+    let c_ptr = OutPtr(c.as_mut_ptr());
+    let c_len = c.len();
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    // Very wide products (the LM head): independent column strips, one task each, with no
+    // barrier between them (a shared B block costs two barriers per block, and each barrier
+    // waits for the slowest thread, which hurts when other processes share the cores).
+    let strip = blk.nc_max / 2;
+    let strips = n.div_ceil(strip);
+    if parallel && strips >= 8 * threads {
+        for_each_task(true, strips, |s| {
+            let j_begin = s * strip;
+            let j_end = (j_begin + strip).min(n);
+            // SAFETY: the strips' columns are disjoint; c's size was checked by gemm_nt.
+            unsafe {
+                packed_cols::<MR_, NR_>(
+                    isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, j_begin, j_end, false,
+                )
+            };
+        });
+    } else {
+        // SAFETY: c (all columns) is borrowed mutably for this call; its size was checked by gemm_nt.
+        unsafe {
+            packed_cols::<MR_, NR_>(
+                isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, 0, n, parallel,
+            )
+        };
+    }
+}
+
+/// Columns `j_begin..j_end` of the packed GEMM (see [`packed_path`]).
+///
+/// # Safety
+/// `c_ptr` points to `c_len >= (m - 1) * ldc + n` floats, and nothing else accesses columns
+/// `j_begin..j_end` of its rows `0..m` during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
+    isa: Isa,
+    ukr: MicroKernel,
+    blk: Blocking,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c_ptr: OutPtr,
+    c_len: usize,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    j_begin: usize,
+    j_end: usize,
+    parallel: bool,
+) {
     let (mr, nr) = (MR_, NR_);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
 
@@ -474,8 +529,9 @@ fn packed_path<const MR_: usize, const NR_: usize>(
     let k_blocks = k.div_ceil(blk.kc_max);
     let kc_max = k.div_ceil(k_blocks);
     // Column blocks of equal size (rounded to whole micro-panels).
-    let n_blocks = n.div_ceil(blk.nc_max);
-    let nc_max = n.div_ceil(n_blocks).next_multiple_of(nr);
+    let width = j_end - j_begin;
+    let n_blocks = width.div_ceil(blk.nc_max);
+    let nc_max = width.div_ceil(n_blocks).next_multiple_of(nr);
 
     // Row blocks: at least enough to keep every thread busy several times over, a multiple of the
     // thread count, each at most mc_max rows (in whole micro-panels).
@@ -485,12 +541,9 @@ fn packed_path<const MR_: usize, const NR_: usize>(
         m_tasks = m_tasks.next_multiple_of(threads).min(m_panels);
     }
 
-    let c_ptr = OutPtr(c.as_mut_ptr());
-    let c_len = c.len();
-
     with_buf(&B_BUF, kc_max * nc_max, |bpack| {
-        for jc in (0..n).step_by(nc_max) {
-            let nc = nc_max.min(n - jc);
+        for jc in (j_begin..j_end).step_by(nc_max) {
+            let nc = nc_max.min(j_end - jc);
             let n_panels = nc.div_ceil(nr);
             // Split the columns too when there are too few row blocks to balance the threads.
             let want = 4 * threads;
@@ -1101,6 +1154,8 @@ mod tests {
         (97, 211, 400),
         (150, 4100, 20),
         (300, 40, 800),
+        // Wide enough for independent column strips in parallel.
+        (20, 16400, 3),
     ];
 
     fn check_isa(isa: Isa) {
