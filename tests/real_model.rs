@@ -45,7 +45,8 @@ fn wiki_perplexity_matches_hf(model_dir: &str, fixture: &str) {
     let want = reference["hf_ppl"].as_f64().unwrap();
     let rel = (got.ppl - want).abs() / want;
     println!("{model_dir} wiki ppl {:.5} vs HF transformers {want:.5} (rel {rel:.2e})", got.ppl);
-    assert!(rel < 1e-3, "perplexity {} differs from HF's {want} by more than 0.1%", got.ppl);
+    // Acceptance is 0.1%; the engine is within 2e-5 (f64-accurate NLL), so guard much tighter.
+    assert!(rel < 1e-4, "perplexity {} differs from HF's {want} by more than 1e-4", got.ppl);
 }
 
 #[test]
