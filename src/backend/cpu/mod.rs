@@ -2,4 +2,8 @@
 
 pub mod attention;
 pub mod gemm;
+mod isa;
 pub mod ops;
+mod out_ptr;
+#[cfg(test)]
+mod test_util;

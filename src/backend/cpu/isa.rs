@@ -1,0 +1,50 @@
+//! Instruction-set selection shared by the CPU kernels: which SIMD variant to run, detected once.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which micro-kernels to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) enum Isa {
+    /// x86-64 AVX-512F: 12 x 32 micro-kernel, AVX-512 GEMV and softmax (packing stays AVX2).
+    Avx512,
+    /// x86-64 AVX2 + FMA intrinsics.
+    Avx2Fma,
+    /// Plain Rust, auto-vectorised for whatever the target offers.
+    Portable,
+}
+
+/// The best kernels this CPU supports; detected on first use, then cached.
+///
+/// The environment variable `TWOSSP_CPU_KERNELS` (`avx512`, `avx2` or `portable`) caps the choice,
+/// for comparisons and for testing the fallbacks.
+pub(crate) fn detected_isa() -> Isa {
+    static CACHE: AtomicU8 = AtomicU8::new(0);
+    const ISAS: [Isa; 3] = [Isa::Avx512, Isa::Avx2Fma, Isa::Portable];
+    match CACHE.load(Ordering::Relaxed) {
+        i @ 1..=3 => ISAS[i as usize - 1],
+        _ => {
+            let isa = detect_isa();
+            CACHE.store(
+                ISAS.iter().position(|&x| x == isa).unwrap() as u8 + 1,
+                Ordering::Relaxed,
+            );
+            isa
+        }
+    }
+}
+
+fn detect_isa() -> Isa {
+    let cap = std::env::var("TWOSSP_CPU_KERNELS").unwrap_or_default();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cap != "portable" && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if cap != "avx2" && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            return Isa::Avx2Fma;
+        }
+    }
+    let _ = cap;
+    Isa::Portable
+}
