@@ -3,7 +3,8 @@
 # stage-2 window, alpha 1.5, calibration data/calib-sotu.jsonl), then dense and pruned perplexity on
 # the three evaluation sets, `bench` of each pruned model against the dense one, and greedy
 # generations. Prints Markdown tables (BENCHMARKS.md); raw JSON goes to $OUT (default bench-results/).
-# Usage: benches/smollm2-2ssp.sh   (env: MAX_WINDOWS per eval set, default 8; SPARSITIES)
+# Usage: benches/smollm2-2ssp.sh   (env: MAX_WINDOWS per eval set, default 8; SPARSITIES;
+#        REUSE_PRUNED=1 keeps the pruned folders and reports of an earlier run and redoes the rest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench-results}"
@@ -17,6 +18,7 @@ mkdir -p "$OUT"
 cargo build --release --locked >/dev/null
 
 for s in $SPARSITIES; do
+  [ "${REUSE_PRUNED:-0}" = 1 ] && [ -f "$OUT/prune-$s.json" ] && continue
   "$ENGINE" prune --model "$DENSE" --sparsity "$s" --out "$OUT/smollm2-2ssp-$s" --force --json > "$OUT/prune-$s.json"
 done
 for m in dense $SPARSITIES; do

@@ -158,3 +158,20 @@ fn prune_refuses_bad_requests_and_writes_nothing() {
         assert!(!dir.exists(), "{tag}: output written despite the error");
     }
 }
+
+#[test]
+fn prune_refuses_an_unknown_architecture_and_writes_nothing() {
+    let model = common::scratch_copy(&common::fixtures().join("llama"), "prune-arch");
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    std::fs::write(model.join("config.json"), cfg).unwrap();
+    let out_dir = std::env::temp_dir().join(format!("twossp-prune-{}-arch-out", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+        .args(["prune", "--model", model.to_str().unwrap(), "--sparsity", "0.3", "--out", out_dir.to_str().unwrap()])
+        .args(["--calib", sample_text().to_str().unwrap(), "--seq-len", "64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unsupported architecture: model_type 'gpt_neox'"), "{err}");
+    assert!(!out_dir.exists());
+}
