@@ -145,7 +145,8 @@ fn measure_peak(lanes: u64) -> (f64, f64) {
     for _ in 0..25 {
         let t = Instant::now();
         rayon::broadcast(|_| black_box(fma_loop(black_box(iters), lanes)));
-        all = all.max(threads as f64 * fma_loop_flops(iters, lanes) / t.elapsed().as_secs_f64() / 1e9);
+        all = all
+            .max(threads as f64 * fma_loop_flops(iters, lanes) / t.elapsed().as_secs_f64() / 1e9);
     }
     (single, all)
 }
@@ -172,8 +173,8 @@ fn main() {
     };
     let peak = report_peak(8, "8-lane AVX2");
     let kernels = std::env::var("TWOSSP_CPU_KERNELS").unwrap_or_default();
-    let peak512 =
-        (has_avx512() && (kernels.is_empty() || kernels == "avx512")).then(|| report_peak(16, "16-lane AVX-512"));
+    let peak512 = (has_avx512() && (kernels.is_empty() || kernels == "avx512"))
+        .then(|| report_peak(16, "16-lane AVX-512"));
     println!(
         "GEMM kernels: {}",
         if peak512.is_some() {
@@ -225,7 +226,9 @@ fn main() {
         let x = fill(m * k, 1);
         let w = fill(n * k, 2);
         let mut y = vec![0.0f32; m * n];
-        let (t, runs) = best_of(budget, || linear(black_box(&x), black_box(&w), None, &mut y, m, n, k));
+        let (t, runs) = best_of(budget, || {
+            linear(black_box(&x), black_box(&w), None, &mut y, m, n, k)
+        });
         black_box(&y);
         let gflops = 2.0 * (m * n * k) as f64 / t.as_secs_f64() / 1e9;
         let note = if m == 1 {
@@ -276,7 +279,13 @@ fn main() {
             window,
         };
         let (t, runs) = best_of(budget, || {
-            causal_attention(black_box(&q), black_box(&k), black_box(&v), &mut out, &shape)
+            causal_attention(
+                black_box(&q),
+                black_box(&k),
+                black_box(&v),
+                &mut out,
+                &shape,
+            )
         });
         black_box(&out);
         // Visible (query, key) pairs: T²/2 causal, or about T·w with a window.

@@ -46,7 +46,9 @@ pub struct BenchResult {
 
 /// Deterministic token ids spread over the vocabulary (speed does not depend on the text).
 fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32).collect()
+    (0..n)
+        .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32)
+        .collect()
 }
 
 /// Measures `model` with `settings`.
@@ -74,6 +76,10 @@ pub fn measure(model: &Model, settings: &BenchSettings) -> Result<BenchResult> {
         kv_cache_bytes: KvCache::bytes_for(model, settings.context),
         params_main: model.params_main(),
         params_total: model.params_total(),
-        attention_blocks: model.blocks.iter().filter(|b| b.attention.is_some()).count(),
+        attention_blocks: model
+            .blocks
+            .iter()
+            .filter(|b| b.attention.is_some())
+            .count(),
     })
 }

@@ -15,7 +15,10 @@ impl StagedDir {
     /// Starts writing `dest`; fails if it exists and `force` is false.
     pub fn create(dest: &Path, force: bool) -> Result<Self> {
         if dest.exists() && !force {
-            bail!("output {} already exists (use --force to overwrite)", dest.display());
+            bail!(
+                "output {} already exists (use --force to overwrite)",
+                dest.display()
+            );
         }
         let name = dest
             .file_name()
@@ -25,14 +28,26 @@ impl StagedDir {
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            bail!("parent directory of output {} does not exist", dest.display());
+            bail!(
+                "parent directory of output {} does not exist",
+                dest.display()
+            );
         }
-        let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let tmp = parent.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).ok();
         }
         std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        Ok(Self { tmp, dest: dest.to_path_buf(), force, committed: false })
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+            force,
+            committed: false,
+        })
     }
 
     /// Path of the temporary directory to write files into.
@@ -44,14 +59,21 @@ impl StagedDir {
     pub fn commit(mut self) -> Result<()> {
         if self.dest.exists() {
             if !self.force {
-                bail!("output {} appeared while writing (use --force to overwrite)", self.dest.display());
+                bail!(
+                    "output {} appeared while writing (use --force to overwrite)",
+                    self.dest.display()
+                );
             }
             let old = self.tmp.with_extension("old");
             std::fs::rename(&self.dest, &old)
                 .with_context(|| format!("cannot move aside {}", self.dest.display()))?;
             std::fs::rename(&self.tmp, &self.dest)
                 .with_context(|| format!("cannot move output into {}", self.dest.display()))?;
-            let _ = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+            let _ = if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
         } else {
             std::fs::rename(&self.tmp, &self.dest)
                 .with_context(|| format!("cannot move output into {}", self.dest.display()))?;
@@ -73,10 +95,13 @@ impl Drop for StagedDir {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename into {}", path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename into {}", path.display()))?;
     Ok(())
 }

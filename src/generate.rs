@@ -47,5 +47,9 @@ pub fn greedy(model: &Model, prompt: &[u32], max_new: usize, stop: &[u32]) -> Re
         }
         logits = model.forward_cached(&[next], &mut cache, &mut ws)?;
     }
-    Ok(Generation { tokens, time_to_first_token, decode_seconds: first_done.elapsed().as_secs_f64() })
+    Ok(Generation {
+        tokens,
+        time_to_first_token,
+        decode_seconds: first_done.elapsed().as_secs_f64(),
+    })
 }

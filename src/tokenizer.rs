@@ -22,18 +22,27 @@ impl Tokenizer {
 
     /// Token ids of `text`, without special tokens (no BOS), as the perplexity protocol requires.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of `text` with the tokenizer's special tokens (e.g. BOS) added.
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of token ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| anyhow!("detokenization failed: {e}")).context("decode")
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow!("detokenization failed: {e}"))
+            .context("decode")
     }
 }

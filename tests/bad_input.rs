@@ -9,7 +9,10 @@ use std::process::Command;
 
 /// Runs the binary and returns (exit code, stderr), asserting the error is one clean line.
 fn run_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine")).args(args).output().expect("binary runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+        .args(args)
+        .output()
+        .expect("binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "panic on {args:?}: {stderr}");
     let code = out.status.code().unwrap_or(-1);
@@ -24,7 +27,15 @@ fn run_cli(args: &[&str]) -> (i32, String) {
 /// `eval` on `model` with the fixture text, expecting failure mentioning `needle`.
 fn eval_fails_with(model: &Path, needle: &str) {
     let text = common::fixtures().join("text/sample.txt");
-    let (code, err) = run_cli(&["eval", "--model", model.to_str().unwrap(), "--data", text.to_str().unwrap(), "--seq-len", "16"]);
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "16",
+    ]);
     assert_ne!(code, 0, "expected failure for {needle}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
@@ -34,18 +45,28 @@ fn base_model() -> PathBuf {
 }
 
 /// Rewrites model.safetensors of `dir`, letting `edit` change each tensor's (dtype, shape, bytes) or drop it.
-fn rewrite_weights(dir: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
-        if let Some((d, s, b)) = edit(&name, view.dtype(), view.shape().to_vec(), view.data().to_vec()) {
+        if let Some((d, s, b)) = edit(
+            &name,
+            view.dtype(),
+            view.shape().to_vec(),
+            view.data().to_vec(),
+        ) {
             kept.push((name, d, s, b));
         }
     }
-    let views: Vec<(String, TensorView)> =
-        kept.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
@@ -66,7 +87,9 @@ fn garbled_config_json() {
 #[test]
 fn unsupported_architecture() {
     let dir = common::scratch_copy(&base_model(), "arch");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     eval_fails_with(&dir, "unsupported architecture: model_type 'gpt_neox'");
 }
@@ -83,7 +106,13 @@ fn truncated_safetensors() {
 #[test]
 fn unknown_dtype() {
     let dir = common::scratch_copy(&base_model(), "dtype");
-    rewrite_weights(&dir, |name, d, s, b| Some(if name == "model.norm.weight" { (Dtype::I32, s, b) } else { (d, s, b) }));
+    rewrite_weights(&dir, |name, d, s, b| {
+        Some(if name == "model.norm.weight" {
+            (Dtype::I32, s, b)
+        } else {
+            (d, s, b)
+        })
+    });
     eval_fails_with(&dir, "unsupported dtype I32");
 }
 
@@ -103,7 +132,9 @@ fn wrong_tensor_shape() {
 #[test]
 fn missing_tensor() {
     let dir = common::scratch_copy(&base_model(), "missing");
-    rewrite_weights(&dir, |name, d, s, b| (name != "model.layers.1.mlp.down_proj.weight").then_some((d, s, b)));
+    rewrite_weights(&dir, |name, d, s, b| {
+        (name != "model.layers.1.mlp.down_proj.weight").then_some((d, s, b))
+    });
     eval_fails_with(&dir, "missing tensor 'model.layers.1.mlp.down_proj.weight'");
 }
 
@@ -116,7 +147,13 @@ fn missing_model_folder() {
 fn empty_data_file() {
     let data = std::env::temp_dir().join(format!("twossp-empty-{}.txt", std::process::id()));
     std::fs::write(&data, "  \n").unwrap();
-    let (code, err) = run_cli(&["eval", "--model", base_model().to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        base_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("contains no text"), "{err}");
 }
@@ -125,7 +162,13 @@ fn empty_data_file() {
 fn data_shorter_than_one_window() {
     let data = std::env::temp_dir().join(format!("twossp-short-{}.txt", std::process::id()));
     std::fs::write(&data, "Just a few words.").unwrap();
-    let (code, err) = run_cli(&["eval", "--model", base_model().to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        base_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("fewer than one window of 2048"), "{err}");
 }
@@ -133,8 +176,18 @@ fn data_shorter_than_one_window() {
 #[test]
 fn malformed_jsonl_line_is_located() {
     let data = std::env::temp_dir().join(format!("twossp-bad-{}.jsonl", std::process::id()));
-    std::fs::write(&data, "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n").unwrap();
-    let (code, err) = run_cli(&["eval", "--model", base_model().to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    std::fs::write(
+        &data,
+        "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n",
+    )
+    .unwrap();
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        base_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains(":2: no string field 'text'"), "{err}");
 }
@@ -143,7 +196,13 @@ fn malformed_jsonl_line_is_located() {
 fn unsupported_data_extension() {
     let data = std::env::temp_dir().join(format!("twossp-bad-{}.csv", std::process::id()));
     std::fs::write(&data, "a,b\n").unwrap();
-    let (code, err) = run_cli(&["eval", "--model", base_model().to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        base_model().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("unsupported data file type '.csv'"), "{err}");
 }

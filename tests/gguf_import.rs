@@ -191,30 +191,70 @@ fn add_weights(g: &mut Gguf, vocab: u64, gemma: bool) {
     let k: Vec<f32> = (0..kv_rows)
         .flat_map(|r| std::iter::repeat_n(r as f32, HIDDEN as usize))
         .collect();
-    g.tensor_f32("token_embd.weight", &[HIDDEN, vocab], &ramp(HIDDEN * vocab, 0.01))
-        .tensor_f32("output_norm.weight", &[HIDDEN], &vec![1.5; HIDDEN as usize])
-        .tensor_f32("blk.0.attn_norm.weight", &[HIDDEN], &vec![2.0; HIDDEN as usize])
-        .tensor_f32("blk.0.attn_q.weight", &[HIDDEN, q_rows], &q)
-        .tensor_f32("blk.0.attn_k.weight", &[HIDDEN, kv_rows], &k)
-        .tensor_f32("blk.0.attn_v.weight", &[HIDDEN, kv_rows], &ramp(HIDDEN * kv_rows, 0.02))
-        .tensor_f32(
-            "blk.0.attn_output.weight",
-            &[q_rows, HIDDEN],
-            &ramp(HIDDEN * q_rows, 0.03),
-        )
-        .tensor_f32("blk.0.ffn_norm.weight", &[HIDDEN], &vec![3.0; HIDDEN as usize])
-        .tensor_f32("blk.0.ffn_gate.weight", &[HIDDEN, FFN], &ramp(HIDDEN * FFN, 0.04))
-        .tensor_f32("blk.0.ffn_up.weight", &[HIDDEN, FFN], &ramp(HIDDEN * FFN, 0.05))
-        .tensor_f32("blk.0.ffn_down.weight", &[FFN, HIDDEN], &ramp(HIDDEN * FFN, 0.06));
+    g.tensor_f32(
+        "token_embd.weight",
+        &[HIDDEN, vocab],
+        &ramp(HIDDEN * vocab, 0.01),
+    )
+    .tensor_f32("output_norm.weight", &[HIDDEN], &vec![1.5; HIDDEN as usize])
+    .tensor_f32(
+        "blk.0.attn_norm.weight",
+        &[HIDDEN],
+        &vec![2.0; HIDDEN as usize],
+    )
+    .tensor_f32("blk.0.attn_q.weight", &[HIDDEN, q_rows], &q)
+    .tensor_f32("blk.0.attn_k.weight", &[HIDDEN, kv_rows], &k)
+    .tensor_f32(
+        "blk.0.attn_v.weight",
+        &[HIDDEN, kv_rows],
+        &ramp(HIDDEN * kv_rows, 0.02),
+    )
+    .tensor_f32(
+        "blk.0.attn_output.weight",
+        &[q_rows, HIDDEN],
+        &ramp(HIDDEN * q_rows, 0.03),
+    )
+    .tensor_f32(
+        "blk.0.ffn_norm.weight",
+        &[HIDDEN],
+        &vec![3.0; HIDDEN as usize],
+    )
+    .tensor_f32(
+        "blk.0.ffn_gate.weight",
+        &[HIDDEN, FFN],
+        &ramp(HIDDEN * FFN, 0.04),
+    )
+    .tensor_f32(
+        "blk.0.ffn_up.weight",
+        &[HIDDEN, FFN],
+        &ramp(HIDDEN * FFN, 0.05),
+    )
+    .tensor_f32(
+        "blk.0.ffn_down.weight",
+        &[FFN, HIDDEN],
+        &ramp(HIDDEN * FFN, 0.06),
+    );
     if gemma {
-        g.tensor_f32("blk.0.attn_q_norm.weight", &[HEAD_DIM], &vec![1.25; HEAD_DIM as usize])
-            .tensor_f32("blk.0.attn_k_norm.weight", &[HEAD_DIM], &vec![0.75; HEAD_DIM as usize])
-            .tensor_f32(
-                "blk.0.post_attention_norm.weight",
-                &[HIDDEN],
-                &vec![4.0; HIDDEN as usize],
-            )
-            .tensor_f32("blk.0.post_ffw_norm.weight", &[HIDDEN], &vec![5.0; HIDDEN as usize]);
+        g.tensor_f32(
+            "blk.0.attn_q_norm.weight",
+            &[HEAD_DIM],
+            &vec![1.25; HEAD_DIM as usize],
+        )
+        .tensor_f32(
+            "blk.0.attn_k_norm.weight",
+            &[HEAD_DIM],
+            &vec![0.75; HEAD_DIM as usize],
+        )
+        .tensor_f32(
+            "blk.0.post_attention_norm.weight",
+            &[HIDDEN],
+            &vec![4.0; HIDDEN as usize],
+        )
+        .tensor_f32(
+            "blk.0.post_ffw_norm.weight",
+            &[HIDDEN],
+            &vec![5.0; HIDDEN as usize],
+        );
     }
 }
 
@@ -224,9 +264,18 @@ fn add_hparams(g: &mut Gguf, arch: &str) {
         .kv(&format!("{arch}.context_length"), Kv::U32(256))
         .kv(&format!("{arch}.embedding_length"), Kv::U32(HIDDEN as u32))
         .kv(&format!("{arch}.feed_forward_length"), Kv::U32(FFN as u32))
-        .kv(&format!("{arch}.attention.head_count"), Kv::U32(HEADS as u32))
-        .kv(&format!("{arch}.attention.head_count_kv"), Kv::U32(KV_HEADS as u32))
-        .kv(&format!("{arch}.attention.layer_norm_rms_epsilon"), Kv::F32(1e-5))
+        .kv(
+            &format!("{arch}.attention.head_count"),
+            Kv::U32(HEADS as u32),
+        )
+        .kv(
+            &format!("{arch}.attention.head_count_kv"),
+            Kv::U32(KV_HEADS as u32),
+        )
+        .kv(
+            &format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Kv::F32(1e-5),
+        )
         .kv(&format!("{arch}.rope.freq_base"), Kv::F32(10000.0));
 }
 
@@ -282,11 +331,13 @@ fn tiny_gemma() -> Gguf {
         scores.push(0.0);
     }
     let normal = [
-        "▁", "a", "b", "c", "h", "e", "l", "o", "▁h", "ll", "he", "hell", "hello", "▁hello", "ab", "bc", "abc",
+        "▁", "a", "b", "c", "h", "e", "l", "o", "▁h", "ll", "he", "hell", "hello", "▁hello", "ab",
+        "bc", "abc",
     ];
     // Scores: "ab" beats "bc", so "abc" must come out as ["abc"] via "ab"+"c", and "bcab" as ["bc", "ab"].
     let normal_scores = [
-        -1.0, -50.0, -51.0, -52.0, -53.0, -54.0, -55.0, -56.0, -10.0, -5.0, -6.0, -7.0, -9.0, -8.0, -2.0, -3.0, -4.0,
+        -1.0, -50.0, -51.0, -52.0, -53.0, -54.0, -55.0, -56.0, -10.0, -5.0, -6.0, -7.0, -9.0, -8.0,
+        -2.0, -3.0, -4.0,
     ];
     for (t, s) in normal.iter().zip(normal_scores) {
         tokens.push(t.to_string());
@@ -320,7 +371,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("gguf-import-test-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("gguf-import-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -344,7 +396,10 @@ fn import_err(tag: &str, bytes: &[u8]) -> String {
     let src = s.write("m.gguf", bytes);
     let out = s.0.join("out");
     let err = import(&src, &out, false).expect_err("import should fail");
-    assert!(!out.exists(), "a failed import must not leave an output folder");
+    assert!(
+        !out.exists(),
+        "a failed import must not leave an output folder"
+    );
     format!("{err:#}")
 }
 
@@ -409,9 +464,17 @@ fn unknown_quant_type_id_is_an_error() {
 fn known_but_unsupported_quant_type_is_named() {
     let mut g = tiny_llama();
     g.tensors.retain(|t| t.name != "blk.0.ffn_up.weight");
-    g.tensor_raw("blk.0.ffn_up.weight", &[256, HIDDEN * FFN / 256], 10, vec![0; 84 * 8]);
+    g.tensor_raw(
+        "blk.0.ffn_up.weight",
+        &[256, HIDDEN * FFN / 256],
+        10,
+        vec![0; 84 * 8],
+    );
     let err = import_err("q2k", &g.bytes());
-    assert!(err.contains("Q2_K") && err.contains("not supported"), "{err}");
+    assert!(
+        err.contains("Q2_K") && err.contains("not supported"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -419,7 +482,10 @@ fn unknown_architecture_is_an_error() {
     let mut g = tiny_llama();
     g.kv("general.architecture", Kv::Str("mamba9".into()));
     let err = import_err("arch", &g.bytes());
-    assert!(err.contains("unsupported GGUF architecture 'mamba9'"), "{err}");
+    assert!(
+        err.contains("unsupported GGUF architecture 'mamba9'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -428,7 +494,10 @@ fn tensor_out_of_bounds_is_an_error() {
     // Append nothing but claim a tensor far beyond the end: patch the first tensor's offset.
     let g = tiny_llama();
     let name = &g.tensors[0].name;
-    let pos = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+    let pos = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap();
     let off_pos = pos + name.len() + 4 + 8 * g.tensors[0].dims.len() + 4;
     bytes[off_pos..off_pos + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let err = import_err("oob", &bytes);
@@ -504,7 +573,10 @@ fn llama_import_writes_a_consistent_checkpoint() {
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.len(), 11);
-    assert!(st.tensor("lm_head.weight").is_err(), "tied head must not be written");
+    assert!(
+        st.tensor("lm_head.weight").is_err(),
+        "tied head must not be written"
+    );
     let (shape, _) = tensor(&st, "model.embed_tokens.weight");
     assert_eq!(shape, vec![269, 32]);
     let (shape, down) = tensor(&st, "model.layers.0.mlp.down_proj.weight");
@@ -538,7 +610,10 @@ fn llama_tokenizer_loads_in_rust_and_splits_digits() {
     // "12" is a token, but the smollm pre-tokenizer isolates every digit; no BOS is added.
     assert_eq!(toks, ["hello", "Ġworld", "Ġ", "1", "2", "<|im_end|>"]);
     assert_eq!(*enc.get_ids().last().unwrap(), 2);
-    assert_eq!(tk.decode(enc.get_ids(), false).unwrap(), "hello world 12<|im_end|>");
+    assert_eq!(
+        tk.decode(enc.get_ids(), false).unwrap(),
+        "hello world 12<|im_end|>"
+    );
     let tc = read_json(&out.join("tokenizer_config.json"));
     assert_eq!(tc["add_bos_token"], false);
     assert_eq!(tc["eos_token"], "<|im_end|>");
@@ -644,7 +719,9 @@ fn dequantization_matches_gguf_py_bit_for_bit() {
 
 #[test]
 fn dequantize_rejects_wrong_sizes() {
-    let err = dequantize(GgmlType::Q8_0, &[0u8; 33], 32).unwrap_err().to_string();
+    let err = dequantize(GgmlType::Q8_0, &[0u8; 33], 32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("33 bytes"), "{err}");
     let one = f16::from_f32(1.0).to_le_bytes();
     assert_eq!(dequantize(GgmlType::F16, &one, 1).unwrap(), vec![1.0]);
@@ -665,30 +742,44 @@ fn qwen2_import_keeps_q_rows_and_writes_biases() {
     }
     g.kv("general.architecture", Kv::Str("qwen2".into()))
         .kv("tokenizer.ggml.pre", Kv::Str("qwen2".into()));
-    g.tensor_f32("blk.0.attn_q.bias", &[HEADS * HEAD_DIM], &ramp(HEADS * HEAD_DIM, 1.0))
-        .tensor_f32(
-            "blk.0.attn_k.bias",
-            &[KV_HEADS * HEAD_DIM],
-            &ramp(KV_HEADS * HEAD_DIM, 1.0),
-        )
-        .tensor_f32(
-            "blk.0.attn_v.bias",
-            &[KV_HEADS * HEAD_DIM],
-            &ramp(KV_HEADS * HEAD_DIM, 1.0),
-        );
+    g.tensor_f32(
+        "blk.0.attn_q.bias",
+        &[HEADS * HEAD_DIM],
+        &ramp(HEADS * HEAD_DIM, 1.0),
+    )
+    .tensor_f32(
+        "blk.0.attn_k.bias",
+        &[KV_HEADS * HEAD_DIM],
+        &ramp(KV_HEADS * HEAD_DIM, 1.0),
+    )
+    .tensor_f32(
+        "blk.0.attn_v.bias",
+        &[KV_HEADS * HEAD_DIM],
+        &ramp(KV_HEADS * HEAD_DIM, 1.0),
+    );
     let s = Scratch::new("qwen2");
     let src = s.write("m.gguf", &g.bytes());
     let out = s.0.join("out");
     let summary = import(&src, &out, false).unwrap();
-    assert_eq!((summary.architecture.as_str(), summary.n_tensors), ("qwen2", 14));
+    assert_eq!(
+        (summary.architecture.as_str(), summary.n_tensors),
+        ("qwen2", 14)
+    );
     let cfg = read_json(&out.join("config.json"));
     assert_eq!(cfg["model_type"], "qwen2");
     assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (_, q) = tensor(&st, "model.layers.0.self_attn.q_proj.weight");
-    assert_eq!((q[0], q[32], q[64]), (0.0, 1.0, 2.0), "qwen2 q rows are not permuted");
-    assert_eq!(tensor(&st, "model.layers.0.self_attn.q_proj.bias").0, vec![32]);
+    assert_eq!(
+        (q[0], q[32], q[64]),
+        (0.0, 1.0, 2.0),
+        "qwen2 q rows are not permuted"
+    );
+    assert_eq!(
+        tensor(&st, "model.layers.0.self_attn.q_proj.bias").0,
+        vec![32]
+    );
     let tk = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let toks = tk.encode("hello 12", false).unwrap().get_tokens().to_vec();
     assert_eq!(toks, ["hello", "Ġ", "1", "2"]);

@@ -6,11 +6,18 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn check(env: &str, default: &str, key: &str) {
-    let src = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(default));
-    assert!(src.exists(), "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does) or set {env}", src.display());
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/llama_tokenize_ids.json");
+    let src = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(default)
+    });
+    assert!(
+        src.exists(),
+        "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does) or set {env}",
+        src.display()
+    );
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/llama_tokenize_ids.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let text = doc["text"].as_str().unwrap();
     let want: Vec<u32> = doc[key]
@@ -25,7 +32,11 @@ fn check(env: &str, default: &str, key: &str) {
     let result = std::panic::catch_unwind(|| {
         let tk = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
         let got = tk.encode(text, true).unwrap().get_ids().to_vec();
-        assert_eq!(got.len(), want.len(), "{key}: token count differs from llama.cpp");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{key}: token count differs from llama.cpp"
+        );
         if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
             panic!(
                 "{key}: first difference at token {i}: ours {:?}, llama.cpp {:?}",
@@ -33,8 +44,13 @@ fn check(env: &str, default: &str, key: &str) {
                 &want[i..]
             );
         }
-        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["vocab_size"].as_u64().unwrap() as usize, summary.vocab_size);
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            cfg["vocab_size"].as_u64().unwrap() as usize,
+            summary.vocab_size
+        );
     });
     let _ = std::fs::remove_dir_all(&out);
     if let Err(e) = result {
@@ -44,7 +60,11 @@ fn check(env: &str, default: &str, key: &str) {
 
 #[test]
 fn smollm2_tokenizer_matches_llama_cpp() {
-    check("TWOSSP_GGUF_SMOLLM2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2");
+    check(
+        "TWOSSP_GGUF_SMOLLM2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "smollm2",
+    );
 }
 
 #[test]

@@ -13,16 +13,27 @@ const LOGIT_TOL: f32 = 1e-4;
 #[test]
 fn logits_match_hf_transformers_for_every_fixture() {
     let fixtures = common::model_fixtures();
-    assert!(fixtures.len() >= 7, "expected a fixture per architecture, found {}", fixtures.len());
+    assert!(
+        fixtures.len() >= 7,
+        "expected a fixture per architecture, found {}",
+        fixtures.len()
+    );
     let mut failures = Vec::new();
     for dir in &fixtures {
         let model = Model::load(dir).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
         let (ids, expected, vocab) = common::reference(dir);
         assert_eq!(vocab, model.config.vocab);
         let got = model.logits(&ids).unwrap();
-        let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        println!("{:<16} max|dlogit| = {max_diff:.3e} (max|logit| {scale:.2})", dir.file_name().unwrap().to_string_lossy());
+        println!(
+            "{:<16} max|dlogit| = {max_diff:.3e} (max|logit| {scale:.2})",
+            dir.file_name().unwrap().to_string_lossy()
+        );
         if !(max_diff <= LOGIT_TOL) {
             failures.push(format!("{}: {max_diff:e}", dir.display()));
         }
@@ -45,9 +56,21 @@ fn perplexity_matches_hf_transformers_for_every_fixture() {
         let got = perplexity(&model, &windows, "fixture").unwrap();
         let want = reference["ppl"].as_f64().unwrap();
         let rel = (got.ppl - want).abs() / want;
-        println!("{:<16} ppl {:.6} vs HF {want:.6} (rel {rel:.2e})", dir.file_name().unwrap().to_string_lossy(), got.ppl);
-        assert!(rel < 1e-5, "{}: ppl {} vs HF {want}", dir.display(), got.ppl);
-        assert_eq!(got.predicted_tokens, reference["n_predicted"].as_u64().unwrap() as usize);
+        println!(
+            "{:<16} ppl {:.6} vs HF {want:.6} (rel {rel:.2e})",
+            dir.file_name().unwrap().to_string_lossy(),
+            got.ppl
+        );
+        assert!(
+            rel < 1e-5,
+            "{}: ppl {} vs HF {want}",
+            dir.display(),
+            got.ppl
+        );
+        assert_eq!(
+            got.predicted_tokens,
+            reference["n_predicted"].as_u64().unwrap() as usize
+        );
     }
 }
 
@@ -67,8 +90,16 @@ fn hub_layout_configs_describe_the_same_models() {
         let model = Model::from_store(config, &store).unwrap();
         let (ids, expected, _) = common::reference(&dir);
         let got = model.logits(&ids).unwrap();
-        let max_diff = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max_diff <= LOGIT_TOL, "{}: hub config gives max diff {max_diff:e}", dir.display());
+        let max_diff = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff <= LOGIT_TOL,
+            "{}: hub config gives max diff {max_diff:e}",
+            dir.display()
+        );
         checked += 1;
     }
     assert!(checked >= 7, "only {checked} hub-layout configs found");
@@ -88,13 +119,32 @@ fn kv_cache_decoding_matches_the_full_forward_pass() {
         let mut worst = 0f32;
         let mut check = |pos: usize, got: &[f32]| {
             let want = &expected[pos * vocab..(pos + 1) * vocab];
-            worst = worst.max(got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+            worst = worst.max(
+                got.iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max),
+            );
         };
-        check(split - 1, &model.forward_cached(&ids[..split], &mut cache, &mut ws).unwrap());
+        check(
+            split - 1,
+            &model
+                .forward_cached(&ids[..split], &mut cache, &mut ws)
+                .unwrap(),
+        );
         for pos in split..ids.len() {
-            check(pos, &model.forward_cached(&ids[pos..pos + 1], &mut cache, &mut ws).unwrap());
+            check(
+                pos,
+                &model
+                    .forward_cached(&ids[pos..pos + 1], &mut cache, &mut ws)
+                    .unwrap(),
+            );
         }
         assert_eq!(cache.len(), ids.len());
-        assert!(worst <= LOGIT_TOL, "{}: cached decoding differs by {worst:e}", dir.display());
+        assert!(
+            worst <= LOGIT_TOL,
+            "{}: cached decoding differs by {worst:e}",
+            dir.display()
+        );
     }
 }

@@ -18,13 +18,20 @@ fn sample_text() -> PathBuf {
 fn calibration(dir: &std::path::Path, seq_len: usize) -> Vec<Vec<u32>> {
     let tok = Tokenizer::from_dir(dir).unwrap();
     let corpus = Corpus::load(&[sample_text()], &tok).unwrap();
-    corpus.windows(seq_len, None).unwrap().into_iter().map(<[u32]>::to_vec).collect()
+    corpus
+        .windows(seq_len, None)
+        .unwrap()
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect()
 }
 
 #[test]
 fn decisions_match_the_brute_force_reference() {
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("prune_reference.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("prune_reference.json")).unwrap(),
+    )
+    .unwrap();
     let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
     let n1 = reference["stage1_samples"].as_u64().unwrap() as usize;
     let n2 = reference["stage2_samples"].as_u64().unwrap() as usize;
@@ -48,24 +55,53 @@ fn decisions_match_the_brute_force_reference() {
         };
         let out = prune::run(&mut model, &opts, &w[..n1], &w[..n2]).unwrap();
         let label = format!("{name}/{}", case["case"]);
-        assert_eq!(out.plan.n_attn as u64, case["n_attn"].as_u64().unwrap(), "{label} n_attn");
-        assert_eq!(out.plan.keep as u64, case["keep"].as_u64().unwrap(), "{label} keep");
-        assert_eq!(out.counts.p_attn, case["p_attn"].as_u64().unwrap(), "{label} p_attn");
-        assert_eq!(out.counts.p_ffn, case["p_ffn"].as_u64().unwrap(), "{label} p_ffn");
-        assert_eq!(out.counts.p_main, case["p_main"].as_u64().unwrap(), "{label} p_main");
+        assert_eq!(
+            out.plan.n_attn as u64,
+            case["n_attn"].as_u64().unwrap(),
+            "{label} n_attn"
+        );
+        assert_eq!(
+            out.plan.keep as u64,
+            case["keep"].as_u64().unwrap(),
+            "{label} keep"
+        );
+        assert_eq!(
+            out.counts.p_attn,
+            case["p_attn"].as_u64().unwrap(),
+            "{label} p_attn"
+        );
+        assert_eq!(
+            out.counts.p_ffn,
+            case["p_ffn"].as_u64().unwrap(),
+            "{label} p_ffn"
+        );
+        assert_eq!(
+            out.counts.p_main,
+            case["p_main"].as_u64().unwrap(),
+            "{label} p_main"
+        );
         if case["fragile"].as_bool().unwrap_or(false) {
-            println!("{label}: decisions have a near-tie in the reference, compared by counts only");
+            println!(
+                "{label}: decisions have a near-tie in the reference, compared by counts only"
+            );
             continue;
         }
         let kept: Vec<Vec<usize>> = serde_json::from_value(case["ffn_kept"].clone()).unwrap();
         assert_eq!(out.ffn_kept, kept, "{label} kept neurons");
-        let removed: Vec<usize> = serde_json::from_value(case["removed_attention"].clone()).unwrap();
+        let removed: Vec<usize> =
+            serde_json::from_value(case["removed_attention"].clone()).unwrap();
         assert_eq!(out.stage2.removed, removed, "{label} removal order");
         let ppl: Vec<f64> = serde_json::from_value(case["stage2_ppl"].clone()).unwrap();
         for (got, want) in out.stage2.ppl_after.iter().zip(&ppl) {
-            assert!((got - want).abs() / want < 1e-5, "{label} stage-2 ppl {got} vs {want}");
+            assert!(
+                (got - want).abs() / want < 1e-5,
+                "{label} stage-2 ppl {got} vs {want}"
+            );
         }
-        println!("{label}: n_attn {} keep {} removed {:?} — identical", out.plan.n_attn, out.plan.keep, removed);
+        println!(
+            "{label}: n_attn {} keep {} removed {:?} — identical",
+            out.plan.n_attn, out.plan.keep, removed
+        );
     }
 }
 
@@ -75,12 +111,22 @@ fn suffix_reuse_gives_the_full_forward_perplexity() {
     let mut model = Model::load(&dir).unwrap();
     let windows = calibration(&dir, 64);
     let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let opts = PruneOptions { sparsity: 0.375, budget: AttentionBudget::Fixed(2), ffn_multiple_of: None, protected_attention: vec![] };
+    let opts = PruneOptions {
+        sparsity: 0.375,
+        budget: AttentionBudget::Fixed(2),
+        ffn_multiple_of: None,
+        protected_attention: vec![],
+    };
     let out = prune::run(&mut model, &opts, &w[..4], &w[..1]).unwrap();
     assert_eq!(out.stage2.removed.len(), 2);
     let (nll, n) = model.window_nll(w[0], &mut Workspace::default()).unwrap();
     let full = (nll / n as f64).exp();
-    assert_eq!(full.to_bits(), out.stage2.ppl_after[1].to_bits(), "suffix {} vs full {full}", out.stage2.ppl_after[1]);
+    assert_eq!(
+        full.to_bits(),
+        out.stage2.ppl_after[1].to_bits(),
+        "suffix {} vs full {full}",
+        out.stage2.ppl_after[1]
+    );
     assert!(out.stage2.block_evals < out.stage2.block_evals_reference + 2 * 3);
 }
 
@@ -90,7 +136,12 @@ fn protected_blocks_keep_their_attention() {
     let mut model = Model::load(&dir).unwrap();
     let windows = calibration(&dir, 64);
     let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let opts = PruneOptions { sparsity: 0.375, budget: AttentionBudget::Fixed(3), ffn_multiple_of: None, protected_attention: vec![0] };
+    let opts = PruneOptions {
+        sparsity: 0.375,
+        budget: AttentionBudget::Fixed(3),
+        ffn_multiple_of: None,
+        protected_attention: vec![0],
+    };
     let out = prune::run(&mut model, &opts, &w[..2], &w[..1]).unwrap();
     assert!(!out.stage2.removed.contains(&0));
     assert!(model.blocks[0].attention.is_some());
@@ -102,7 +153,13 @@ fn prune_cli(tag: &str, extra: &[&str]) -> (i32, String, PathBuf) {
     let out_dir = std::env::temp_dir().join(format!("twossp-prune-{}-{tag}", std::process::id()));
     let model = common::fixtures().join("llama");
     let text = sample_text();
-    let mut args = vec!["prune", "--model", model.to_str().unwrap(), "--out", out_dir.to_str().unwrap()];
+    let mut args = vec![
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
     args.extend(["--calib", text.to_str().unwrap()]);
     if !extra.contains(&"--stage1-samples") {
         args.extend(["--stage1-samples", "4"]);
@@ -111,7 +168,10 @@ fn prune_cli(tag: &str, extra: &[&str]) -> (i32, String, PathBuf) {
         args.extend(["--seq-len", "64"]);
     }
     args.extend(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine")).args(&args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+        .args(&args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
     (out.status.code().unwrap_or(-1), stderr, out_dir)
@@ -119,12 +179,33 @@ fn prune_cli(tag: &str, extra: &[&str]) -> (i32, String, PathBuf) {
 
 #[test]
 fn prune_writes_a_folder_that_reloads_with_the_same_perplexity() {
-    let (code, err, dir) = prune_cli("ok", &["--sparsity", "0.375", "--remove-attention", "1", "--json"]);
+    let (code, err, dir) = prune_cli(
+        "ok",
+        &["--sparsity", "0.375", "--remove-attention", "1", "--json"],
+    );
     assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pruning_report.json")).unwrap()).unwrap();
-    for key in ["method", "sparsity_target", "sparsity_achieved", "params_main_before", "params_main_after", "params_total_before",
-        "params_total_after", "n_attn_removed", "removed_attention", "stage2_ppl", "ffn_keep", "ffn_kept", "calibration", "seconds",
-        "backend", "engine_version", "seed"] {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pruning_report.json")).unwrap())
+            .unwrap();
+    for key in [
+        "method",
+        "sparsity_target",
+        "sparsity_achieved",
+        "params_main_before",
+        "params_main_after",
+        "params_total_before",
+        "params_total_after",
+        "n_attn_removed",
+        "removed_attention",
+        "stage2_ppl",
+        "ffn_keep",
+        "ffn_kept",
+        "calibration",
+        "seconds",
+        "backend",
+        "engine_version",
+        "seed",
+    ] {
         assert!(report.get(key).is_some(), "report lacks {key}");
     }
     assert_eq!(report["verification"]["identical"], true);
@@ -132,14 +213,27 @@ fn prune_writes_a_folder_that_reloads_with_the_same_perplexity() {
     let model = Model::load(&dir).unwrap();
     assert!(model.blocks[removed].attention.is_none());
     let st = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st).unwrap().names().into_iter().map(str::to_owned).collect();
-    assert!(!names.iter().any(|n| n.starts_with(&format!("model.layers.{removed}.self_attn"))), "removed attention saved");
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("model.layers.{removed}.self_attn"))),
+        "removed attention saved"
+    );
     // A second run without --force must refuse and leave the folder alone.
     let before = std::fs::read(dir.join("pruning_report.json")).unwrap();
     let (code, err, _) = prune_cli("ok", &["--sparsity", "0.375"]);
     assert_ne!(code, 0);
     assert!(err.contains("already exists"), "{err}");
-    assert_eq!(before, std::fs::read(dir.join("pruning_report.json")).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(dir.join("pruning_report.json")).unwrap()
+    );
 }
 
 #[test]
@@ -147,9 +241,21 @@ fn prune_refuses_bad_requests_and_writes_nothing() {
     let cases: &[(&str, &[&str], &str)] = &[
         ("s0", &["--sparsity", "0"], "--sparsity must be in (0, 1)"),
         ("s1", &["--sparsity", "1.2"], "--sparsity must be in (0, 1)"),
-        ("infeasible", &["--sparsity", "0.05", "--remove-attention", "3"], "infeasible balance"),
-        ("short", &["--sparsity", "0.3", "--seq-len", "4096"], "fewer than one window of 4096"),
-        ("samples", &["--sparsity", "0.3", "--stage1-samples", "500"], "are needed"),
+        (
+            "infeasible",
+            &["--sparsity", "0.05", "--remove-attention", "3"],
+            "infeasible balance",
+        ),
+        (
+            "short",
+            &["--sparsity", "0.3", "--seq-len", "4096"],
+            "fewer than one window of 4096",
+        ),
+        (
+            "samples",
+            &["--sparsity", "0.3", "--stage1-samples", "500"],
+            "are needed",
+        ),
     ];
     for (tag, extra, needle) in cases {
         let (code, err, dir) = prune_cli(tag, extra);
@@ -162,16 +268,35 @@ fn prune_refuses_bad_requests_and_writes_nothing() {
 #[test]
 fn prune_refuses_an_unknown_architecture_and_writes_nothing() {
     let model = common::scratch_copy(&common::fixtures().join("llama"), "prune-arch");
-    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    let cfg = std::fs::read_to_string(model.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(model.join("config.json"), cfg).unwrap();
-    let out_dir = std::env::temp_dir().join(format!("twossp-prune-{}-arch-out", std::process::id()));
+    let out_dir =
+        std::env::temp_dir().join(format!("twossp-prune-{}-arch-out", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
-        .args(["prune", "--model", model.to_str().unwrap(), "--sparsity", "0.3", "--out", out_dir.to_str().unwrap()])
-        .args(["--calib", sample_text().to_str().unwrap(), "--seq-len", "64"])
+        .args([
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--sparsity",
+            "0.3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--calib",
+            sample_text().to_str().unwrap(),
+            "--seq-len",
+            "64",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("unsupported architecture: model_type 'gpt_neox'"), "{err}");
+    assert!(
+        err.contains("unsupported architecture: model_type 'gpt_neox'"),
+        "{err}"
+    );
     assert!(!out_dir.exists());
 }

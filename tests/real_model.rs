@@ -18,13 +18,21 @@ fn repo() -> PathBuf {
 
 fn smollm2() -> PathBuf {
     let dir = repo().join("models/SmolLM2-135M-Instruct.Q4_1");
-    assert!(dir.join("config.json").exists(), "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does)", dir.display());
+    assert!(
+        dir.join("config.json").exists(),
+        "{} missing: run scripts/fetch-model.sh all (scripts/test.sh does)",
+        dir.display()
+    );
     dir
 }
 
 fn data(name: &str) -> PathBuf {
     let f = repo().join("data").join(name);
-    assert!(f.exists(), "{} missing: run scripts/fetch-data.sh (scripts/test.sh does)", f.display());
+    assert!(
+        f.exists(),
+        "{} missing: run scripts/fetch-data.sh (scripts/test.sh does)",
+        f.display()
+    );
     f
 }
 
@@ -34,19 +42,34 @@ fn wiki_perplexity_matches_hf(model_dir: &str, fixture: &str) {
     let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
     let n_windows = reference["windows"].as_u64().unwrap() as usize;
     let dir = repo().join("models").join(model_dir);
-    assert!(dir.join("config.json").exists(), "{} missing: run scripts/fetch-model.sh all", dir.display());
+    assert!(
+        dir.join("config.json").exists(),
+        "{} missing: run scripts/fetch-model.sh all",
+        dir.display()
+    );
     let model = Model::load(&dir).unwrap();
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
     let corpus = Corpus::load(&[data("wiki.jsonl")], &tokenizer).unwrap();
     let first: Vec<u32> = serde_json::from_value(reference["first_ids"].clone()).unwrap();
-    assert_eq!(&corpus.ids[..first.len()], &first[..], "token ids differ from those HF was given");
+    assert_eq!(
+        &corpus.ids[..first.len()],
+        &first[..],
+        "token ids differ from those HF was given"
+    );
     let windows = corpus.windows(seq_len, Some(n_windows)).unwrap();
     let got = perplexity(&model, &windows, "wiki").unwrap();
     let want = reference["hf_ppl"].as_f64().unwrap();
     let rel = (got.ppl - want).abs() / want;
-    println!("{model_dir} wiki ppl {:.5} vs HF transformers {want:.5} (rel {rel:.2e})", got.ppl);
+    println!(
+        "{model_dir} wiki ppl {:.5} vs HF transformers {want:.5} (rel {rel:.2e})",
+        got.ppl
+    );
     // Acceptance is 0.1%; the engine is within 2e-5 (f64-accurate NLL), so guard much tighter.
-    assert!(rel < 1e-4, "perplexity {} differs from HF's {want} by more than 1e-4", got.ppl);
+    assert!(
+        rel < 1e-4,
+        "perplexity {} differs from HF's {want} by more than 1e-4",
+        got.ppl
+    );
 }
 
 #[test]
@@ -64,18 +87,55 @@ fn smollm2_prunes_end_to_end_and_reloads() {
     let out = std::env::temp_dir().join(format!("twossp-smollm2-pruned-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
-        .args(["prune", "--model", smollm2().to_str().unwrap(), "--sparsity", "0.375", "--out", out.to_str().unwrap()])
-        .args(["--calib", data("calib-sotu.jsonl").to_str().unwrap(), "--stage1-samples", "4", "--seq-len", "256", "--json"])
+        .args([
+            "prune",
+            "--model",
+            smollm2().to_str().unwrap(),
+            "--sparsity",
+            "0.375",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--calib",
+            data("calib-sotu.jsonl").to_str().unwrap(),
+            "--stage1-samples",
+            "4",
+            "--seq-len",
+            "256",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let report = common::reference_json_file(&out.join("pruning_report.json"));
-    assert_eq!(report["n_attn_removed"], 4, "SPEC: SmolLM2 at 37.5% removes 4 attention submodules");
-    assert!(report["ffn_keep"].as_array().unwrap().iter().all(|k| k == 836), "SPEC: 836 neurons kept");
+    assert_eq!(
+        report["n_attn_removed"], 4,
+        "SPEC: SmolLM2 at 37.5% removes 4 attention submodules"
+    );
+    assert!(
+        report["ffn_keep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k == 836),
+        "SPEC: 836 neurons kept"
+    );
     assert_eq!(report["verification"]["identical"], true);
     let model = Model::load(&out).unwrap();
     let removed: Vec<usize> = serde_json::from_value(report["removed_attention"].clone()).unwrap();
-    assert_eq!(model.blocks.iter().filter(|b| b.attention.is_none()).count(), 4);
+    assert_eq!(
+        model
+            .blocks
+            .iter()
+            .filter(|b| b.attention.is_none())
+            .count(),
+        4
+    );
     assert!(removed.iter().all(|&i| model.blocks[i].attention.is_none()));
     assert!((report["sparsity_achieved"].as_f64().unwrap() - 0.375).abs() < 0.01);
     std::fs::remove_dir_all(&out).unwrap();
@@ -86,17 +146,39 @@ fn tokenization_matches_llama_cpp(model_dir: &str, fixture: &str) {
     use sha2::{Digest, Sha256};
     let reference = common::reference_json_file(&common::fixtures().join("real").join(fixture));
     let dir = repo().join("models").join(model_dir);
-    assert!(dir.join("tokenizer.json").exists(), "{} missing: run scripts/fetch-model.sh all", dir.display());
+    assert!(
+        dir.join("tokenizer.json").exists(),
+        "{} missing: run scripts/fetch-model.sh all",
+        dir.display()
+    );
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
     for (set, want) in reference["sets"].as_object().unwrap() {
         let corpus = Corpus::load(&[data(&format!("{set}.jsonl"))], &tokenizer).unwrap();
         let bytes: Vec<u8> = corpus.ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let first: Vec<u32> = serde_json::from_value(want["first_ids"].clone()).unwrap();
-        assert_eq!(&corpus.ids[..first.len()], &first[..], "{model_dir}/{set}: first ids differ");
-        assert_eq!(corpus.ids.len() as u64, want["n_tokens"].as_u64().unwrap(), "{model_dir}/{set}: token count");
-        assert_eq!(digest, want["ids_sha256"].as_str().unwrap(), "{model_dir}/{set}: ids differ from llama.cpp's");
-        println!("{model_dir}/{set}: {} tokens identical to llama-tokenize", corpus.ids.len());
+        assert_eq!(
+            &corpus.ids[..first.len()],
+            &first[..],
+            "{model_dir}/{set}: first ids differ"
+        );
+        assert_eq!(
+            corpus.ids.len() as u64,
+            want["n_tokens"].as_u64().unwrap(),
+            "{model_dir}/{set}: token count"
+        );
+        assert_eq!(
+            digest,
+            want["ids_sha256"].as_str().unwrap(),
+            "{model_dir}/{set}: ids differ from llama.cpp's"
+        );
+        println!(
+            "{model_dir}/{set}: {} tokens identical to llama-tokenize",
+            corpus.ids.len()
+        );
     }
 }
 

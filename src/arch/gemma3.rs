@@ -37,6 +37,8 @@ pub fn local_rope_theta(cfg: &Value) -> Option<f32> {
 
 /// Scores are scaled by `query_pre_attn_scalar ** -0.5`.
 pub fn attention_scale(cfg: &Value, head_dim: usize) -> f32 {
-    let scalar = cfg["query_pre_attn_scalar"].as_f64().unwrap_or(head_dim as f64);
+    let scalar = cfg["query_pre_attn_scalar"]
+        .as_f64()
+        .unwrap_or(head_dim as f64);
     scalar.powf(-0.5) as f32
 }

@@ -21,7 +21,8 @@ pub fn traits(family: Family) -> ArchTraits {
 
 /// v4-style configs: with `use_sliding_window`, layers from `max_window_layers` on use the window.
 pub fn sliding_layers(cfg: &Value, n_layers: usize) -> Vec<bool> {
-    let enabled = cfg["use_sliding_window"].as_bool().unwrap_or(false) && !cfg["sliding_window"].is_null();
+    let enabled =
+        cfg["use_sliding_window"].as_bool().unwrap_or(false) && !cfg["sliding_window"].is_null();
     let first = cfg["max_window_layers"].as_u64().unwrap_or(0) as usize;
     (0..n_layers).map(|i| enabled && i >= first).collect()
 }

@@ -38,7 +38,10 @@ pub struct BenchArgs {
 
 /// Runs `bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    anyhow::ensure!(args.prefill_len >= 1 && args.prompt_len >= 1, "--prefill-len and --prompt-len must be positive");
+    anyhow::ensure!(
+        args.prefill_len >= 1 && args.prompt_len >= 1,
+        "--prefill-len and --prompt-len must be positive"
+    );
     let settings = BenchSettings {
         prefill_len: args.prefill_len,
         prompt_len: args.prompt_len,
@@ -84,15 +87,51 @@ fn speedups(m: &BenchResult, b: &BenchResult) -> serde_json::Value {
 
 fn table_rows(m: &BenchResult, b: Option<&BenchResult>) -> Vec<Vec<String>> {
     let mib = |v: u64| format!("{:.1} MiB", v as f64 / (1 << 20) as f64);
-    let metrics: Vec<(&str, Box<dyn Fn(&BenchResult) -> String>, Box<dyn Fn(&BenchResult, &BenchResult) -> f64>)> = vec![
-        ("prefill tok/s", Box::new(|r| format!("{:.0}", r.prefill_tokens_per_s)), Box::new(|m, b| m.prefill_tokens_per_s / b.prefill_tokens_per_s)),
-        ("time to first token", Box::new(|r| format!("{:.3} s", r.time_to_first_token_s)), Box::new(|m, b| m.time_to_first_token_s / b.time_to_first_token_s)),
-        ("decode tok/s", Box::new(|r| format!("{:.1}", r.decode_tokens_per_s)), Box::new(|m, b| m.decode_tokens_per_s / b.decode_tokens_per_s)),
-        ("params (blocks)", Box::new(|r| r.params_main.to_string()), Box::new(|m, b| m.params_main as f64 / b.params_main as f64)),
-        ("params (total)", Box::new(|r| r.params_total.to_string()), Box::new(|m, b| m.params_total as f64 / b.params_total as f64)),
-        ("weights (f32)", Box::new(|r| mib(r.weight_bytes_f32)), Box::new(|m, b| m.weight_bytes_f32 as f64 / b.weight_bytes_f32 as f64)),
-        ("KV cache @ context", Box::new(|r| mib(r.kv_cache_bytes)), Box::new(|m, b| m.kv_cache_bytes as f64 / b.kv_cache_bytes.max(1) as f64)),
-        ("attention blocks", Box::new(|r| r.attention_blocks.to_string()), Box::new(|m, b| m.attention_blocks as f64 / b.attention_blocks.max(1) as f64)),
+    let metrics: Vec<(
+        &str,
+        Box<dyn Fn(&BenchResult) -> String>,
+        Box<dyn Fn(&BenchResult, &BenchResult) -> f64>,
+    )> = vec![
+        (
+            "prefill tok/s",
+            Box::new(|r| format!("{:.0}", r.prefill_tokens_per_s)),
+            Box::new(|m, b| m.prefill_tokens_per_s / b.prefill_tokens_per_s),
+        ),
+        (
+            "time to first token",
+            Box::new(|r| format!("{:.3} s", r.time_to_first_token_s)),
+            Box::new(|m, b| m.time_to_first_token_s / b.time_to_first_token_s),
+        ),
+        (
+            "decode tok/s",
+            Box::new(|r| format!("{:.1}", r.decode_tokens_per_s)),
+            Box::new(|m, b| m.decode_tokens_per_s / b.decode_tokens_per_s),
+        ),
+        (
+            "params (blocks)",
+            Box::new(|r| r.params_main.to_string()),
+            Box::new(|m, b| m.params_main as f64 / b.params_main as f64),
+        ),
+        (
+            "params (total)",
+            Box::new(|r| r.params_total.to_string()),
+            Box::new(|m, b| m.params_total as f64 / b.params_total as f64),
+        ),
+        (
+            "weights (f32)",
+            Box::new(|r| mib(r.weight_bytes_f32)),
+            Box::new(|m, b| m.weight_bytes_f32 as f64 / b.weight_bytes_f32 as f64),
+        ),
+        (
+            "KV cache @ context",
+            Box::new(|r| mib(r.kv_cache_bytes)),
+            Box::new(|m, b| m.kv_cache_bytes as f64 / b.kv_cache_bytes.max(1) as f64),
+        ),
+        (
+            "attention blocks",
+            Box::new(|r| r.attention_blocks.to_string()),
+            Box::new(|m, b| m.attention_blocks as f64 / b.attention_blocks.max(1) as f64),
+        ),
     ];
     metrics
         .iter()

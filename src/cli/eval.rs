@@ -49,9 +49,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for file in &args.data {
         let corpus = Corpus::load(std::slice::from_ref(file), &tokenizer)?;
         let windows = corpus.windows(args.seq_len, args.max_windows)?;
-        let dataset = file.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let dataset = file
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
         let result = perplexity(&model, &windows, &dataset)?;
-        rows.push(Row { dataset, file: file.clone(), documents: corpus.n_documents, corpus_tokens: corpus.ids.len(), result });
+        rows.push(Row {
+            dataset,
+            file: file.clone(),
+            documents: corpus.n_documents,
+            corpus_tokens: corpus.ids.len(),
+            result,
+        });
     }
     if args.json {
         return print_json(&serde_json::json!({ "model": args.model, "results": rows }));
@@ -70,6 +78,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             ]
         })
         .collect();
-    print_table(&["dataset", "windows", "predicted", "ppl", "mean_nll", "seconds", "tok/s"], &table);
+    print_table(
+        &[
+            "dataset",
+            "windows",
+            "predicted",
+            "ppl",
+            "mean_nll",
+            "seconds",
+            "tok/s",
+        ],
+        &table,
+    );
     Ok(())
 }

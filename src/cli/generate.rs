@@ -33,7 +33,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stop = stop_tokens(&model);
     let generation = greedy(&model, &prompt, args.max_new_tokens, &stop)?;
     let text = tokenizer.decode(&generation.tokens)?;
-    let decode_rate = (generation.tokens.len().saturating_sub(1)) as f64 / generation.decode_seconds.max(1e-9);
+    let decode_rate =
+        (generation.tokens.len().saturating_sub(1)) as f64 / generation.decode_seconds.max(1e-9);
     if args.json {
         return print_json(&serde_json::json!({
             "prompt": args.prompt, "completion": text, "new_tokens": generation.tokens.len(),
@@ -54,7 +55,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 fn stop_tokens(model: &Model) -> Vec<u32> {
     match &model.config.raw["eos_token_id"] {
         serde_json::Value::Number(n) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_u64().map(|v| v as u32))
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -31,7 +31,15 @@ pub fn run(args: ImportArgs) -> Result<()> {
         return print_json(&serde_json::json!({ "summary": summary, "seconds": seconds }));
     }
     print_table(
-        &["architecture", "tensors", "params", "tokenizer", "vocab", "seconds", "output"],
+        &[
+            "architecture",
+            "tensors",
+            "params",
+            "tokenizer",
+            "vocab",
+            "seconds",
+            "output",
+        ],
         &[vec![
             summary.architecture.clone(),
             summary.n_tensors.to_string(),

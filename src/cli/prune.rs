@@ -78,12 +78,19 @@ pub fn run(args: PruneArgs) -> Result<()> {
         bail!("--stage1-samples and --stage2-samples must be at least 1");
     }
     if args.out.exists() && !args.force {
-        bail!("output {} already exists (use --force to overwrite)", args.out.display());
+        bail!(
+            "output {} already exists (use --force to overwrite)",
+            args.out.display()
+        );
     }
     if same_path(&args.out, &args.model) {
         bail!("--out must differ from --model (the input is never modified)");
     }
-    let calib_files = if args.calib.is_empty() { vec![PathBuf::from(DEFAULT_CALIB)] } else { args.calib.clone() };
+    let calib_files = if args.calib.is_empty() {
+        vec![PathBuf::from(DEFAULT_CALIB)]
+    } else {
+        args.calib.clone()
+    };
     let mut model = Model::load(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let corpus = Corpus::load(&calib_files, &tokenizer)?;
@@ -102,7 +109,9 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let (main_before, total_before) = (model.params_main(), model.params_total());
     let opts = PruneOptions {
         sparsity: args.sparsity,
-        budget: args.remove_attention.map_or(AttentionBudget::Alpha(args.alpha), AttentionBudget::Fixed),
+        budget: args
+            .remove_attention
+            .map_or(AttentionBudget::Alpha(args.alpha), AttentionBudget::Fixed),
         ffn_multiple_of: args.ffn_multiple_of,
         protected_attention: args.keep_attention.clone(),
     };
@@ -114,7 +123,11 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let t_save = Instant::now();
     let weight_bytes = checkpoint::save(&model, &args.model, staged.path())?;
     let seconds_save = t_save.elapsed().as_secs_f64();
-    let verification = if args.no_verify { None } else { Some(verify(&model, staged.path(), stage2)?) };
+    let verification = if args.no_verify {
+        None
+    } else {
+        Some(verify(&model, staged.path(), stage2)?)
+    };
 
     let (main_after, total_after) = (model.params_main(), model.params_total());
     let report = json!({
@@ -159,21 +172,74 @@ pub fn run(args: PruneArgs) -> Result<()> {
         "seed": args.seed,
         "source_model": args.model,
     });
-    crate::fsutil::write_atomic(&staged.path().join("pruning_report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    crate::fsutil::write_atomic(
+        &staged.path().join("pruning_report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     staged.commit()?;
     if args.json {
         return print_json(&report);
     }
     let rows = vec![
-        vec!["sparsity target / achieved".into(), format!("{:.4} / {:.4}", args.sparsity, report["sparsity_achieved"].as_f64().unwrap_or(0.0))],
-        vec!["params main".into(), format!("{main_before} -> {main_after}")],
-        vec!["params total".into(), format!("{total_before} -> {total_after}")],
-        vec!["FFN neurons kept".into(), format!("{} of {}", outcome.plan.keep, outcome.counts.d_ff)],
-        vec!["attention removed".into(), format!("{:?}", outcome.stage2.removed)],
-        vec!["stage-2 ppl".into(), format!("{:.3} -> {:?}", outcome.stage2.ppl_before, outcome.stage2.ppl_after.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>())],
-        vec!["seconds stage1 / stage2".into(), format!("{:.1} / {:.1}", outcome.seconds_stage1, outcome.seconds_stage2)],
-        vec!["block evals stage2 (reuse / full)".into(), format!("{} / {}", outcome.stage2.block_evals, outcome.stage2.block_evals_reference)],
-        vec!["verified reload".into(), if args.no_verify { "skipped".into() } else { "identical perplexity".into() }],
+        vec![
+            "sparsity target / achieved".into(),
+            format!(
+                "{:.4} / {:.4}",
+                args.sparsity,
+                report["sparsity_achieved"].as_f64().unwrap_or(0.0)
+            ),
+        ],
+        vec![
+            "params main".into(),
+            format!("{main_before} -> {main_after}"),
+        ],
+        vec![
+            "params total".into(),
+            format!("{total_before} -> {total_after}"),
+        ],
+        vec![
+            "FFN neurons kept".into(),
+            format!("{} of {}", outcome.plan.keep, outcome.counts.d_ff),
+        ],
+        vec![
+            "attention removed".into(),
+            format!("{:?}", outcome.stage2.removed),
+        ],
+        vec![
+            "stage-2 ppl".into(),
+            format!(
+                "{:.3} -> {:?}",
+                outcome.stage2.ppl_before,
+                outcome
+                    .stage2
+                    .ppl_after
+                    .iter()
+                    .map(|p| format!("{p:.3}"))
+                    .collect::<Vec<_>>()
+            ),
+        ],
+        vec![
+            "seconds stage1 / stage2".into(),
+            format!(
+                "{:.1} / {:.1}",
+                outcome.seconds_stage1, outcome.seconds_stage2
+            ),
+        ],
+        vec![
+            "block evals stage2 (reuse / full)".into(),
+            format!(
+                "{} / {}",
+                outcome.stage2.block_evals, outcome.stage2.block_evals_reference
+            ),
+        ],
+        vec![
+            "verified reload".into(),
+            if args.no_verify {
+                "skipped".into()
+            } else {
+                "identical perplexity".into()
+            },
+        ],
         vec!["output".into(), args.out.display().to_string()],
     ];
     print_table(&["2SSP", "value"], &rows);
@@ -203,7 +269,10 @@ fn verify(model: &Model, dir: &Path, windows: &[&[u32]]) -> Result<serde_json::V
 /// Hex SHA-256 of a file.
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Fisher-Yates shuffle with a small deterministic generator (splitmix64).

@@ -104,7 +104,10 @@ impl ModelConfig {
         if !raw.is_object() {
             bail!("config is not a JSON object");
         }
-        let model_type = raw["model_type"].as_str().context("missing 'model_type'")?.to_string();
+        let model_type = raw["model_type"]
+            .as_str()
+            .context("missing 'model_type'")?
+            .to_string();
         let family = Family::from_model_type(&model_type)?;
         let arch = family.traits(&raw);
         let hidden = req_usize(&raw, "hidden_size")?;
@@ -113,10 +116,14 @@ impl ModelConfig {
         let n_heads = req_usize(&raw, "num_attention_heads")?;
         let n_kv_heads = opt_usize(&raw, "num_key_value_heads")?.unwrap_or(n_heads);
         let head_dim = opt_usize(&raw, "head_dim")?.unwrap_or(hidden / n_heads.max(1));
-        let norm_eps = raw["rms_norm_eps"].as_f64().context("missing numeric 'rms_norm_eps'")? as f32;
+        let norm_eps = raw["rms_norm_eps"]
+            .as_f64()
+            .context("missing numeric 'rms_norm_eps'")? as f32;
         let (act_field, act_default) = family.activation_field();
         let activation = parse_activation(raw[act_field].as_str().unwrap_or(act_default))?;
-        let tie_embeddings = raw["tie_word_embeddings"].as_bool().unwrap_or(matches!(family, Family::Gemma3));
+        let tie_embeddings = raw["tie_word_embeddings"]
+            .as_bool()
+            .unwrap_or(matches!(family, Family::Gemma3));
         let final_logit_softcap = raw["final_logit_softcapping"].as_f64().map(|v| v as f32);
         if !raw["attn_logit_softcapping"].is_null() {
             bail!("attn_logit_softcapping is not supported");
@@ -162,11 +169,20 @@ impl ModelConfig {
             let attention = if attention_present {
                 let rope = rope_for_layer(&raw, family, is_sliding, rotary_dim)?;
                 let window = if is_sliding {
-                    Some(window.with_context(|| format!("block {i} slides but 'sliding_window' is missing"))?)
+                    Some(window.with_context(|| {
+                        format!("block {i} slides but 'sliding_window' is missing")
+                    })?)
                 } else {
                     None
                 };
-                Some(AttentionSpec { n_heads, n_kv_heads: kv_heads, head_dim, scale, window, rope })
+                Some(AttentionSpec {
+                    n_heads,
+                    n_kv_heads: kv_heads,
+                    head_dim,
+                    scale,
+                    window,
+                    rope,
+                })
             } else {
                 None
             };
@@ -175,9 +191,23 @@ impl ModelConfig {
                     .with_context(|| format!("block {i}: invalid ffn entry in block_configs"))?,
                 _ => default_ffn.context("missing 'intermediate_size'")?,
             };
-            blocks.push(BlockSpec { attention, ffn_width });
+            blocks.push(BlockSpec {
+                attention,
+                ffn_width,
+            });
         }
-        Ok(Self { model_type, arch, hidden, vocab, norm_eps, activation, tie_embeddings, final_logit_softcap, blocks, raw })
+        Ok(Self {
+            model_type,
+            arch,
+            hidden,
+            vocab,
+            norm_eps,
+            activation,
+            tie_embeddings,
+            final_logit_softcap,
+            blocks,
+            raw,
+        })
     }
 
     /// Number of decoder blocks.
@@ -213,7 +243,10 @@ fn sliding_layers(raw: &Value, family: Family, n_layers: usize) -> Result<Vec<bo
     match &raw["layer_types"] {
         Value::Array(kinds) => {
             if kinds.len() != n_layers {
-                bail!("layer_types has {} entries but num_hidden_layers is {n_layers}", kinds.len());
+                bail!(
+                    "layer_types has {} entries but num_hidden_layers is {n_layers}",
+                    kinds.len()
+                );
             }
             kinds
                 .iter()
@@ -238,11 +271,24 @@ fn rotary_dim(raw: &Value, head_dim: usize) -> Result<usize> {
 }
 
 /// RoPE of one layer, from v5 `rope_parameters` (possibly per layer type) or v4 fields.
-fn rope_for_layer(raw: &Value, family: Family, sliding: bool, rotary_dim: usize) -> Result<RopeSpec> {
+fn rope_for_layer(
+    raw: &Value,
+    family: Family,
+    sliding: bool,
+    rotary_dim: usize,
+) -> Result<RopeSpec> {
     let params = &raw["rope_parameters"];
     if params.is_object() {
-        let layer_key = if sliding { "sliding_attention" } else { "full_attention" };
-        let entry = if params[layer_key].is_object() { &params[layer_key] } else { params };
+        let layer_key = if sliding {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
+        let entry = if params[layer_key].is_object() {
+            &params[layer_key]
+        } else {
+            params
+        };
         let theta = entry["rope_theta"]
             .as_f64()
             .or_else(|| raw["rope_theta"].as_f64())
@@ -267,7 +313,9 @@ fn ffn_width_of(ffn: &Value, hidden: usize) -> Result<usize> {
     if let Some(width) = ffn["intermediate_size"].as_u64() {
         return Ok(width as usize);
     }
-    let mult = ffn["ffn_mult"].as_f64().context("needs 'intermediate_size' or 'ffn_mult'")?;
+    let mult = ffn["ffn_mult"]
+        .as_f64()
+        .context("needs 'intermediate_size' or 'ffn_mult'")?;
     let raw_width = (2.0 * mult * hidden as f64 / 3.0) as usize;
     Ok(raw_width.div_ceil(256) * 256)
 }
@@ -288,7 +336,10 @@ mod tests {
         let c = ModelConfig::from_hf(llama_like()).unwrap();
         assert_eq!(c.n_layers(), 3);
         let a = c.blocks[0].attention.as_ref().unwrap();
-        assert_eq!((a.n_heads, a.n_kv_heads, a.head_dim, a.window), (4, 2, 16, None));
+        assert_eq!(
+            (a.n_heads, a.n_kv_heads, a.head_dim, a.window),
+            (4, 2, 16, None)
+        );
         assert_eq!(c.blocks[2].ffn_width, 96);
     }
 
@@ -303,7 +354,10 @@ mod tests {
         let c = ModelConfig::from_hf(raw).unwrap();
         assert_eq!(c.blocks[0].attention.as_ref().unwrap().n_kv_heads, 1);
         assert!(c.blocks[1].attention.is_none());
-        assert_eq!(c.blocks.iter().map(|b| b.ffn_width).collect::<Vec<_>>(), vec![40, 17, 256]);
+        assert_eq!(
+            c.blocks.iter().map(|b| b.ffn_width).collect::<Vec<_>>(),
+            vec![40, 17, 256]
+        );
     }
 
     #[test]
@@ -321,8 +375,15 @@ mod tests {
             "rms_norm_eps": 1e-6, "intermediate_size": 40, "sliding_window": 8, "sliding_window_pattern": 3,
             "rope_theta": 1e6, "rope_local_base_freq": 1e4, "query_pre_attn_scalar": 24});
         let c = ModelConfig::from_hf(raw).unwrap();
-        let windows: Vec<_> = c.blocks.iter().map(|b| b.attention.as_ref().unwrap().window).collect();
-        assert_eq!(windows, vec![Some(8), Some(8), None, Some(8), Some(8), None]);
+        let windows: Vec<_> = c
+            .blocks
+            .iter()
+            .map(|b| b.attention.as_ref().unwrap().window)
+            .collect();
+        assert_eq!(
+            windows,
+            vec![Some(8), Some(8), None, Some(8), Some(8), None]
+        );
         assert_eq!(c.blocks[0].attention.as_ref().unwrap().rope.theta, 1e4);
         assert_eq!(c.blocks[2].attention.as_ref().unwrap().rope.theta, 1e6);
         assert!((c.blocks[0].attention.as_ref().unwrap().scale - 24f32.powf(-0.5)).abs() < 1e-7);

@@ -11,7 +11,12 @@ pub enum RopeScaling {
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f32 },
     /// Llama 3.x frequency-dependent scaling.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: f32,
+    },
 }
 
 /// Rotary embedding of one attention submodule.
@@ -44,21 +49,29 @@ impl RopeSpec {
                 };
                 match kind {
                     "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear { factor: num("factor")? },
+                    "linear" => RopeScaling::Linear {
+                        factor: num("factor")?,
+                    },
                     "llama3" => RopeScaling::Llama3 {
                         factor: num("factor")?,
                         low_freq_factor: num("low_freq_factor")?,
                         high_freq_factor: num("high_freq_factor")?,
                         original_max_position: num("original_max_position_embeddings")?,
                     },
-                    other => bail!("unsupported rope type '{other}' (supported: default, linear, llama3)"),
+                    other => bail!(
+                        "unsupported rope type '{other}' (supported: default, linear, llama3)"
+                    ),
                 }
             }
         };
         if rotary_dim == 0 || rotary_dim % 2 != 0 {
             bail!("rotary dimension must be even and positive, got {rotary_dim}");
         }
-        Ok(Self { theta, rotary_dim, scaling })
+        Ok(Self {
+            theta,
+            rotary_dim,
+            scaling,
+        })
     }
 
     /// Inverse frequencies, one per rotated pair, in the same f32 arithmetic as HF transformers.
@@ -70,7 +83,12 @@ impl RopeSpec {
         match self.scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
                 let low_wavelen = original_max_position / low_freq_factor;
                 let high_wavelen = original_max_position / high_freq_factor;
                 base.iter()

@@ -85,7 +85,10 @@ impl GgmlType {
 
     /// Looks a type up by its ggml name (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        TYPES.iter().find(|t| t.1.eq_ignore_ascii_case(name)).map(|t| Self(t.0))
+        TYPES
+            .iter()
+            .find(|t| t.1.eq_ignore_ascii_case(name))
+            .map(|t| Self(t.0))
     }
 
     /// Whether ggml defines this type id (so its storage size is known).
@@ -354,12 +357,18 @@ mod tests {
         assert_eq!(GgmlType::Q4_K.storage_size(512).unwrap(), 288);
         assert_eq!(GgmlType::F16.storage_size(3).unwrap(), 6);
         assert!(GgmlType::Q8_0.storage_size(33).is_err());
-        assert!(GgmlType(99).storage_size(32).unwrap_err().to_string().contains("99"));
+        assert!(GgmlType(99)
+            .storage_size(32)
+            .unwrap_err()
+            .to_string()
+            .contains("99"));
     }
 
     #[test]
     fn unsupported_type_is_named() {
-        let err = dequantize(GgmlType(10), &[0u8; 84], 256).unwrap_err().to_string();
+        let err = dequantize(GgmlType(10), &[0u8; 84], 256)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Q2_K"), "{err}");
     }
 

@@ -25,7 +25,9 @@ impl Arch {
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
-            other => bail!("unsupported GGUF architecture '{other}' (supported: llama, gemma3, qwen2, qwen3)"),
+            other => bail!(
+                "unsupported GGUF architecture '{other}' (supported: llama, gemma3, qwen2, qwen3)"
+            ),
         })
     }
 
@@ -98,7 +100,12 @@ impl ArchParams {
             None => n_heads,
             Some(_) => scalar("attention.head_count_kv")?,
         };
-        if hidden == 0 || n_layers == 0 || n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if hidden == 0
+            || n_layers == 0
+            || n_heads == 0
+            || n_kv_heads == 0
+            || n_heads % n_kv_heads != 0
+        {
             bail!("invalid shape metadata: hidden {hidden}, blocks {n_layers}, heads {n_heads}, kv heads {n_kv_heads}");
         }
         let head_dim = match g.opt_u64(&key("attention.key_length"))? {
@@ -107,7 +114,9 @@ impl ArchParams {
         };
         if let Some(v) = g.opt_u64(&key("attention.value_length"))? {
             if v as usize != head_dim {
-                bail!("attention.value_length {v} differs from key_length {head_dim}: not supported");
+                bail!(
+                    "attention.value_length {v} differs from key_length {head_dim}: not supported"
+                );
             }
         }
         if let Some(rot) = g.opt_u64(&key("rope.dimension_count"))? {
@@ -264,7 +273,9 @@ fn rope_scaling(g: &GgufFile, arch: &str) -> Result<Value> {
             let orig = g
                 .opt_u64(&key("scaling.original_context_length"))?
                 .context("rope scaling 'yarn' needs rope.scaling.original_context_length")?;
-            Ok(json!({"rope_type": "yarn", "type": "yarn", "factor": f, "original_max_position_embeddings": orig}))
+            Ok(
+                json!({"rope_type": "yarn", "type": "yarn", "factor": f, "original_max_position_embeddings": orig}),
+            )
         }
         other => bail!("unsupported rope scaling type '{other}'"),
     }
@@ -377,7 +388,10 @@ fn required_names(p: &ArchParams) -> Vec<String> {
             "post_feedforward_layernorm.weight",
         ]),
     }
-    let mut out = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    let mut out = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+    ];
     for i in 0..p.n_layers {
         out.extend(per_layer.iter().map(|s| format!("model.layers.{i}.{s}")));
     }
@@ -388,7 +402,12 @@ fn required_names(p: &ArchParams) -> Vec<String> {
 }
 
 /// HF name, expected HF shape and transform of one GGUF tensor.
-fn map_one(p: &ArchParams, name: &str, q_dim: usize, kv_dim: usize) -> Result<(String, Vec<usize>, Transform)> {
+fn map_one(
+    p: &ArchParams,
+    name: &str,
+    q_dim: usize,
+    kv_dim: usize,
+) -> Result<(String, Vec<usize>, Transform)> {
     let h = p.hidden;
     let gemma = p.arch == Arch::Gemma3;
     let norm_fix = |t: Transform| if gemma { Transform::MinusOne } else { t };
@@ -400,10 +419,24 @@ fn map_one(p: &ArchParams, name: &str, q_dim: usize, kv_dim: usize) -> Result<(S
                 Transform::Copy,
             ))
         }
-        "output_norm.weight" => return Ok(("model.norm.weight".into(), vec![h], norm_fix(Transform::Copy))),
-        "output.weight" => return Ok(("lm_head.weight".into(), vec![p.vocab_size, h], Transform::Copy)),
+        "output_norm.weight" => {
+            return Ok((
+                "model.norm.weight".into(),
+                vec![h],
+                norm_fix(Transform::Copy),
+            ))
+        }
+        "output.weight" => {
+            return Ok((
+                "lm_head.weight".into(),
+                vec![p.vocab_size, h],
+                Transform::Copy,
+            ))
+        }
         "rope_freqs.weight" => {
-            bail!("tensor 'rope_freqs.weight' (llama3-style rope frequency factors) is not supported")
+            bail!(
+                "tensor 'rope_freqs.weight' (llama3-style rope frequency factors) is not supported"
+            )
         }
         _ => {}
     }
@@ -433,34 +466,74 @@ fn map_one(p: &ArchParams, name: &str, q_dim: usize, kv_dim: usize) -> Result<(S
     let (hf, shape, transform): (&str, Vec<usize>, Transform) = match (local, p.arch) {
         ("attn_norm.weight", _) => ("input_layernorm.weight", vec![h], norm_fix(Transform::Copy)),
         ("attn_q.weight", _) => ("self_attn.q_proj.weight", vec![q_dim, h], rope(p.n_heads)),
-        ("attn_k.weight", _) => ("self_attn.k_proj.weight", vec![kv_dim, h], rope(p.n_kv_heads)),
+        ("attn_k.weight", _) => (
+            "self_attn.k_proj.weight",
+            vec![kv_dim, h],
+            rope(p.n_kv_heads),
+        ),
         ("attn_v.weight", _) => ("self_attn.v_proj.weight", vec![kv_dim, h], Transform::Copy),
         ("attn_output.weight", _) => ("self_attn.o_proj.weight", vec![h, q_dim], Transform::Copy),
-        ("attn_q.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.q_proj.bias", vec![q_dim], rope(p.n_heads)),
-        ("attn_k.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.k_proj.bias", vec![kv_dim], rope(p.n_kv_heads)),
-        ("attn_v.bias", Arch::Qwen2 | Arch::Llama) => ("self_attn.v_proj.bias", vec![kv_dim], Transform::Copy),
-        ("attn_q_norm.weight", Arch::Gemma3 | Arch::Qwen3) => {
-            ("self_attn.q_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy))
+        ("attn_q.bias", Arch::Qwen2 | Arch::Llama) => {
+            ("self_attn.q_proj.bias", vec![q_dim], rope(p.n_heads))
         }
-        ("attn_k_norm.weight", Arch::Gemma3 | Arch::Qwen3) => {
-            ("self_attn.k_norm.weight", vec![p.head_dim], norm_fix(Transform::Copy))
+        ("attn_k.bias", Arch::Qwen2 | Arch::Llama) => {
+            ("self_attn.k_proj.bias", vec![kv_dim], rope(p.n_kv_heads))
         }
-        ("ffn_gate.weight", _) => ("mlp.gate_proj.weight", vec![p.intermediate, h], Transform::Copy),
-        ("ffn_up.weight", _) => ("mlp.up_proj.weight", vec![p.intermediate, h], Transform::Copy),
-        ("ffn_down.weight", _) => ("mlp.down_proj.weight", vec![h, p.intermediate], Transform::Copy),
-        ("ffn_norm.weight", Arch::Gemma3) => ("pre_feedforward_layernorm.weight", vec![h], Transform::MinusOne),
+        ("attn_v.bias", Arch::Qwen2 | Arch::Llama) => {
+            ("self_attn.v_proj.bias", vec![kv_dim], Transform::Copy)
+        }
+        ("attn_q_norm.weight", Arch::Gemma3 | Arch::Qwen3) => (
+            "self_attn.q_norm.weight",
+            vec![p.head_dim],
+            norm_fix(Transform::Copy),
+        ),
+        ("attn_k_norm.weight", Arch::Gemma3 | Arch::Qwen3) => (
+            "self_attn.k_norm.weight",
+            vec![p.head_dim],
+            norm_fix(Transform::Copy),
+        ),
+        ("ffn_gate.weight", _) => (
+            "mlp.gate_proj.weight",
+            vec![p.intermediate, h],
+            Transform::Copy,
+        ),
+        ("ffn_up.weight", _) => (
+            "mlp.up_proj.weight",
+            vec![p.intermediate, h],
+            Transform::Copy,
+        ),
+        ("ffn_down.weight", _) => (
+            "mlp.down_proj.weight",
+            vec![h, p.intermediate],
+            Transform::Copy,
+        ),
+        ("ffn_norm.weight", Arch::Gemma3) => (
+            "pre_feedforward_layernorm.weight",
+            vec![h],
+            Transform::MinusOne,
+        ),
         ("ffn_norm.weight", _) => ("post_attention_layernorm.weight", vec![h], Transform::Copy),
-        ("post_attention_norm.weight", Arch::Gemma3) => {
-            ("post_attention_layernorm.weight", vec![h], Transform::MinusOne)
-        }
-        ("post_ffw_norm.weight", Arch::Gemma3) => ("post_feedforward_layernorm.weight", vec![h], Transform::MinusOne),
+        ("post_attention_norm.weight", Arch::Gemma3) => (
+            "post_attention_layernorm.weight",
+            vec![h],
+            Transform::MinusOne,
+        ),
+        ("post_ffw_norm.weight", Arch::Gemma3) => (
+            "post_feedforward_layernorm.weight",
+            vec![h],
+            Transform::MinusOne,
+        ),
         _ => return Err(unknown()),
     };
     Ok((format!("model.layers.{i}.{hf}"), shape, transform))
 }
 
 /// Applies `transform` to a tensor whose rows are `shape[0]` (row-major, HF layout).
-pub fn apply_transform(transform: Transform, shape: &[usize], values: Vec<f32>) -> Result<Vec<f32>> {
+pub fn apply_transform(
+    transform: Transform,
+    shape: &[usize],
+    values: Vec<f32>,
+) -> Result<Vec<f32>> {
     match transform {
         Transform::Copy => Ok(values),
         Transform::MinusOne => Ok(values.into_iter().map(|v| v - 1.0).collect()),
@@ -486,7 +559,8 @@ fn unpermute_rope_rows(values: &[f32], shape: &[usize], n_heads: usize) -> Resul
             for j in 0..2 {
                 let src = h * head + 2 * i + j;
                 let dst = h * head + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -509,7 +583,8 @@ mod tests {
                 for i in 0..head / 2 {
                     let src = h * head + j * head / 2 + i;
                     let dst = h * head + 2 * i + j;
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }

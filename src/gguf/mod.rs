@@ -60,8 +60,16 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
 
     let dir = staged.path();
     write_json(&dir.join("config.json"), &config, true)?;
-    write_json(&dir.join("generation_config.json"), &tok.generation_config, true)?;
-    write_json(&dir.join("tokenizer_config.json"), &tok.tokenizer_config, true)?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &tok.generation_config,
+        true,
+    )?;
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &tok.tokenizer_config,
+        true,
+    )?;
     write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json, false)?;
     write_weights(&g, &plans, &dir.join("model.safetensors"))?;
     staged.commit()?;
@@ -69,7 +77,10 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
     Ok(ImportSummary {
         architecture: params.gguf_arch.clone(),
         n_tensors: plans.len(),
-        n_params: plans.iter().map(|p| p.shape.iter().product::<usize>() as u64).sum(),
+        n_params: plans
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>() as u64)
+            .sum(),
         tokenizer_model: tok.model,
         vocab_size: tok.vocab_size,
         out_dir: out.to_path_buf(),
@@ -101,6 +112,7 @@ fn write_weights(g: &GgufFile, plans: &[TensorPlan], path: &Path) -> Result<()> 
         let n = t.n_elements() as usize;
         let values = dequant::dequantize(t.ggml_type, g.tensor_data(t), n)
             .with_context(|| format!("dequantizing tensor '{}'", t.name))?;
-        hf_config::apply_transform(p.transform, &p.shape, values).with_context(|| format!("tensor '{}'", t.name))
+        hf_config::apply_transform(p.transform, &p.shape, values)
+            .with_context(|| format!("tensor '{}'", t.name))
     })
 }

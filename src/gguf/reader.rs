@@ -130,7 +130,8 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the map is read-only; the importer does not modify the file while it is mapped.
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let map = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
         let (version, metadata, tensors, alignment) =
             parse(&map).with_context(|| format!("invalid GGUF file {}", path.display()))?;
         Ok(Self {
@@ -239,7 +240,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
 
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
-        let key = c.string().with_context(|| format!("reading metadata key #{i}"))?;
+        let key = c
+            .string()
+            .with_context(|| format!("reading metadata key #{i}"))?;
         let ty = c
             .u32()
             .with_context(|| format!("reading the type of metadata key '{key}'"))?;
@@ -263,8 +266,12 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     }
     let mut infos = Vec::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
-        let name = c.string().with_context(|| format!("reading the name of tensor #{i}"))?;
-        let n_dims = c.u32().with_context(|| format!("reading tensor '{name}'"))?;
+        let name = c
+            .string()
+            .with_context(|| format!("reading the name of tensor #{i}"))?;
+        let n_dims = c
+            .u32()
+            .with_context(|| format!("reading tensor '{name}'"))?;
         if n_dims == 0 || n_dims > 4 {
             bail!("tensor '{name}' has {n_dims} dimensions (expected 1 to 4)");
         }
@@ -343,7 +350,10 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            bail!("file is truncated at byte {} (needed {n} more bytes)", self.pos);
+            bail!(
+                "file is truncated at byte {} (needed {n} more bytes)",
+                self.pos
+            );
         }
         let s = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
@@ -406,7 +416,10 @@ impl<'a> Cursor<'a> {
                     _ => 1,
                 };
                 if n.saturating_mul(min_size) > self.remaining() as u64 {
-                    bail!("file is truncated at byte {}: array of {n} items announced", self.pos);
+                    bail!(
+                        "file is truncated at byte {}: array of {n} items announced",
+                        self.pos
+                    );
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {

@@ -15,7 +15,11 @@ pub struct Entry {
 }
 
 /// Writes `entries` in order; `produce(i)` returns the f32 values of entry `i`.
-pub fn write_f32(path: &Path, entries: &[Entry], mut produce: impl FnMut(usize) -> Result<Vec<f32>>) -> Result<()> {
+pub fn write_f32(
+    path: &Path,
+    entries: &[Entry],
+    mut produce: impl FnMut(usize) -> Result<Vec<f32>>,
+) -> Result<()> {
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut offset = 0usize;

@@ -102,7 +102,9 @@ impl Vocab {
         let list = g
             .get("tokenizer.ggml.tokens")
             .context("missing metadata key 'tokenizer.ggml.tokens'")?;
-        let list = list.as_array().context("'tokenizer.ggml.tokens' is not an array")?;
+        let list = list
+            .as_array()
+            .context("'tokenizer.ggml.tokens' is not an array")?;
         if list.is_empty() {
             bail!("'tokenizer.ggml.tokens' is empty");
         }
@@ -182,15 +184,26 @@ impl Vocab {
     }
 
     fn text(&self, id: Option<u32>) -> Option<&str> {
-        id.and_then(|i| self.tokens.get(i as usize)).map(String::as_str)
+        id.and_then(|i| self.tokens.get(i as usize))
+            .map(String::as_str)
     }
 }
 
 /// Reads a per-token metadata array of length `n` with `f` converting each item.
-fn per_token<T>(v: &MetaValue, n: usize, key: &str, f: impl Fn(&MetaValue) -> Option<T>) -> Result<Vec<T>> {
-    let items = v.as_array().with_context(|| format!("'{key}' is not an array"))?;
+fn per_token<T>(
+    v: &MetaValue,
+    n: usize,
+    key: &str,
+    f: impl Fn(&MetaValue) -> Option<T>,
+) -> Result<Vec<T>> {
+    let items = v
+        .as_array()
+        .with_context(|| format!("'{key}' is not an array"))?;
     if items.len() != n {
-        bail!("'{key}' has {} entries but there are {n} tokens", items.len());
+        bail!(
+            "'{key}' has {} entries but there are {n} tokens",
+            items.len()
+        );
     }
     items
         .iter()
@@ -202,7 +215,10 @@ fn per_token<T>(v: &MetaValue, n: usize, key: &str, f: impl Fn(&MetaValue) -> Op
 /// Builds the tokenizer files from the GGUF's `tokenizer.ggml.*` metadata.
 pub fn build(g: &GgufFile, model_max_length: Option<u64>) -> Result<TokenizerFiles> {
     let model = g.req_str("tokenizer.ggml.model")?.to_string();
-    let pre = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
+    let pre = g
+        .opt_str("tokenizer.ggml.pre")?
+        .unwrap_or("default")
+        .to_string();
     let vocab = Vocab::read(g)?;
     let n = vocab.len();
     let id = |key: &str| -> Result<Option<u32>> {
@@ -222,14 +238,24 @@ pub fn build(g: &GgufFile, model_max_length: Option<u64>) -> Result<TokenizerFil
     let unk = id("tokenizer.ggml.unknown_token_id")?.or(if is_spm { Some(0) } else { None });
     let pad = id("tokenizer.ggml.padding_token_id")?;
     // llama.cpp defaults: SPM adds BOS, BPE does not (unless the pre-tokenizer says so); the GGUF key wins.
-    let add_bos_default = is_spm || matches!(pre.as_str(), "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "tekken");
-    let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default) && bos.is_some();
+    let add_bos_default = is_spm
+        || matches!(
+            pre.as_str(),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "tekken"
+        );
+    let add_bos = g
+        .opt_bool("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(add_bos_default)
+        && bos.is_some();
     let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false) && eos.is_some();
 
     let (model_json, normalizer, pre_tokenizer, decoder, description) = if is_spm {
-        let add_space_prefix = g.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+        let add_space_prefix = g
+            .opt_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(true);
         let (m, nrm, dec) = spm_parts(&vocab, vocab.text(unk), add_space_prefix);
-        let what = format!("llama (SentencePiece BPE from scores, space prefix {add_space_prefix})");
+        let what =
+            format!("llama (SentencePiece BPE from scores, space prefix {add_space_prefix})");
         (m, nrm, Value::Null, dec, what)
     } else {
         let (pre_tok, ignore_merges) = bpe_pre_tokenizer(&pre)?;
@@ -334,18 +360,20 @@ fn byte_level(use_regex: bool) -> Value {
 fn bpe_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
     Ok(match pre {
         // llama.cpp: "\p{N}" then the GPT-2 regex, i.e. every digit is its own word.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => (
-            json!({"type": "Sequence", "pretokenizers": [split(r"\p{N}"), byte_level(true)]}),
-            false,
-        ),
-        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" | "a.x-4.0"
-        | "mellum" => (byte_level(true), false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (
+                json!({"type": "Sequence", "pretokenizers": [split(r"\p{N}"), byte_level(true)]}),
+                false,
+            )
+        }
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "exaone4" | "a.x-4.0" | "mellum" => (byte_level(true), false),
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "stablelm2" | "megrez" | "hunyuan" => (
             json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
             false,
         ),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
-        | "smaug-bpe" => (
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "dbrx" | "smaug-bpe" => (
             json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
             true,
         ),
@@ -358,7 +386,9 @@ fn bpe_model(g: &GgufFile, vocab: &Vocab, ignore_merges: bool) -> Result<Value> 
     let list = g
         .get("tokenizer.ggml.merges")
         .context("missing metadata key 'tokenizer.ggml.merges'")?;
-    let list = list.as_array().context("'tokenizer.ggml.merges' is not an array")?;
+    let list = list
+        .as_array()
+        .context("'tokenizer.ggml.merges' is not an array")?;
     let mut merges = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let s = m
@@ -371,7 +401,10 @@ fn bpe_model(g: &GgufFile, vocab: &Vocab, ignore_merges: bool) -> Result<Value> 
         let (a, b) = (&s[..pos], &s[pos + 1..]);
         // HF needs both sides and the result in the vocabulary; llama.cpp could never emit the result either.
         let joined = format!("{a}{b}");
-        if vocab.index.contains_key(a) && vocab.index.contains_key(b) && vocab.index.contains_key(&joined) {
+        if vocab.index.contains_key(a)
+            && vocab.index.contains_key(b)
+            && vocab.index.contains_key(&joined)
+        {
             merges.push(json!([a, b]));
         }
     }
@@ -384,7 +417,10 @@ fn bpe_model(g: &GgufFile, vocab: &Vocab, ignore_merges: bool) -> Result<Value> 
 
 /// Whether a token takes part in SentencePiece merging (it can occur inside a text fragment).
 fn spm_mergeable(ty: i64) -> bool {
-    !matches!(ty, token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED)
+    !matches!(
+        ty,
+        token_type::CONTROL | token_type::UNKNOWN | token_type::USER_DEFINED
+    )
 }
 
 /// `model`, `normalizer` and `decoder` sections for a SentencePiece vocabulary.
@@ -407,7 +443,11 @@ fn spm_parts(vocab: &Vocab, unk: Option<&str>, add_space_prefix: bool) -> (Value
             if ok(a) && ok(b) {
                 let score = vocab.scores[id];
                 ranked.push((
-                    if score.is_nan() { f32::NEG_INFINITY } else { score },
+                    if score.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        score
+                    },
                     id as u32,
                     k,
                     a,
@@ -442,7 +482,11 @@ fn spm_parts(vocab: &Vocab, unk: Option<&str>, add_space_prefix: bool) -> (Value
     if add_space_prefix {
         steps.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    (model, normalizer, json!({"type": "Sequence", "decoders": steps}))
+    (
+        model,
+        normalizer,
+        json!({"type": "Sequence", "decoders": steps}),
+    )
 }
 
 /// Adds BOS/EOS around sequences as llama.cpp does with `add_special`.
@@ -454,8 +498,7 @@ fn post_processor(vocab: &Vocab, bos: Option<u32>, eos: Option<u32>, is_spm: boo
             json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
         };
     }
-    let special =
-        |id: u32, type_id: u32| json!({"SpecialToken": {"id": vocab.tokens[id as usize], "type_id": type_id}});
+    let special = |id: u32, type_id: u32| json!({"SpecialToken": {"id": vocab.tokens[id as usize], "type_id": type_id}});
     let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
@@ -479,7 +522,10 @@ fn post_processor(vocab: &Vocab, bos: Option<u32>, eos: Option<u32>, is_spm: boo
     let mut specials = Map::new();
     for id in bos.into_iter().chain(eos) {
         let text = &vocab.tokens[id as usize];
-        specials.insert(text.clone(), json!({"id": text, "ids": [id], "tokens": [text]}));
+        specials.insert(
+            text.clone(),
+            json!({"id": text, "ids": [id], "tokens": [text]}),
+        );
     }
     json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
 }

@@ -37,13 +37,18 @@ fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 impl Workspace {
     /// RoPE table for `spec` covering positions `0..n`, built once and reused.
     fn rope(&mut self, spec: &RopeSpec, n: usize) -> usize {
-        if let Some(i) = self.ropes.iter().position(|(s, t)| s == spec && t.cos.len() >= n * t.n_freq) {
+        if let Some(i) = self
+            .ropes
+            .iter()
+            .position(|(s, t)| s == spec && t.cos.len() >= n * t.n_freq)
+        {
             return i;
         }
         self.ropes.retain(|(s, _)| s != spec);
         // Grow geometrically so token-by-token decoding rebuilds the table rarely.
         let len = n.next_power_of_two().max(64);
-        self.ropes.push((spec.clone(), RopeTable::new(&spec.inv_freq(), len)));
+        self.ropes
+            .push((spec.clone(), RopeTable::new(&spec.inv_freq(), len)));
         self.ropes.len() - 1
     }
 }
@@ -56,16 +61,25 @@ impl Model {
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let hidden = self.config.hidden;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
-            bail!("token id {bad} is outside the vocabulary of {} tokens", self.config.vocab);
+            bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.config.vocab
+            );
         }
-        let scale = self.config.arch.embed_scaled.then(|| (hidden as f32).sqrt());
+        let scale = self
+            .config
+            .arch
+            .embed_scaled
+            .then(|| (hidden as f32).sqrt());
         let mut x = vec![0f32; ids.len() * hidden];
-        x.par_chunks_mut(hidden).zip(ids.par_iter()).for_each(|(row, &id)| {
-            row.copy_from_slice(&self.embed[id as usize * hidden..][..hidden]);
-            if let Some(s) = scale {
-                row.iter_mut().for_each(|v| *v *= s);
-            }
-        });
+        x.par_chunks_mut(hidden)
+            .zip(ids.par_iter())
+            .for_each(|(row, &id)| {
+                row.copy_from_slice(&self.embed[id as usize * hidden..][..hidden]);
+                if let Some(s) = scale {
+                    row.iter_mut().for_each(|v| *v *= s);
+                }
+            });
         Ok(x)
     }
 
@@ -113,14 +127,27 @@ impl Model {
 
     /// Applies the final RMSNorm to a residual stream in place.
     pub fn apply_final_norm(&self, x: &mut [f32]) {
-        ops::rms_norm_rows(x, &self.final_norm, self.config.arch.norm_offset, self.config.norm_eps);
+        ops::rms_norm_rows(
+            x,
+            &self.final_norm,
+            self.config.arch.norm_offset,
+            self.config.norm_eps,
+        );
     }
 
     /// Logits of one final hidden state (LM head plus soft cap).
     pub fn head_logits(&self, hidden_state: &[f32]) -> Vec<f32> {
         let vocab = self.config.vocab;
         let mut out = vec![0f32; vocab];
-        linear(hidden_state, self.head_weight(), None, &mut out, 1, vocab, self.config.hidden);
+        linear(
+            hidden_state,
+            self.head_weight(),
+            None,
+            &mut out,
+            1,
+            vocab,
+            self.config.hidden,
+        );
         if let Some(cap) = self.config.final_logit_softcap {
             ops::soft_cap(&mut out, cap);
         }
@@ -133,7 +160,15 @@ impl Model {
         let h = self.final_hidden(ids, &mut ws)?;
         let (n, vocab) = (ids.len(), self.config.vocab);
         let mut out = vec![0f32; n * vocab];
-        linear(&h, self.head_weight(), None, &mut out, n, vocab, self.config.hidden);
+        linear(
+            &h,
+            self.head_weight(),
+            None,
+            &mut out,
+            n,
+            vocab,
+            self.config.hidden,
+        );
         if let Some(cap) = self.config.final_logit_softcap {
             ops::soft_cap(&mut out, cap);
         }
@@ -149,7 +184,15 @@ impl Model {
         for start in (0..n_pred).step_by(HEAD_ROWS) {
             let rows = HEAD_ROWS.min(n_pred - start);
             let out = &mut logits[..rows * vocab];
-            linear(&hidden_states[start * hidden..(start + rows) * hidden], self.head_weight(), None, out, rows, vocab, hidden);
+            linear(
+                &hidden_states[start * hidden..(start + rows) * hidden],
+                self.head_weight(),
+                None,
+                out,
+                rows,
+                vocab,
+                hidden,
+            );
             let cap = self.config.final_logit_softcap;
             total += out
                 .par_chunks_mut(vocab)
@@ -173,20 +216,49 @@ impl Model {
 }
 
 /// `x += [post_norm](o_proj(attention(rope(qkv(norm(x))))))`; with a cache, `x` continues the cached sequence.
-fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize, ws: &mut Workspace, cache: Option<LayerCache<'_>>) {
+fn attention_forward(
+    cfg: &ModelConfig,
+    att: &Attention,
+    x: &mut [f32],
+    n: usize,
+    ws: &mut Workspace,
+    cache: Option<LayerCache<'_>>,
+) {
     let (hidden, eps, offset) = (cfg.hidden, cfg.norm_eps, cfg.arch.norm_offset);
     let spec = &att.spec;
     let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
     let qkv_dim = q_dim + 2 * kv_dim;
     let first = cache.as_ref().map_or(0, |c| c.keys.len() / kv_dim);
     let rope_idx = ws.rope(&spec.rope, first + n);
-    let Workspace { normed, qkv, q, k, v, attn, proj, ropes, .. } = ws;
+    let Workspace {
+        normed,
+        qkv,
+        q,
+        k,
+        v,
+        attn,
+        proj,
+        ropes,
+        ..
+    } = ws;
 
     let normed = sized(normed, n * hidden);
     ops::rms_norm_into(x, normed, &att.norm, offset, eps);
     let qkv = sized(qkv, n * qkv_dim);
-    linear(normed, &att.qkv.weight, att.qkv.bias.as_deref(), qkv, n, qkv_dim, hidden);
-    let (q, k, v) = (sized(q, n * q_dim), sized(k, n * kv_dim), sized(v, n * kv_dim));
+    linear(
+        normed,
+        &att.qkv.weight,
+        att.qkv.bias.as_deref(),
+        qkv,
+        n,
+        qkv_dim,
+        hidden,
+    );
+    let (q, k, v) = (
+        sized(q, n * q_dim),
+        sized(k, n * kv_dim),
+        sized(v, n * kv_dim),
+    );
     q.par_chunks_mut(q_dim)
         .zip(k.par_chunks_mut(kv_dim))
         .zip(v.par_chunks_mut(kv_dim))
@@ -196,10 +268,12 @@ fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize
             k.copy_from_slice(&row[q_dim..q_dim + kv_dim]);
             v.copy_from_slice(&row[q_dim + kv_dim..]);
             if let Some(w) = &att.q_norm {
-                q.chunks_exact_mut(spec.head_dim).for_each(|h| ops::rms_norm_row(h, w, offset, eps));
+                q.chunks_exact_mut(spec.head_dim)
+                    .for_each(|h| ops::rms_norm_row(h, w, offset, eps));
             }
             if let Some(w) = &att.k_norm {
-                k.chunks_exact_mut(spec.head_dim).for_each(|h| ops::rms_norm_row(h, w, offset, eps));
+                k.chunks_exact_mut(spec.head_dim)
+                    .for_each(|h| ops::rms_norm_row(h, w, offset, eps));
             }
         });
     let table = &ropes[rope_idx].1;
@@ -226,7 +300,15 @@ fn attention_forward(cfg: &ModelConfig, att: &Attention, x: &mut [f32], n: usize
     };
     causal_attention(q, keys, values, attn, &shape);
     let proj = sized(proj, n * hidden);
-    linear(attn, &att.o.weight, att.o.bias.as_deref(), proj, n, hidden, q_dim);
+    linear(
+        attn,
+        &att.o.weight,
+        att.o.bias.as_deref(),
+        proj,
+        n,
+        hidden,
+        q_dim,
+    );
     if let Some(w) = &att.post_norm {
         ops::rms_norm_rows(proj, w, offset, eps);
     }
@@ -245,18 +327,40 @@ fn ffn_forward(
 ) {
     let (hidden, eps, offset) = (cfg.hidden, cfg.norm_eps, cfg.arch.norm_offset);
     let width = ffn.width();
-    let Workspace { normed, gate_up, act, proj, .. } = ws;
+    let Workspace {
+        normed,
+        gate_up,
+        act,
+        proj,
+        ..
+    } = ws;
     let normed = sized(normed, n * hidden);
     ops::rms_norm_into(x, normed, &ffn.norm, offset, eps);
     let gate_up = sized(gate_up, n * 2 * width);
-    linear(normed, &ffn.gate_up.weight, ffn.gate_up.bias.as_deref(), gate_up, n, 2 * width, hidden);
+    linear(
+        normed,
+        &ffn.gate_up.weight,
+        ffn.gate_up.bias.as_deref(),
+        gate_up,
+        n,
+        2 * width,
+        hidden,
+    );
     let act = sized(act, n * width);
     ops::gated_activation(gate_up, act, width, cfg.activation);
     if let Some(obs) = observer {
         obs(block, act);
     }
     let proj = sized(proj, n * hidden);
-    linear(act, &ffn.down.weight, ffn.down.bias.as_deref(), proj, n, hidden, width);
+    linear(
+        act,
+        &ffn.down.weight,
+        ffn.down.bias.as_deref(),
+        proj,
+        n,
+        hidden,
+        width,
+    );
     if let Some(w) = &ffn.post_norm {
         ops::rms_norm_rows(proj, w, offset, eps);
     }

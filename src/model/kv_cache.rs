@@ -29,7 +29,10 @@ impl KvCache {
                 })
             })
             .collect();
-        Self { layers, positions: 0 }
+        Self {
+            layers,
+            positions: 0,
+        }
     }
 
     /// Positions held.
@@ -50,13 +53,23 @@ impl KvCache {
 
     /// Bytes a cache of `positions` positions takes for `model` (f32 keys and values).
     pub fn bytes_for(model: &Model, positions: usize) -> u64 {
-        model.blocks.iter().filter_map(|b| b.attention.as_ref()).map(|a| (2 * positions * a.spec.kv_dim() * 4) as u64).sum()
+        model
+            .blocks
+            .iter()
+            .filter_map(|b| b.attention.as_ref())
+            .map(|a| (2 * positions * a.spec.kv_dim() * 4) as u64)
+            .sum()
     }
 }
 
 impl Model {
     /// Feeds `ids` after the positions already in `cache` and returns the logits of the last one.
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache, ws: &mut super::Workspace) -> anyhow::Result<Vec<f32>> {
+    pub fn forward_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        ws: &mut super::Workspace,
+    ) -> anyhow::Result<Vec<f32>> {
         let mut x = self.embed_tokens(ids)?;
         self.run_blocks_cached(&mut x, 0..self.blocks.len(), ws, None, Some(cache));
         cache.positions += ids.len();

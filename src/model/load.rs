@@ -12,7 +12,8 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let store = TensorStore::open(dir)?;
-        Self::from_store(config, &store).with_context(|| format!("cannot load model from {}", dir.display()))
+        Self::from_store(config, &store)
+            .with_context(|| format!("cannot load model from {}", dir.display()))
     }
 
     /// Builds the model from a config and its tensors.
@@ -26,10 +27,24 @@ impl Model {
         let lm_head = if config.tie_embeddings && !store.contains("lm_head.weight") {
             None
         } else {
-            Some(Linear { weight: store.f32("lm_head.weight", &[vocab, hidden])?, bias: None, out_dim: vocab, in_dim: hidden })
+            Some(Linear {
+                weight: store.f32("lm_head.weight", &[vocab, hidden])?,
+                bias: None,
+                out_dim: vocab,
+                in_dim: hidden,
+            })
         };
-        let storage_dtype = store.dtype("model.embed_tokens.weight").unwrap_or(safetensors::Dtype::F32);
-        Ok(Self { config, embed, blocks, final_norm, lm_head, storage_dtype })
+        let storage_dtype = store
+            .dtype("model.embed_tokens.weight")
+            .unwrap_or(safetensors::Dtype::F32);
+        Ok(Self {
+            config,
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            storage_dtype,
+        })
     }
 }
 
@@ -45,32 +60,59 @@ fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Blo
     let ffn = if spec.ffn_width == 0 {
         None
     } else {
-        Some(load_ffn(arch, store, &prefix, spec.ffn_width, config.hidden)?)
+        Some(load_ffn(
+            arch,
+            store,
+            &prefix,
+            spec.ffn_width,
+            config.hidden,
+        )?)
     };
     Ok(Block { attention, ffn })
 }
 
-fn load_attention(arch: &ArchTraits, store: &TensorStore, prefix: &str, spec: &AttentionSpec, hidden: usize) -> Result<Attention> {
+fn load_attention(
+    arch: &ArchTraits,
+    store: &TensorStore,
+    prefix: &str,
+    spec: &AttentionSpec,
+    hidden: usize,
+) -> Result<Attention> {
     let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
     let qkv_rows = q_dim + 2 * kv_dim;
     let p = format!("{prefix}.self_attn");
     let qkv = if arch.fused_qkv {
-        load_linear(store, &format!("{p}.qkv_proj"), qkv_rows, hidden, arch.qkv_bias)?
+        load_linear(
+            store,
+            &format!("{p}.qkv_proj"),
+            qkv_rows,
+            hidden,
+            arch.qkv_bias,
+        )?
     } else {
         let parts = ["q_proj", "k_proj", "v_proj"]
             .iter()
             .zip([q_dim, kv_dim, kv_dim])
-            .map(|(name, rows)| load_linear(store, &format!("{p}.{name}"), rows, hidden, arch.qkv_bias))
+            .map(|(name, rows)| {
+                load_linear(store, &format!("{p}.{name}"), rows, hidden, arch.qkv_bias)
+            })
             .collect::<Result<Vec<_>>>()?;
         concat_rows(&parts)
     };
     let o = load_linear(store, &format!("{p}.o_proj"), hidden, q_dim, arch.o_bias)?;
     let head_norm = |name: &str| -> Result<Option<Vec<f32>>> {
-        arch.qk_norm.then(|| store.f32(&format!("{p}.{name}.weight"), &[spec.head_dim])).transpose()
+        arch.qk_norm
+            .then(|| store.f32(&format!("{p}.{name}.weight"), &[spec.head_dim]))
+            .transpose()
     };
     let post_norm = arch
         .sandwich_norms
-        .then(|| store.f32(&format!("{prefix}.post_attention_layernorm.weight"), &[hidden]))
+        .then(|| {
+            store.f32(
+                &format!("{prefix}.post_attention_layernorm.weight"),
+                &[hidden],
+            )
+        })
         .transpose()?;
     Ok(Attention {
         spec: spec.clone(),
@@ -83,33 +125,71 @@ fn load_attention(arch: &ArchTraits, store: &TensorStore, prefix: &str, spec: &A
     })
 }
 
-fn load_ffn(arch: &ArchTraits, store: &TensorStore, prefix: &str, width: usize, hidden: usize) -> Result<Ffn> {
+fn load_ffn(
+    arch: &ArchTraits,
+    store: &TensorStore,
+    prefix: &str,
+    width: usize,
+    hidden: usize,
+) -> Result<Ffn> {
     let p = format!("{prefix}.mlp");
     let gate_up = if arch.fused_gate_up {
-        load_linear(store, &format!("{p}.gate_up_proj"), 2 * width, hidden, arch.mlp_bias)?
+        load_linear(
+            store,
+            &format!("{p}.gate_up_proj"),
+            2 * width,
+            hidden,
+            arch.mlp_bias,
+        )?
     } else {
         concat_rows(&[
-            load_linear(store, &format!("{p}.gate_proj"), width, hidden, arch.mlp_bias)?,
+            load_linear(
+                store,
+                &format!("{p}.gate_proj"),
+                width,
+                hidden,
+                arch.mlp_bias,
+            )?,
             load_linear(store, &format!("{p}.up_proj"), width, hidden, arch.mlp_bias)?,
         ])
     };
     let (norm_name, post_norm) = if arch.sandwich_norms {
-        ("pre_feedforward_layernorm", Some(store.f32(&format!("{prefix}.post_feedforward_layernorm.weight"), &[hidden])?))
+        (
+            "pre_feedforward_layernorm",
+            Some(store.f32(
+                &format!("{prefix}.post_feedforward_layernorm.weight"),
+                &[hidden],
+            )?),
+        )
     } else {
         ("post_attention_layernorm", None)
     };
     Ok(Ffn {
         norm: store.f32(&format!("{prefix}.{norm_name}.weight"), &[hidden])?,
         gate_up,
-        down: load_linear(store, &format!("{p}.down_proj"), hidden, width, arch.mlp_bias)?,
+        down: load_linear(
+            store,
+            &format!("{p}.down_proj"),
+            hidden,
+            width,
+            arch.mlp_bias,
+        )?,
         post_norm,
     })
 }
 
-fn load_linear(store: &TensorStore, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+fn load_linear(
+    store: &TensorStore,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear> {
     Ok(Linear {
         weight: store.f32(&format!("{name}.weight"), &[out_dim, in_dim])?,
-        bias: bias.then(|| store.f32(&format!("{name}.bias"), &[out_dim])).transpose()?,
+        bias: bias
+            .then(|| store.f32(&format!("{name}.bias"), &[out_dim]))
+            .transpose()?,
         out_dim,
         in_dim,
     })
@@ -119,7 +199,20 @@ fn load_linear(store: &TensorStore, name: &str, out_dim: usize, in_dim: usize, b
 fn concat_rows(parts: &[Linear]) -> Linear {
     let in_dim = parts[0].in_dim;
     let out_dim = parts.iter().map(|p| p.out_dim).sum();
-    let weight = parts.iter().flat_map(|p| p.weight.iter().copied()).collect();
-    let bias = parts[0].bias.is_some().then(|| parts.iter().flat_map(|p| p.bias.iter().flatten().copied()).collect());
-    Linear { weight, bias, out_dim, in_dim }
+    let weight = parts
+        .iter()
+        .flat_map(|p| p.weight.iter().copied())
+        .collect();
+    let bias = parts[0].bias.is_some().then(|| {
+        parts
+            .iter()
+            .flat_map(|p| p.bias.iter().flatten().copied())
+            .collect()
+    });
+    Linear {
+        weight,
+        bias,
+        out_dim,
+        in_dim,
+    }
 }

@@ -100,12 +100,16 @@ impl Block {
     pub fn n_params(&self) -> u64 {
         let norm = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |w| w.len() as u64);
         let attn = self.attention.as_ref().map_or(0, |a| {
-            a.norm.len() as u64 + a.qkv.n_params() + a.o.n_params() + norm(&a.q_norm) + norm(&a.k_norm) + norm(&a.post_norm)
+            a.norm.len() as u64
+                + a.qkv.n_params()
+                + a.o.n_params()
+                + norm(&a.q_norm)
+                + norm(&a.k_norm)
+                + norm(&a.post_norm)
         });
-        let ffn = self
-            .ffn
-            .as_ref()
-            .map_or(0, |f| f.norm.len() as u64 + f.gate_up.n_params() + f.down.n_params() + norm(&f.post_norm));
+        let ffn = self.ffn.as_ref().map_or(0, |f| {
+            f.norm.len() as u64 + f.gate_up.n_params() + f.down.n_params() + norm(&f.post_norm)
+        });
         attn + ffn
     }
 }

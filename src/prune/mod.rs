@@ -42,27 +42,57 @@ pub struct PruneOutcome {
 }
 
 /// Prunes `model` in place: scores on `stage1_windows` (dense), then greedy attention removal on `stage2_windows`.
-pub fn run(model: &mut Model, opts: &PruneOptions, stage1_windows: &[&[u32]], stage2_windows: &[&[u32]]) -> Result<PruneOutcome> {
+pub fn run(
+    model: &mut Model,
+    opts: &PruneOptions,
+    stage1_windows: &[&[u32]],
+    stage2_windows: &[&[u32]],
+) -> Result<PruneOutcome> {
     let counts = ParamCounts::of(&model.config)?;
     let plan = balance::plan(&counts, opts.sparsity, opts.budget, opts.ffn_multiple_of)?;
-    if let Some(&bad) = opts.protected_attention.iter().find(|&&b| b >= counts.n_layers) {
-        bail!("protected block {bad} does not exist (the model has {} blocks)", counts.n_layers);
+    if let Some(&bad) = opts
+        .protected_attention
+        .iter()
+        .find(|&&b| b >= counts.n_layers)
+    {
+        bail!(
+            "protected block {bad} does not exist (the model has {} blocks)",
+            counts.n_layers
+        );
     }
     let removable = counts.n_layers - dedup_len(&opts.protected_attention);
     if plan.n_attn > removable {
-        bail!("the plan removes {} attention submodules but only {removable} are not protected", plan.n_attn);
+        bail!(
+            "the plan removes {} attention submodules but only {removable} are not protected",
+            plan.n_attn
+        );
     }
 
     let t1 = Instant::now();
     let scores = stage1::score_neurons(model, stage1_windows)?;
-    let ffn_kept: Vec<Vec<usize>> = scores.iter().map(|s| stage1::top_k_sorted(s, plan.keep)).collect();
+    let ffn_kept: Vec<Vec<usize>> = scores
+        .iter()
+        .map(|s| stage1::top_k_sorted(s, plan.keep))
+        .collect();
     model.keep_ffn_neurons(&ffn_kept);
     let seconds_stage1 = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
-    let stage2 = stage2::remove_attention_greedy(model, stage2_windows, plan.n_attn, &opts.protected_attention)?;
+    let stage2 = stage2::remove_attention_greedy(
+        model,
+        stage2_windows,
+        plan.n_attn,
+        &opts.protected_attention,
+    )?;
     let seconds_stage2 = t2.elapsed().as_secs_f64();
-    Ok(PruneOutcome { plan, counts, ffn_kept, stage2, seconds_stage1, seconds_stage2 })
+    Ok(PruneOutcome {
+        plan,
+        counts,
+        ffn_kept,
+        stage2,
+        seconds_stage1,
+        seconds_stage2,
+    })
 }
 
 fn dedup_len(v: &[usize]) -> usize {

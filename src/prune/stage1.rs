@@ -9,7 +9,11 @@ pub type NeuronScores = Vec<Vec<f32>>;
 
 /// Scores every FFN neuron of every block on `samples` (one forward pass each, no LM head).
 pub fn score_neurons(model: &Model, samples: &[&[u32]]) -> anyhow::Result<NeuronScores> {
-    let widths: Vec<usize> = model.blocks.iter().map(|b| b.ffn.as_ref().map_or(0, |f| f.width())).collect();
+    let widths: Vec<usize> = model
+        .blocks
+        .iter()
+        .map(|b| b.ffn.as_ref().map_or(0, |f| f.width()))
+        .collect();
     let mut sums: Vec<Vec<f64>> = widths.iter().map(|&w| vec![0f64; w]).collect();
     let bar = progress::bar(samples.len() as u64, "stage 1");
     let mut ws = Workspace::default();
@@ -26,7 +30,10 @@ pub fn score_neurons(model: &Model, samples: &[&[u32]]) -> anyhow::Result<Neuron
     }
     bar.finish_and_clear();
     let n = samples.len().max(1) as f64;
-    Ok(sums.into_iter().map(|s| s.into_iter().map(|v| (v / n) as f32).collect()).collect())
+    Ok(sums
+        .into_iter()
+        .map(|s| s.into_iter().map(|v| (v / n) as f32).collect())
+        .collect())
 }
 
 /// `sqrt(sum_t act[t, j]^2)` for every column j of a row-major `[T, width]` matrix.

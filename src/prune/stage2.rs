@@ -24,16 +24,29 @@ pub struct Stage2Outcome {
 }
 
 /// Removes `n_attn` attention submodules greedily (lowest perplexity first, ties to the lowest index).
-pub fn remove_attention_greedy(model: &mut Model, windows: &[&[u32]], n_attn: usize, protected: &[usize]) -> Result<Stage2Outcome> {
+pub fn remove_attention_greedy(
+    model: &mut Model,
+    windows: &[&[u32]],
+    n_attn: usize,
+    protected: &[usize],
+) -> Result<Stage2Outcome> {
     let n_layers = model.blocks.len();
     let candidates = |m: &Model| -> Vec<usize> {
-        (0..n_layers).filter(|i| m.blocks[*i].attention.is_some() && !protected.contains(i)).collect()
+        (0..n_layers)
+            .filter(|i| m.blocks[*i].attention.is_some() && !protected.contains(i))
+            .collect()
     };
     if candidates(model).len() < n_attn {
-        bail!("cannot remove {n_attn} attention submodules: only {} are removable", candidates(model).len());
+        bail!(
+            "cannot remove {n_attn} attention submodules: only {} are removable",
+            candidates(model).len()
+        );
     }
     let mut ws = Workspace::default();
-    let mut inputs = windows.iter().map(|w| block_inputs(model, w, &mut ws)).collect::<Result<Vec<_>>>()?;
+    let mut inputs = windows
+        .iter()
+        .map(|w| block_inputs(model, w, &mut ws))
+        .collect::<Result<Vec<_>>>()?;
     let ppl_before = suffix_ppl(model, &inputs, n_layers, windows, &mut ws);
     let mut outcome = Stage2Outcome {
         removed: Vec::new(),
@@ -88,7 +101,13 @@ fn block_inputs(model: &Model, window: &[u32], ws: &mut Workspace) -> Result<Vec
 }
 
 /// Perplexity of `windows` when blocks `first..L` are recomputed from the cached inputs of block `first`.
-fn suffix_ppl(model: &Model, inputs: &[Vec<Vec<f32>>], first: usize, windows: &[&[u32]], ws: &mut Workspace) -> f64 {
+fn suffix_ppl(
+    model: &Model,
+    inputs: &[Vec<Vec<f32>>],
+    first: usize,
+    windows: &[&[u32]],
+    ws: &mut Workspace,
+) -> f64 {
     let (mut nll, mut count) = (0f64, 0usize);
     for (cached, window) in inputs.iter().zip(windows) {
         let mut x = cached[first].clone();

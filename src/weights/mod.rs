@@ -30,13 +30,17 @@ impl TensorStore {
         let mut shards = Vec::with_capacity(files.len());
         let mut entries = HashMap::new();
         for (shard, path) in files.into_iter().enumerate() {
-            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the file is opened read-only; the engine never writes to its inputs.
-            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-            let (header_len, _) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
-            let parsed = SafeTensors::deserialize(&mmap)
-                .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", path.display()))?;
+            let (header_len, _) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display())
+            })?;
+            let parsed = SafeTensors::deserialize(&mmap).map_err(|e| {
+                anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display())
+            })?;
             let base = 8 + header_len;
             for (name, view) in parsed.tensors() {
                 let data = view.data();
@@ -44,7 +48,13 @@ impl TensorStore {
                 debug_assert!(start >= base);
                 entries.insert(
                     name,
-                    TensorEntry { shard, dtype: view.dtype(), shape: view.shape().to_vec(), start, end: start + data.len() },
+                    TensorEntry {
+                        shard,
+                        dtype: view.dtype(),
+                        shape: view.shape().to_vec(),
+                        start,
+                        end: start + data.len(),
+                    },
                 );
             }
             shards.push((path, mmap));
@@ -70,10 +80,19 @@ impl TensorStore {
     /// Reads a tensor as f32, checking its shape; bf16/f16 are widened exactly.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let entry = self.entries.get(name).with_context(|| {
-            format!("missing tensor '{name}' in {}", self.shards.first().map_or(String::new(), |s| s.0.display().to_string()))
+            format!(
+                "missing tensor '{name}' in {}",
+                self.shards
+                    .first()
+                    .map_or(String::new(), |s| s.0.display().to_string())
+            )
         })?;
         if entry.shape != shape {
-            bail!("tensor '{name}' has shape {:?}, expected {:?}", entry.shape, shape);
+            bail!(
+                "tensor '{name}' has shape {:?}, expected {:?}",
+                entry.shape,
+                shape
+            );
         }
         let bytes = &self.shards[entry.shard].1[entry.start..entry.end];
         widen(bytes, entry.dtype).with_context(|| format!("tensor '{name}'"))
@@ -89,19 +108,24 @@ impl TensorStore {
 fn widen(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
     const CHUNK: usize = 1 << 16;
     match dtype {
-        Dtype::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        Dtype::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
         Dtype::BF16 | Dtype::F16 => {
             let mut out = vec![0f32; bytes.len() / 2];
-            out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(2 * CHUNK)).for_each(|(dst, src)| {
-                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                    let bits = u16::from_le_bytes([s[0], s[1]]);
-                    *d = if dtype == Dtype::BF16 {
-                        half::bf16::from_bits(bits).to_f32()
-                    } else {
-                        half::f16::from_bits(bits).to_f32()
-                    };
-                }
-            });
+            out.par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(2 * CHUNK))
+                .for_each(|(dst, src)| {
+                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        let bits = u16::from_le_bytes([s[0], s[1]]);
+                        *d = if dtype == Dtype::BF16 {
+                            half::bf16::from_bits(bits).to_f32()
+                        } else {
+                            half::f16::from_bits(bits).to_f32()
+                        };
+                    }
+                });
             Ok(out)
         }
         other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
@@ -115,10 +139,13 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = json["weight_map"].as_object().with_context(|| format!("{} has no weight_map", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = json["weight_map"]
+            .as_object()
+            .with_context(|| format!("{} has no weight_map", index.display()))?;
         let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         return Ok(names.into_iter().map(|n| dir.join(n)).collect());
     }

@@ -33,7 +33,11 @@ pub fn reference(dir: &std::path::Path) -> (Vec<u32>, Vec<f32>, usize) {
         .collect();
     let logits_view = st.tensor("logits").expect("logits");
     let vocab = logits_view.shape()[1];
-    let logits = logits_view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let logits = logits_view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     (ids, logits, vocab)
 }
 

@@ -38,7 +38,10 @@ fn detect_isa() -> Isa {
     let cap = std::env::var("TWOSSP_CPU_KERNELS").unwrap_or_default();
     #[cfg(target_arch = "x86_64")]
     {
-        if cap != "portable" && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if cap != "portable"
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
             if cap != "avx2" && std::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }

@@ -82,32 +82,36 @@ pub fn apply_rope(x: &mut [f32], table: &RopeTable, first: usize, n_heads: usize
 
 /// From `gate_up` rows `[gate | up]` (each `width` wide) writes `act(gate) * up` into `out` rows.
 pub fn gated_activation(gate_up: &[f32], out: &mut [f32], width: usize, act: Activation) {
-    out.par_chunks_mut(width).zip(gate_up.par_chunks(2 * width)).for_each(|(o, gu)| {
-        let (gate, up) = gu.split_at(width);
-        match act {
-            Activation::Silu => {
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + (-g).exp()) * u;
+    out.par_chunks_mut(width)
+        .zip(gate_up.par_chunks(2 * width))
+        .for_each(|(o, gu)| {
+            let (gate, up) = gu.split_at(width);
+            match act {
+                Activation::Silu => {
+                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                        *o = g / (1.0 + (-g).exp()) * u;
+                    }
+                }
+                Activation::GeluTanh => {
+                    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                        let inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
+                        *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+                    }
                 }
             }
-            Activation::GeluTanh => {
-                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    let inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
-                    *o = 0.5 * g * (1.0 + inner.tanh()) * u;
-                }
-            }
-        }
-    });
+        });
 }
 
 /// `x += y` element-wise.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(1 << 14).zip(y.par_chunks(1 << 14)).for_each(|(a, b)| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-    });
+    x.par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14))
+        .for_each(|(a, b)| {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        });
 }
 
 /// Negative log-likelihood of `target` under softmax(`logits`): f32 exponentials with max subtraction,

@@ -73,7 +73,14 @@ struct Problem<'a> {
 }
 
 /// [`causal_attention`] with the kernels of `isa` (tests pick each variant).
-pub(crate) fn causal_attention_isa(isa: Isa, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: &AttentionShape) {
+pub(crate) fn causal_attention_isa(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    shape: &AttentionShape,
+) {
     let s = *shape;
     assert!(
         s.n_kv_heads > 0 && s.n_heads.is_multiple_of(s.n_kv_heads),
@@ -96,7 +103,15 @@ pub(crate) fn causal_attention_isa(isa: Isa, q: &[f32], k: &[f32], v: &[f32], ou
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => attention_with::<{ gemm::MR512 }, { gemm::NR512 }>(isa, gemm::ukr_avx512, q, k, v, out, &s),
+        Isa::Avx512 => attention_with::<{ gemm::MR512 }, { gemm::NR512 }>(
+            isa,
+            gemm::ukr_avx512,
+            q,
+            k,
+            v,
+            out,
+            &s,
+        ),
         _ => attention_with::<MR, NR>(isa, gemm::micro_kernel(isa), q, k, v, out, &s),
     }
 }

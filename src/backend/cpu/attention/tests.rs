@@ -19,7 +19,11 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Vec<
                 let visible = j <= pos && s.window.is_none_or(|w| pos - j < w);
                 if visible {
                     let krow = &k[(j * s.n_kv_heads + g) * d..][..d];
-                    let dot: f64 = qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let dot: f64 = qrow
+                        .iter()
+                        .zip(krow)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum();
                     *sc = dot * s.scale as f64;
                 }
             }

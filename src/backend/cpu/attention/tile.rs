@@ -22,7 +22,13 @@ thread_local! {
 }
 
 /// Attention of queries `i0..i1` of every head of kv head `g`'s group, with an `MR_ x NR_` kernel.
-pub(super) fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: usize, i0: usize, i1: usize, s: &mut Scratch) {
+pub(super) fn attend_tile<const MR_: usize, const NR_: usize>(
+    p: &Problem,
+    g: usize,
+    i0: usize,
+    i1: usize,
+    s: &mut Scratch,
+) {
     let sh = &p.shape;
     let d = sh.head_dim;
     let group = p.group;
@@ -126,7 +132,16 @@ pub(super) fn attend_tile<const MR_: usize, const NR_: usize>(p: &Problem, g: us
 
         // acc += P · V_tile.
         for ip in 0..panels {
-            gemm::pack_panel::<MR_>(p.isa, scores, BK, ip * MR_, MR_, 0, kt, &mut ppack[ip * MR_ * kt..]);
+            gemm::pack_panel::<MR_>(
+                p.isa,
+                scores,
+                BK,
+                ip * MR_,
+                MR_,
+                0,
+                kt,
+                &mut ppack[ip * MR_ * kt..],
+            );
         }
         let (vp, ldv): (&[f32], usize) = if v_direct {
             (

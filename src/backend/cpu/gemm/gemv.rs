@@ -1,8 +1,8 @@
 //! The GEMV-style path for small `m` (decode): streams `b` once, no packing.
 
+use super::{for_each_task, split_range, GEMV_M_MAX};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
-use super::{for_each_task, split_range, GEMV_M_MAX};
 
 /// Rows of `b` per parallel task in the GEMV path.
 const GEMV_ROWS_PER_TASK: usize = 256;
@@ -28,14 +28,30 @@ pub(super) fn gemv_path(
     parallel: bool,
 ) {
     match m {
-        1 => gemv_rows::<1>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        2 => gemv_rows::<2>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        3 => gemv_rows::<3>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        4 => gemv_rows::<4>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        5 => gemv_rows::<5>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        6 => gemv_rows::<6>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        7 => gemv_rows::<7>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
-        8 => gemv_rows::<8>(isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel),
+        1 => gemv_rows::<1>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        2 => gemv_rows::<2>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        3 => gemv_rows::<3>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        4 => gemv_rows::<4>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        5 => gemv_rows::<5>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        6 => gemv_rows::<6>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        7 => gemv_rows::<7>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
+        8 => gemv_rows::<8>(
+            isa, a, lda, b, ldb, c, ldc, n, k, accumulate, bias, parallel,
+        ),
         _ => unreachable!("the GEMV path takes at most {GEMV_M_MAX} rows"),
     }
 }
@@ -59,7 +75,11 @@ fn gemv_rows<const M: usize>(
     parallel: bool,
 ) {
     let c_ptr = OutPtr(c.as_mut_ptr());
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let tasks = n.div_ceil(GEMV_ROWS_PER_TASK).max((4 * threads).min(n));
     let xs: [&[f32]; M] = std::array::from_fn(|i| &a[i * lda..i * lda + k]);
     for_each_task(parallel, tasks, |t| {
@@ -72,7 +92,11 @@ fn gemv_rows<const M: usize>(
                 // task only.
                 unsafe {
                     let dst = c_ptr.get().add(i * ldc + j);
-                    *dst = if accumulate { *dst + dot + add } else { dot + add };
+                    *dst = if accumulate {
+                        *dst + dot + add
+                    } else {
+                        dot + add
+                    };
                 }
             }
         }

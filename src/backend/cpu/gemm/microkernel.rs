@@ -13,7 +13,8 @@ pub(crate) const MR512: usize = 12;
 pub(crate) const NR512: usize = 32;
 
 /// Micro-kernel: `c[MR x NR] (+)= a_panel · b_panel (+ bias)`; see [`ukr_portable`] for the contract.
-pub(crate) type MicroKernel = unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool, *const f32);
+pub(crate) type MicroKernel =
+    unsafe fn(usize, *const f32, *const f32, usize, *mut f32, usize, bool, *const f32);
 
 /// The 6 x 16 micro-kernel for `isa` (AVX2 also on AVX-512 machines).
 pub(crate) fn micro_kernel(isa: Isa) -> MicroKernel {
@@ -138,7 +139,14 @@ unsafe fn ukr_avx2(
     } else {
         (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)))
     };
-    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+    let rows = [
+        (c00, c01),
+        (c10, c11),
+        (c20, c21),
+        (c30, c31),
+        (c40, c41),
+        (c50, c51),
+    ];
     for (i, &(r0, r1)) in rows.iter().enumerate() {
         let dst = c.add(i * ldc);
         let mut v0 = _mm256_add_ps(r0, bias0);

@@ -57,9 +57,21 @@ const PAR_MIN_FLOPS: usize = 1 << 20;
 const GEMV_PAR_MIN_ELEMS: usize = 1 << 20;
 
 /// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major, contiguous.
-pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, n: usize, k: usize) {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
     if let Some(b) = bias {
-        assert!(b.len() >= n, "linear: bias has {} elements, need {n}", b.len());
+        assert!(
+            b.len() >= n,
+            "linear: bias has {} elements, need {n}",
+            b.len()
+        );
     }
     gemm_nt(detected_isa(), x, k, w, k, y, n, m, n, k, false, bias);
 }
@@ -78,7 +90,20 @@ pub fn matmul_nt(
     k: usize,
     accumulate: bool,
 ) {
-    gemm_nt(detected_isa(), a, lda, b, ldb, c, ldc, m, n, k, accumulate, None);
+    gemm_nt(
+        detected_isa(),
+        a,
+        lda,
+        b,
+        ldb,
+        c,
+        ldc,
+        m,
+        n,
+        k,
+        accumulate,
+        None,
+    );
 }
 
 /// Checks shapes and dispatches to the GEMV-style or the packed path.
@@ -135,7 +160,9 @@ pub(crate) fn gemm_nt(
     let threads = rayon::current_num_threads();
     if m <= GEMV_M_MAX {
         let parallel = n * k >= GEMV_PAR_MIN_ELEMS && threads > 1;
-        return gemv_path(isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel);
+        return gemv_path(
+            isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel,
+        );
     }
     let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && threads > 1;
     match isa {

@@ -27,7 +27,11 @@ thread_local! {
 }
 
 /// Lends this thread's buffer `key` (or, if it is already lent further up the stack, a fresh one).
-pub(super) fn with_buf<R>(key: &'static LocalKey<RefCell<PackBuf>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(super) fn with_buf<R>(
+    key: &'static LocalKey<RefCell<PackBuf>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => f(buf.get(len)),
         Err(_) => f(PackBuf::default().get(len)),
@@ -57,7 +61,9 @@ pub(crate) fn pack_panel<const R: usize>(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2 is available; the R source rows hold kc floats each (sliced above,
             // consecutive rows `ld` apart) and dst holds kc * R.
-            Isa::Avx2Fma | Isa::Avx512 => unsafe { pack_full_avx2::<R>(srcs[0].as_ptr(), ld, kc, dst.as_mut_ptr()) },
+            Isa::Avx2Fma | Isa::Avx512 => unsafe {
+                pack_full_avx2::<R>(srcs[0].as_ptr(), ld, kc, dst.as_mut_ptr())
+            },
             _ => 0,
         };
         for (p, d) in dst.chunks_exact_mut(R).enumerate().skip(done) {
@@ -89,7 +95,12 @@ pub(crate) fn pack_panel<const R: usize>(
 /// `kc * R` writable floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_full_avx2<const R: usize>(src: *const f32, ld: usize, kc: usize, dst: *mut f32) -> usize {
+unsafe fn pack_full_avx2<const R: usize>(
+    src: *const f32,
+    ld: usize,
+    kc: usize,
+    dst: *mut f32,
+) -> usize {
     use std::arch::x86_64::*;
     let kv = kc - kc % 8;
     for g in 0..R.div_ceil(8) {

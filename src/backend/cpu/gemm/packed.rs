@@ -1,11 +1,11 @@
 //! The packed, cache-blocked GEMM path (prefill): blocking parameters, task split and tile writes.
 
-use crate::backend::cpu::isa::Isa;
-use crate::backend::cpu::out_ptr::OutPtr;
-use rayon::prelude::*;
 use super::microkernel::{MicroKernel, MR512, NR512};
 use super::pack::{pack_panel, with_buf, A_BUF, B_BUF};
 use super::{for_each_task, split_range};
+use crate::backend::cpu::isa::Isa;
+use crate::backend::cpu::out_ptr::OutPtr;
+use rayon::prelude::*;
 
 /// Cache blocking of the packed path for one micro-kernel shape.
 #[derive(Clone, Copy)]
@@ -58,7 +58,11 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
 ) {
     let c_ptr = OutPtr(c.as_mut_ptr());
     let c_len = c.len();
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     // Very wide products (the LM head): independent column strips, one task each, with no
     // barrier between them (a shared B block costs two barriers per block, and each barrier
     // waits for the slowest thread, which hurts when other processes share the cores).
@@ -71,7 +75,8 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
             // SAFETY: the strips' columns are disjoint; c's size was checked by gemm_nt.
             unsafe {
                 packed_cols::<MR_, NR_>(
-                    isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, j_begin, j_end, false,
+                    isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias,
+                    j_begin, j_end, false,
                 )
             };
         });
@@ -79,7 +84,8 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
         // SAFETY: c (all columns) is borrowed mutably for this call; its size was checked by gemm_nt.
         unsafe {
             packed_cols::<MR_, NR_>(
-                isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, 0, n, parallel,
+                isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, 0, n,
+                parallel,
             )
         };
     }
@@ -112,7 +118,11 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
     parallel: bool,
 ) {
     let (mr, nr) = (MR_, NR_);
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
 
     // Depth blocks of equal size (12 x 32 blocking: k = 576 -> 1 x 576, k = 1536 -> 3 x 512).
     let k_blocks = k.div_ceil(blk.kc_max);
@@ -186,7 +196,8 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
                                 // depth step; the packed panels hold kc*mr and kc*nr elements.
                                 unsafe {
                                     write_tile::<MR_, NR_>(
-                                        ukr, kc, ap, bp, c_ptr, c_len, ldc, i0, j0, mi, nj, acc_mode, bias_here,
+                                        ukr, kc, ap, bp, c_ptr, c_len, ldc, i0, j0, mi, nj,
+                                        acc_mode, bias_here,
                                     );
                                 }
                             }

@@ -84,9 +84,12 @@ const SHAPES: &[(usize, usize, usize)] = &[
 
 fn check_isa(isa: Isa) {
     for (si, &(m, n, k)) in SHAPES.iter().enumerate() {
-        for &(pad, accumulate, with_bias) in
-            &[(0, false, false), (3, true, false), (0, false, true), (5, true, true)]
-        {
+        for &(pad, accumulate, with_bias) in &[
+            (0, false, false),
+            (3, true, false),
+            (0, false, true),
+            (5, true, true),
+        ] {
             let (lda, ldb, ldc) = (k + pad, k + 2 * pad, n + pad);
             let seed = si as u64 * 16 + pad as u64;
             let a = fill((m - 1) * lda + k, seed);
@@ -97,8 +100,11 @@ fn check_isa(isa: Isa) {
             let mut want = c0.clone();
             let scale = naive(&a, lda, &b, ldb, &mut want, ldc, m, n, k, accumulate, bias);
             let mut got = c0.clone();
-            gemm_nt(isa, &a, lda, &b, ldb, &mut got, ldc, m, n, k, accumulate, bias);
-            let what = format!("{isa:?} m={m} n={n} k={k} pad={pad} acc={accumulate} bias={with_bias}");
+            gemm_nt(
+                isa, &a, lda, &b, ldb, &mut got, ldc, m, n, k, accumulate, bias,
+            );
+            let what =
+                format!("{isa:?} m={m} n={n} k={k} pad={pad} acc={accumulate} bias={with_bias}");
             assert_close(&got, &want, &scale, &what);
             // Elements between rows (the padding of c) are untouched.
             for i in 0..m.saturating_sub(1) {
