@@ -143,10 +143,10 @@ fn missing_model_folder() {
     eval_fails_with(Path::new("/nonexistent/model"), "does not exist");
 }
 
-#[test]
-fn empty_data_file() {
-    let data = std::env::temp_dir().join(format!("twossp-empty-{}.txt", std::process::id()));
-    std::fs::write(&data, "  \n").unwrap();
+/// `eval` of the base model on a data file `name` holding `contents`, expecting failure mentioning `needle`.
+fn eval_data_fails_with(name: &str, contents: &str, needle: &str) {
+    let data = std::env::temp_dir().join(format!("twossp-{}-{name}", std::process::id()));
+    std::fs::write(&data, contents).unwrap();
     let (code, err) = run_cli(&[
         "eval",
         "--model",
@@ -154,55 +154,31 @@ fn empty_data_file() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    assert_ne!(code, 0);
-    assert!(err.contains("contains no text"), "{err}");
+    assert_ne!(code, 0, "expected failure for {name}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn empty_data_file() {
+    eval_data_fails_with("empty.txt", "  \n", "contains no text");
 }
 
 #[test]
 fn data_shorter_than_one_window() {
-    let data = std::env::temp_dir().join(format!("twossp-short-{}.txt", std::process::id()));
-    std::fs::write(&data, "Just a few words.").unwrap();
-    let (code, err) = run_cli(&[
-        "eval",
-        "--model",
-        base_model().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(err.contains("fewer than one window of 2048"), "{err}");
+    eval_data_fails_with(
+        "short.txt",
+        "Just a few words.",
+        "fewer than one window of 2048",
+    );
 }
 
 #[test]
 fn malformed_jsonl_line_is_located() {
-    let data = std::env::temp_dir().join(format!("twossp-bad-{}.jsonl", std::process::id()));
-    std::fs::write(
-        &data,
-        "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n",
-    )
-    .unwrap();
-    let (code, err) = run_cli(&[
-        "eval",
-        "--model",
-        base_model().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(err.contains(":2: no string field 'text'"), "{err}");
+    let lines = "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n";
+    eval_data_fails_with("bad.jsonl", lines, ":2: no string field 'text'");
 }
 
 #[test]
 fn unsupported_data_extension() {
-    let data = std::env::temp_dir().join(format!("twossp-bad-{}.csv", std::process::id()));
-    std::fs::write(&data, "a,b\n").unwrap();
-    let (code, err) = run_cli(&[
-        "eval",
-        "--model",
-        base_model().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(err.contains("unsupported data file type '.csv'"), "{err}");
+    eval_data_fails_with("bad.csv", "a,b\n", "unsupported data file type '.csv'");
 }

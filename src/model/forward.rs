@@ -135,22 +135,28 @@ impl Model {
         );
     }
 
-    /// Logits of one final hidden state (LM head plus soft cap).
-    pub fn head_logits(&self, hidden_state: &[f32]) -> Vec<f32> {
-        let vocab = self.config.vocab;
-        let mut out = vec![0f32; vocab];
+    /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` (LM head, then the soft cap).
+    fn head_rows(&self, hidden_states: &[f32], out: &mut [f32]) {
+        let (hidden, vocab) = (self.config.hidden, self.config.vocab);
+        let rows = hidden_states.len() / hidden;
         linear(
-            hidden_state,
+            hidden_states,
             self.head_weight(),
             None,
-            &mut out,
-            1,
+            out,
+            rows,
             vocab,
-            self.config.hidden,
+            hidden,
         );
         if let Some(cap) = self.config.final_logit_softcap {
-            ops::soft_cap(&mut out, cap);
+            ops::soft_cap(out, cap);
         }
+    }
+
+    /// Logits of one final hidden state.
+    pub fn head_logits(&self, hidden_state: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.config.vocab];
+        self.head_rows(hidden_state, &mut out);
         out
     }
 
@@ -158,20 +164,8 @@ impl Model {
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let mut ws = Workspace::default();
         let h = self.final_hidden(ids, &mut ws)?;
-        let (n, vocab) = (ids.len(), self.config.vocab);
-        let mut out = vec![0f32; n * vocab];
-        linear(
-            &h,
-            self.head_weight(),
-            None,
-            &mut out,
-            n,
-            vocab,
-            self.config.hidden,
-        );
-        if let Some(cap) = self.config.final_logit_softcap {
-            ops::soft_cap(&mut out, cap);
-        }
+        let mut out = vec![0f32; ids.len() * self.config.vocab];
+        self.head_rows(&h, &mut out);
         Ok(out)
     }
 
@@ -184,25 +178,11 @@ impl Model {
         for start in (0..n_pred).step_by(HEAD_ROWS) {
             let rows = HEAD_ROWS.min(n_pred - start);
             let out = &mut logits[..rows * vocab];
-            linear(
-                &hidden_states[start * hidden..(start + rows) * hidden],
-                self.head_weight(),
-                None,
-                out,
-                rows,
-                vocab,
-                hidden,
-            );
-            let cap = self.config.final_logit_softcap;
+            self.head_rows(&hidden_states[start * hidden..(start + rows) * hidden], out);
             total += out
-                .par_chunks_mut(vocab)
+                .par_chunks(vocab)
                 .enumerate()
-                .map(|(r, row)| {
-                    if let Some(c) = cap {
-                        ops::soft_cap(row, c);
-                    }
-                    ops::nll(row, ids[start + r + 1] as usize) as f64
-                })
+                .map(|(r, row)| ops::nll(row, ids[start + r + 1] as usize) as f64)
                 .sum::<f64>();
         }
         total
@@ -245,15 +225,7 @@ fn attention_forward(
     let normed = sized(normed, n * hidden);
     ops::rms_norm_into(x, normed, &att.norm, offset, eps);
     let qkv = sized(qkv, n * qkv_dim);
-    linear(
-        normed,
-        &att.qkv.weight,
-        att.qkv.bias.as_deref(),
-        qkv,
-        n,
-        qkv_dim,
-        hidden,
-    );
+    att.qkv.apply(normed, qkv, n);
     let (q, k, v) = (
         sized(q, n * q_dim),
         sized(k, n * kv_dim),
@@ -300,19 +272,8 @@ fn attention_forward(
     };
     causal_attention(q, keys, values, attn, &shape);
     let proj = sized(proj, n * hidden);
-    linear(
-        attn,
-        &att.o.weight,
-        att.o.bias.as_deref(),
-        proj,
-        n,
-        hidden,
-        q_dim,
-    );
-    if let Some(w) = &att.post_norm {
-        ops::rms_norm_rows(proj, w, offset, eps);
-    }
-    ops::add_in_place(x, proj);
+    att.o.apply(attn, proj, n);
+    add_residual(x, proj, att.post_norm.as_deref(), offset, eps);
 }
 
 /// `x += [post_norm](down(act(gate(h)) * up(h)))` with `h = norm(x)`.
@@ -337,32 +298,27 @@ fn ffn_forward(
     let normed = sized(normed, n * hidden);
     ops::rms_norm_into(x, normed, &ffn.norm, offset, eps);
     let gate_up = sized(gate_up, n * 2 * width);
-    linear(
-        normed,
-        &ffn.gate_up.weight,
-        ffn.gate_up.bias.as_deref(),
-        gate_up,
-        n,
-        2 * width,
-        hidden,
-    );
+    ffn.gate_up.apply(normed, gate_up, n);
     let act = sized(act, n * width);
     ops::gated_activation(gate_up, act, width, cfg.activation);
     if let Some(obs) = observer {
         obs(block, act);
     }
     let proj = sized(proj, n * hidden);
-    linear(
-        act,
-        &ffn.down.weight,
-        ffn.down.bias.as_deref(),
-        proj,
-        n,
-        hidden,
-        width,
-    );
-    if let Some(w) = &ffn.post_norm {
-        ops::rms_norm_rows(proj, w, offset, eps);
+    ffn.down.apply(act, proj, n);
+    add_residual(x, proj, ffn.post_norm.as_deref(), offset, eps);
+}
+
+/// `x += [norm](branch)`: the residual add of a submodule's output, with Gemma's optional post-norm.
+fn add_residual(
+    x: &mut [f32],
+    branch: &mut [f32],
+    post_norm: Option<&[f32]>,
+    offset: f32,
+    eps: f32,
+) {
+    if let Some(w) = post_norm {
+        ops::rms_norm_rows(branch, w, offset, eps);
     }
-    ops::add_in_place(x, proj);
+    ops::add_in_place(x, branch);
 }

@@ -89,6 +89,19 @@ pub struct Model {
 }
 
 impl Linear {
+    /// `y = x W^T + b` for `n` rows of `x`.
+    pub fn apply(&self, x: &[f32], y: &mut [f32], n: usize) {
+        crate::backend::cpu::gemm::linear(
+            x,
+            &self.weight,
+            self.bias.as_deref(),
+            y,
+            n,
+            self.out_dim,
+            self.in_dim,
+        );
+    }
+
     /// Number of parameters (weights and bias).
     pub fn n_params(&self) -> u64 {
         (self.weight.len() + self.bias.as_ref().map_or(0, Vec::len)) as u64
