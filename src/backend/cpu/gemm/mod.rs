@@ -56,6 +56,48 @@ const PAR_MIN_FLOPS: usize = 1 << 20;
 /// it saved in our measurements.
 const GEMV_PAR_MIN_ELEMS: usize = 1 << 20;
 
+/// One product `c[m x n] (+)= a[m x k] · b[n x k]^T (+ bias[n])`: the operands, row-major with
+/// leading dimensions (row strides), and the shape; the output `c` is passed separately.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    a: &'a [f32],
+    lda: usize,
+    b: &'a [f32],
+    ldb: usize,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Add to `c` instead of overwriting it.
+    accumulate: bool,
+    bias: Option<&'a [f32]>,
+}
+
+impl<'a> Product<'a> {
+    /// `y[m x n] = x[m x k] · w[n x k]^T (+ bias)` with every operand contiguous.
+    fn dense(
+        x: &'a [f32],
+        w: &'a [f32],
+        bias: Option<&'a [f32]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Self {
+        Product {
+            a: x,
+            lda: k,
+            b: w,
+            ldb: k,
+            ldc: n,
+            m,
+            n,
+            k,
+            accumulate: false,
+            bias,
+        }
+    }
+}
+
 /// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major, contiguous.
 pub fn linear(
     x: &[f32],
@@ -73,7 +115,7 @@ pub fn linear(
             b.len()
         );
     }
-    gemm_nt(detected_isa(), x, k, w, k, y, n, m, n, k, false, bias);
+    gemm_nt(detected_isa(), Product::dense(x, w, bias, m, n, k), y);
 }
 
 /// c[m x n] = a[m x k] · b[n x k]^T with explicit leading dimensions (row strides) for each operand, optionally accumulating into c.
@@ -90,38 +132,35 @@ pub fn matmul_nt(
     k: usize,
     accumulate: bool,
 ) {
-    gemm_nt(
-        detected_isa(),
+    let p = Product {
         a,
         lda,
         b,
         ldb,
-        c,
         ldc,
         m,
         n,
         k,
         accumulate,
-        None,
-    );
+        bias: None,
+    };
+    gemm_nt(detected_isa(), p, c);
 }
 
 /// Checks shapes and dispatches to the GEMV-style or the packed path.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_nt(
-    isa: Isa,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    bias: Option<&[f32]>,
-) {
+pub(crate) fn gemm_nt(isa: Isa, p: Product, c: &mut [f32]) {
+    let Product {
+        a,
+        lda,
+        b,
+        ldb,
+        ldc,
+        m,
+        n,
+        k,
+        accumulate,
+        bias,
+    } = p;
     if m == 0 || n == 0 {
         return;
     }
@@ -160,47 +199,13 @@ pub(crate) fn gemm_nt(
     let threads = rayon::current_num_threads();
     if m <= GEMV_M_MAX {
         let parallel = n * k >= GEMV_PAR_MIN_ELEMS && threads > 1;
-        return gemv_path(
-            isa, a, lda, b, ldb, c, ldc, m, n, k, accumulate, bias, parallel,
-        );
+        return gemv_path(isa, p, c, parallel);
     }
     let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && threads > 1;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => packed_path::<MR512, NR512>(
-            isa,
-            ukr_avx512,
-            BLOCKING_12X32,
-            a,
-            lda,
-            b,
-            ldb,
-            c,
-            ldc,
-            m,
-            n,
-            k,
-            accumulate,
-            bias,
-            parallel,
-        ),
-        _ => packed_path::<MR, NR>(
-            isa,
-            micro_kernel(isa),
-            BLOCKING_6X16,
-            a,
-            lda,
-            b,
-            ldb,
-            c,
-            ldc,
-            m,
-            n,
-            k,
-            accumulate,
-            bias,
-            parallel,
-        ),
+        Isa::Avx512 => packed_path::<MR512, NR512>(isa, ukr_avx512, BLOCKING_12X32, p, c, parallel),
+        _ => packed_path::<MR, NR>(isa, micro_kernel(isa), BLOCKING_6X16, p, c, parallel),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::microkernel::{MicroKernel, MR512, NR512};
 use super::pack::{pack_panel, with_buf, A_BUF, B_BUF};
-use super::{for_each_task, split_range};
+use super::{for_each_task, split_range, Product};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
 use rayon::prelude::*;
@@ -38,24 +38,15 @@ pub(super) const BLOCKING_12X32: Blocking = Blocking {
 };
 
 /// The packed, blocked GEMM with an `MR_ x NR_` micro-kernel `ukr`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
     isa: Isa,
     ukr: MicroKernel,
     blk: Blocking,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    p: Product,
     c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    bias: Option<&[f32]>,
     parallel: bool,
 ) {
+    let n = p.n;
     let c_ptr = OutPtr(c.as_mut_ptr());
     let c_len = c.len();
     let threads = if parallel {
@@ -74,45 +65,28 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
             let j_end = (j_begin + strip).min(n);
             // SAFETY: the strips' columns are disjoint; c's size was checked by gemm_nt.
             unsafe {
-                packed_cols::<MR_, NR_>(
-                    isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias,
-                    j_begin, j_end, false,
-                )
+                packed_cols::<MR_, NR_>(isa, ukr, blk, p, c_ptr, c_len, j_begin, j_end, false)
             };
         });
     } else {
         // SAFETY: c (all columns) is borrowed mutably for this call; its size was checked by gemm_nt.
-        unsafe {
-            packed_cols::<MR_, NR_>(
-                isa, ukr, blk, a, lda, b, ldb, c_ptr, c_len, ldc, m, n, k, accumulate, bias, 0, n,
-                parallel,
-            )
-        };
+        unsafe { packed_cols::<MR_, NR_>(isa, ukr, blk, p, c_ptr, c_len, 0, n, parallel) };
     }
 }
 
 /// Columns `j_begin..j_end` of the packed GEMM (see [`packed_path`]).
 ///
 /// # Safety
-/// `c_ptr` points to `c_len >= (m - 1) * ldc + n` floats, and nothing else accesses columns
-/// `j_begin..j_end` of its rows `0..m` during the call.
+/// `c_ptr` points to `c_len >= (p.m - 1) * p.ldc + p.n` floats, and nothing else accesses columns
+/// `j_begin..j_end` of its rows `0..p.m` during the call.
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
     isa: Isa,
     ukr: MicroKernel,
     blk: Blocking,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    p: Product,
     c_ptr: OutPtr,
     c_len: usize,
-    ldc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    bias: Option<&[f32]>,
     j_begin: usize,
     j_end: usize,
     parallel: bool,
@@ -125,8 +99,8 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
     };
 
     // Depth blocks of equal size (12 x 32 blocking: k = 576 -> 1 x 576, k = 1536 -> 3 x 512).
-    let k_blocks = k.div_ceil(blk.kc_max);
-    let kc_max = k.div_ceil(k_blocks);
+    let k_blocks = p.k.div_ceil(blk.kc_max);
+    let kc_max = p.k.div_ceil(k_blocks);
     // Column blocks of equal size (rounded to whole micro-panels).
     let width = j_end - j_begin;
     let n_blocks = width.div_ceil(blk.nc_max);
@@ -134,8 +108,8 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
 
     // Row blocks: at least enough to keep every thread busy several times over, a multiple of the
     // thread count, each at most mc_max rows (in whole micro-panels).
-    let m_panels = m.div_ceil(mr);
-    let mut m_tasks = m.div_ceil(blk.mc_max);
+    let m_panels = p.m.div_ceil(mr);
+    let mut m_tasks = p.m.div_ceil(blk.mc_max);
     if m_tasks >= threads {
         m_tasks = m_tasks.next_multiple_of(threads).min(m_panels);
     }
@@ -152,12 +126,12 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
                 want.div_ceil(m_tasks).min(n_panels)
             };
 
-            for (kb, pc) in (0..k).step_by(kc_max).enumerate() {
-                let kc = kc_max.min(k - pc);
+            for (kb, pc) in (0..p.k).step_by(kc_max).enumerate() {
+                let kc = kc_max.min(p.k - pc);
                 let bpack = &mut bpack[..n_panels * nr * kc];
                 let pack_one = |(jp, dst): (usize, &mut [f32])| {
                     let j0 = jc + jp * nr;
-                    pack_panel::<NR_>(isa, b, ldb, j0, nr.min(n - j0), pc, kc, dst);
+                    pack_panel::<NR_>(isa, p.b, p.ldb, j0, nr.min(p.n - j0), pc, kc, dst);
                 };
                 if parallel {
                     bpack.par_chunks_mut(nr * kc).enumerate().for_each(pack_one);
@@ -168,8 +142,8 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
 
                 // First depth block writes (or adds to) c and adds the bias; later ones accumulate.
                 let first = kb == 0;
-                let acc_mode = accumulate || !first;
-                let bias_here = if first { bias } else { None };
+                let acc_mode = p.accumulate || !first;
+                let bias_here = if first { p.bias } else { None };
 
                 for_each_task(parallel, m_tasks * n_tasks, |t| {
                     let (pm0, pm1) = split_range(m_panels, m_tasks, t / n_tasks);
@@ -178,15 +152,15 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
                         return;
                     }
                     let i_start = pm0 * mr;
-                    let i_end = (pm1 * mr).min(m);
+                    let i_end = (pm1 * mr).min(p.m);
                     with_buf(&A_BUF, (pm1 - pm0) * mr * kc, |apack| {
                         for (ip, dst) in apack.chunks_mut(mr * kc).enumerate() {
                             let i0 = i_start + ip * mr;
-                            pack_panel::<MR_>(isa, a, lda, i0, mr.min(i_end - i0), pc, kc, dst);
+                            pack_panel::<MR_>(isa, p.a, p.lda, i0, mr.min(i_end - i0), pc, kc, dst);
                         }
                         for jp in pn0..pn1 {
                             let j0 = jc + jp * nr;
-                            let nj = nr.min(n - j0);
+                            let nj = nr.min(p.n - j0);
                             let bp = &bpack[jp * nr * kc..(jp + 1) * nr * kc];
                             for (ip, ap) in apack.chunks(mr * kc).enumerate() {
                                 let i0 = i_start + ip * mr;
@@ -196,7 +170,7 @@ unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
                                 // depth step; the packed panels hold kc*mr and kc*nr elements.
                                 unsafe {
                                     write_tile::<MR_, NR_>(
-                                        ukr, kc, ap, bp, c_ptr, c_len, ldc, i0, j0, mi, nj,
+                                        ukr, kc, ap, bp, c_ptr, c_len, p.ldc, i0, j0, mi, nj,
                                         acc_mode, bias_here,
                                     );
                                 }

@@ -5,40 +5,27 @@ use crate::backend::cpu::test_util::fill;
 
 /// Reference product in f64; also returns, per element, the magnitude scale
 /// `sum_p |a||b| + |bias| + |c_old|` that rounding errors are relative to.
-#[allow(clippy::too_many_arguments)]
-fn naive(
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    accumulate: bool,
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
+fn naive(prod: Product, c: &mut [f32]) -> Vec<f32> {
     let mut scale = vec![0.0f32; c.len()];
-    for i in 0..m {
-        for j in 0..n {
+    for i in 0..prod.m {
+        for j in 0..prod.n {
             let (mut s, mut mag) = (0.0f64, 0.0f64);
-            for p in 0..k {
-                let t = a[i * lda + p] as f64 * b[j * ldb + p] as f64;
+            for p in 0..prod.k {
+                let t = prod.a[i * prod.lda + p] as f64 * prod.b[j * prod.ldb + p] as f64;
                 s += t;
                 mag += t.abs();
             }
-            if let Some(bias) = bias {
+            if let Some(bias) = prod.bias {
                 s += bias[j] as f64;
                 mag += (bias[j] as f64).abs();
             }
-            let dst = &mut c[i * ldc + j];
-            if accumulate {
+            let dst = &mut c[i * prod.ldc + j];
+            if prod.accumulate {
                 mag += (*dst as f64).abs();
                 s += *dst as f64;
             }
             *dst = s as f32;
-            scale[i * ldc + j] = mag as f32;
+            scale[i * prod.ldc + j] = mag as f32;
         }
     }
     scale
@@ -97,12 +84,22 @@ fn check_isa(isa: Isa) {
             let bias = fill(n, seed + 2);
             let c0 = fill((m - 1) * ldc + n, seed + 3);
             let bias = with_bias.then_some(bias.as_slice());
+            let p = Product {
+                a: &a,
+                lda,
+                b: &b,
+                ldb,
+                ldc,
+                m,
+                n,
+                k,
+                accumulate,
+                bias,
+            };
             let mut want = c0.clone();
-            let scale = naive(&a, lda, &b, ldb, &mut want, ldc, m, n, k, accumulate, bias);
+            let scale = naive(p, &mut want);
             let mut got = c0.clone();
-            gemm_nt(
-                isa, &a, lda, &b, ldb, &mut got, ldc, m, n, k, accumulate, bias,
-            );
+            gemm_nt(isa, p, &mut got);
             let what =
                 format!("{isa:?} m={m} n={n} k={k} pad={pad} acc={accumulate} bias={with_bias}");
             assert_close(&got, &want, &scale, &what);
@@ -142,7 +139,7 @@ fn linear_with_bias_and_public_matmul() {
     let w = fill(n * k, 2);
     let bias = fill(n, 3);
     let mut want = vec![0.0; m * n];
-    let scale = naive(&x, k, &w, k, &mut want, n, m, n, k, false, Some(&bias));
+    let scale = naive(Product::dense(&x, &w, Some(&bias), m, n, k), &mut want);
     let mut y = vec![f32::NAN; m * n];
     linear(&x, &w, Some(&bias), &mut y, m, n, k);
     assert_close(&y, &want, &scale, "linear");
@@ -155,20 +152,19 @@ fn linear_with_bias_and_public_matmul() {
 #[test]
 fn k_zero_and_empty() {
     let mut c = vec![1.0f32; 6];
-    gemm_nt(
-        detected_isa(),
-        &[],
-        0,
-        &[],
-        0,
-        &mut c,
-        3,
-        2,
-        3,
-        0,
-        false,
-        Some(&[1.0, 2.0, 3.0]),
-    );
+    let p = Product {
+        a: &[],
+        lda: 0,
+        b: &[],
+        ldb: 0,
+        ldc: 3,
+        m: 2,
+        n: 3,
+        k: 0,
+        accumulate: false,
+        bias: Some(&[1.0, 2.0, 3.0]),
+    };
+    gemm_nt(detected_isa(), p, &mut c);
     assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     matmul_nt(&[], 0, &[], 0, &mut c, 3, 2, 3, 0, true);
     assert_eq!(c, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
@@ -185,7 +181,7 @@ fn large_prefill_shape_is_parallel_and_correct() {
     linear(&x, &w, None, &mut y, m, n, k);
     for i in [0, 5, 6, 143, 144, 299] {
         let mut want = vec![0.0; n];
-        let scale = naive(&x[i * k..], k, &w, k, &mut want, n, 1, n, k, false, None);
+        let scale = naive(Product::dense(&x[i * k..], &w, None, 1, n, k), &mut want);
         assert_close(&y[i * n..(i + 1) * n], &want, &scale, &format!("row {i}"));
     }
 }
