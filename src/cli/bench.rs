@@ -85,13 +85,18 @@ fn speedups(m: &BenchResult, b: &BenchResult) -> serde_json::Value {
     })
 }
 
+/// A table row: its name, how a result shows, and the model/baseline ratio.
+type Metric = (
+    &'static str,
+    Box<dyn Fn(&BenchResult) -> String>,
+    Box<dyn Fn(&BenchResult, &BenchResult) -> f64>,
+);
+
 fn table_rows(m: &BenchResult, b: Option<&BenchResult>) -> Vec<Vec<String>> {
-    let mib = |v: u64| format!("{:.1} MiB", v as f64 / (1 << 20) as f64);
-    let metrics: Vec<(
-        &str,
-        Box<dyn Fn(&BenchResult) -> String>,
-        Box<dyn Fn(&BenchResult, &BenchResult) -> f64>,
-    )> = vec![
+    fn mib(v: u64) -> String {
+        format!("{:.1} MiB", v as f64 / (1 << 20) as f64)
+    }
+    let metrics: Vec<Metric> = vec![
         (
             "prefill tok/s",
             Box::new(|r| format!("{:.0}", r.prefill_tokens_per_s)),

@@ -64,7 +64,7 @@ impl RopeSpec {
                 }
             }
         };
-        if rotary_dim == 0 || rotary_dim % 2 != 0 {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
             bail!("rotary dimension must be even and positive, got {rotary_dim}");
         }
         Ok(Self {
@@ -95,7 +95,7 @@ impl RopeSpec {
                     .map(|&f| {
                         let wavelen = 2.0 * std::f32::consts::PI / f;
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         if medium {
                             let smooth = (original_max_position / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);
