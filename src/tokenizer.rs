@@ -1,6 +1,6 @@
 //! Text ↔ token ids through an HF `tokenizer.json` (the `tokenizers` crate).
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use std::path::Path;
 
 /// A loaded tokenizer.
@@ -43,6 +43,5 @@ impl Tokenizer {
         self.inner
             .decode(ids, true)
             .map_err(|e| anyhow!("detokenization failed: {e}"))
-            .context("decode")
     }
 }

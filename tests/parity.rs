@@ -24,11 +24,7 @@ fn logits_match_hf_transformers_for_every_fixture() {
         let (ids, expected, vocab) = common::reference(dir);
         assert_eq!(vocab, model.config.vocab);
         let got = model.logits(&ids).unwrap();
-        let max_diff = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max_diff = common::max_abs_diff(&got, &expected);
         let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
         println!(
             "{:<16} max|dlogit| = {max_diff:.3e} (max|logit| {scale:.2})",
@@ -90,11 +86,7 @@ fn hub_layout_configs_describe_the_same_models() {
         let model = Model::from_store(config, &store).unwrap();
         let (ids, expected, _) = common::reference(&dir);
         let got = model.logits(&ids).unwrap();
-        let max_diff = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max_diff = common::max_abs_diff(&got, &expected);
         assert!(
             max_diff <= LOGIT_TOL,
             "{}: hub config gives max diff {max_diff:e}",
@@ -119,12 +111,12 @@ fn kv_cache_decoding_matches_the_full_forward_pass() {
         let mut worst = 0f32;
         let mut check = |pos: usize, got: &[f32]| {
             let want = &expected[pos * vocab..(pos + 1) * vocab];
-            worst = worst.max(
-                got.iter()
-                    .zip(want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max),
-            );
+            let diff = common::max_abs_diff(got, want);
+            worst = if diff.is_nan() {
+                f32::NAN
+            } else {
+                worst.max(diff)
+            };
         };
         check(
             split - 1,

@@ -72,11 +72,6 @@ impl TensorStore {
         self.entries.get(name).map(|e| e.dtype)
     }
 
-    /// Shape of a tensor, if present.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.entries.get(name).map(|e| e.shape.as_slice())
-    }
-
     /// Reads a tensor as f32, checking its shape; bf16/f16 are widened exactly.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let entry = self.entries.get(name).with_context(|| {
@@ -96,11 +91,6 @@ impl TensorStore {
         }
         let bytes = &self.shards[entry.shard].1[entry.start..entry.end];
         widen(bytes, entry.dtype).with_context(|| format!("tensor '{name}'"))
-    }
-
-    /// Every tensor name in the checkpoint, sorted.
-    pub fn names(&self) -> BTreeSet<&str> {
-        self.entries.keys().map(String::as_str).collect()
     }
 }
 

@@ -63,3 +63,17 @@ pub fn scratch_copy(dir: &std::path::Path, tag: &str) -> PathBuf {
     }
     dest
 }
+
+/// Largest absolute element-wise difference (NaN if any element is NaN).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+}
