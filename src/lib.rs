@@ -10,6 +10,8 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu_model;
 pub mod gguf;
 pub mod model;
 pub mod progress;

@@ -1,3 +1,5 @@
-//! Compute backends: the kernels the forward pass runs on (the CPU reference backend today).
+//! Compute backends: the CPU reference backend and, with the `cuda` feature, the CUDA backend.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -2,9 +2,12 @@
 //! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model in memory.
 
 pub mod balance;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod stage1;
 pub mod stage2;
 
+use crate::config::ModelConfig;
 use crate::model::Model;
 use anyhow::{bail, Result};
 use balance::{AttentionBudget, ParamCounts, PruningPlan};
@@ -48,25 +51,7 @@ pub fn run(
     stage1_windows: &[&[u32]],
     stage2_windows: &[&[u32]],
 ) -> Result<PruneOutcome> {
-    let counts = ParamCounts::of(&model.config)?;
-    let plan = balance::plan(&counts, opts.sparsity, opts.budget, opts.ffn_multiple_of)?;
-    if let Some(&bad) = opts
-        .protected_attention
-        .iter()
-        .find(|&&b| b >= counts.n_layers)
-    {
-        bail!(
-            "protected block {bad} does not exist (the model has {} blocks)",
-            counts.n_layers
-        );
-    }
-    let removable = counts.n_layers - dedup_len(&opts.protected_attention);
-    if plan.n_attn > removable {
-        bail!(
-            "the plan removes {} attention submodules but only {removable} are not protected",
-            plan.n_attn
-        );
-    }
+    let (counts, plan) = validated_plan(&model.config, opts)?;
 
     let t1 = Instant::now();
     let scores = stage1::score_neurons(model, stage1_windows)?;
@@ -93,6 +78,30 @@ pub fn run(
         seconds_stage1,
         seconds_stage2,
     })
+}
+
+/// The balance of Eq. 5 for `config`, checked against the protected blocks.
+pub fn validated_plan(config: &ModelConfig, opts: &PruneOptions) -> Result<(ParamCounts, PruningPlan)> {
+    let counts = ParamCounts::of(config)?;
+    let plan = balance::plan(&counts, opts.sparsity, opts.budget, opts.ffn_multiple_of)?;
+    if let Some(&bad) = opts
+        .protected_attention
+        .iter()
+        .find(|&&b| b >= counts.n_layers)
+    {
+        bail!(
+            "protected block {bad} does not exist (the model has {} blocks)",
+            counts.n_layers
+        );
+    }
+    let removable = counts.n_layers - dedup_len(&opts.protected_attention);
+    if plan.n_attn > removable {
+        bail!(
+            "the plan removes {} attention submodules but only {removable} are not protected",
+            plan.n_attn
+        );
+    }
+    Ok((counts, plan))
 }
 
 fn dedup_len(v: &[usize]) -> usize {

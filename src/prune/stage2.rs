@@ -23,69 +23,133 @@ pub struct Stage2Outcome {
     pub block_evals_reference: u64,
 }
 
+/// What the greedy search needs from a model: perplexity with one attention bypassed, and removal.
+/// Implementations cache the residual stream entering every block, so candidate `i` recomputes only
+/// blocks `i..L`.
+pub trait SuffixEvaluator {
+    /// Number of blocks.
+    fn n_blocks(&self) -> usize;
+    /// Number of calibration windows.
+    fn n_windows(&self) -> usize;
+    /// Whether block `i` still has its attention.
+    fn has_attention(&self, i: usize) -> bool;
+    /// Calibration perplexity with block `skip`'s attention bypassed (None: the model as it is).
+    fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64>;
+    /// Removes block `i`'s attention for good and refreshes the cached inputs after it.
+    fn remove(&mut self, i: usize) -> Result<()>;
+}
+
 /// Removes `n_attn` attention submodules greedily (lowest perplexity first, ties to the lowest index).
-pub fn remove_attention_greedy(
-    model: &mut Model,
-    windows: &[&[u32]],
+pub fn greedy_removal(
+    eval: &mut impl SuffixEvaluator,
     n_attn: usize,
     protected: &[usize],
 ) -> Result<Stage2Outcome> {
-    let n_layers = model.blocks.len();
-    let candidates = |m: &Model| -> Vec<usize> {
+    let (n_layers, n_windows) = (eval.n_blocks(), eval.n_windows());
+    let candidates = |e: &dyn Fn(usize) -> bool| -> Vec<usize> {
         (0..n_layers)
-            .filter(|i| m.blocks[*i].attention.is_some() && !protected.contains(i))
+            .filter(|i| e(*i) && !protected.contains(i))
             .collect()
     };
-    if candidates(model).len() < n_attn {
-        bail!(
-            "cannot remove {n_attn} attention submodules: only {} are removable",
-            candidates(model).len()
-        );
+    let available = candidates(&|i| eval.has_attention(i)).len();
+    if available < n_attn {
+        bail!("cannot remove {n_attn} attention submodules: only {available} are removable");
     }
-    let mut ws = Workspace::default();
-    let mut inputs = windows
-        .iter()
-        .map(|w| block_inputs(model, w, &mut ws))
-        .collect::<Result<Vec<_>>>()?;
-    let ppl_before = suffix_ppl(model, &inputs, n_layers, windows, &mut ws);
+    let ppl_before = eval.ppl_without(None)?;
     let mut outcome = Stage2Outcome {
         removed: Vec::new(),
         ppl_after: Vec::new(),
         ppl_before,
-        block_evals: (n_layers * windows.len()) as u64,
+        block_evals: (n_layers * n_windows) as u64,
         block_evals_reference: 0,
     };
-    let total_candidates: usize = (0..n_attn).map(|s| candidates(model).len() - s).sum();
+    let total_candidates: usize = (0..n_attn).map(|s| available - s).sum();
     let bar = progress::bar(total_candidates as u64, "stage 2");
     for _ in 0..n_attn {
         let mut best: Option<(usize, f64)> = None;
-        for i in candidates(model) {
-            let saved = model.blocks[i].attention.take();
-            let ppl = suffix_ppl(model, &inputs, i, windows, &mut ws);
-            model.blocks[i].attention = saved;
-            outcome.block_evals += ((n_layers - i) * windows.len()) as u64;
-            outcome.block_evals_reference += (n_layers * windows.len()) as u64;
+        for i in candidates(&|i| eval.has_attention(i)) {
+            let ppl = eval.ppl_without(Some(i))?;
+            outcome.block_evals += ((n_layers - i) * n_windows) as u64;
+            outcome.block_evals_reference += (n_layers * n_windows) as u64;
             if best.is_none_or(|(_, b)| ppl < b) {
                 best = Some((i, ppl));
             }
             bar.inc(1);
         }
         let (chosen, ppl) = best.expect("at least one candidate");
-        model.remove_attention(chosen);
+        eval.remove(chosen)?;
         outcome.removed.push(chosen);
         outcome.ppl_after.push(ppl);
-        // Refresh the cached inputs of the blocks after the removed attention.
-        for per_window in &mut inputs {
-            let mut x = per_window[chosen].clone();
-            for j in chosen..n_layers {
-                model.run_blocks(&mut x, j..j + 1, &mut ws, None);
-                per_window[j + 1].copy_from_slice(&x);
-            }
-        }
-        outcome.block_evals += ((n_layers - chosen) * windows.len()) as u64;
+        outcome.block_evals += ((n_layers - chosen) * n_windows) as u64;
     }
     bar.finish_and_clear();
     Ok(outcome)
+}
+
+/// Removes `n_attn` attention submodules greedily from a model on the CPU.
+pub fn remove_attention_greedy(
+    model: &mut Model,
+    windows: &[&[u32]],
+    n_attn: usize,
+    protected: &[usize],
+) -> Result<Stage2Outcome> {
+    let mut ws = Workspace::default();
+    let inputs = windows
+        .iter()
+        .map(|w| block_inputs(model, w, &mut ws))
+        .collect::<Result<Vec<_>>>()?;
+    let mut eval = CpuEvaluator {
+        model,
+        windows,
+        inputs,
+        ws,
+    };
+    greedy_removal(&mut eval, n_attn, protected)
+}
+
+/// The CPU model with the cached residual stream entering each block of each window.
+struct CpuEvaluator<'a> {
+    model: &'a mut Model,
+    windows: &'a [&'a [u32]],
+    inputs: Vec<Vec<Vec<f32>>>,
+    ws: Workspace,
+}
+
+impl SuffixEvaluator for CpuEvaluator<'_> {
+    fn n_blocks(&self) -> usize {
+        self.model.blocks.len()
+    }
+
+    fn n_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn has_attention(&self, i: usize) -> bool {
+        self.model.blocks[i].attention.is_some()
+    }
+
+    fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64> {
+        let first = skip.unwrap_or(self.model.blocks.len());
+        let saved = skip.and_then(|i| self.model.blocks[i].attention.take());
+        let ppl = suffix_ppl(self.model, &self.inputs, first, self.windows, &mut self.ws);
+        if let Some(i) = skip {
+            self.model.blocks[i].attention = saved;
+        }
+        Ok(ppl)
+    }
+
+    fn remove(&mut self, chosen: usize) -> Result<()> {
+        self.model.remove_attention(chosen);
+        let n_layers = self.model.blocks.len();
+        for per_window in &mut self.inputs {
+            let mut x = per_window[chosen].clone();
+            for j in chosen..n_layers {
+                self.model.run_blocks(&mut x, j..j + 1, &mut self.ws, None);
+                per_window[j + 1].copy_from_slice(&x);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The residual stream entering each block for `window`, plus the final block's output (L + 1 entries).

@@ -1,0 +1,116 @@
+// Shared helpers of the twossp-engine kernels: bf16 conversion, warp/block reductions, cp.async,
+// and the GEMM/GEMV epilogue (what happens to each accumulated output element).
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+// Epilogue kinds; the numbers are mirrored in src/backend/cuda/kernels.rs.
+#define EPI_STORE_F32 0   // out_f32[m, n] = acc + bias
+#define EPI_STORE_BF16 1  // out_bf16[m, n] = acc + bias
+#define EPI_ADD_F32 2     // out_f32[m, n] += acc + bias  (residual add)
+#define EPI_GATED_BF16 3  // out_bf16[m, n] = act(gate + bias) * (up + bias); optional sumsq[n] += value^2
+
+#define ACT_SILU 0
+#define ACT_GELU_TANH 1
+
+// What a GEMM/GEMV does with its f32 accumulators (passed by value; layout mirrored in Rust).
+struct Epilogue {
+    int kind;               // EPI_*
+    int act;                // ACT_* (gated only)
+    const float* bias;      // per weight row, or null
+    void* out;              // f32 or bf16 output
+    long long ldo;          // output row stride (elements)
+    float* sumsq;           // gated only: per-neuron sum of squared activations, or null
+    long long gate_offset;  // gated only: weight row of neuron 0's "up" projection
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    __shared__ float total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // partial[] may still be read by a previous call
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.f;
+        w = warp_sum(w);
+        if (lane == 0) total = w;
+    }
+    __syncthreads();
+    return total;
+}
+
+// Max over the block; every thread gets the result.
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    __shared__ float total;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+        w = warp_max(w);
+        if (lane == 0) total = w;
+    }
+    __syncthreads();
+    return total;
+}
+
+// 16-byte global -> shared copy; bytes beyond `src_bytes` (0 or 16) are zero-filled.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    unsigned addr = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ float activation(int act, float g) {
+    if (act == ACT_SILU) return g / (1.f + __expf(-g));
+    const float k = 0.7978845608f;  // sqrt(2/pi)
+    return 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
+// Applies a non-gated epilogue to output element (m, n).
+__device__ __forceinline__ void epilogue_store(const Epilogue& e, int m, int n, float v) {
+    if (e.bias) v += e.bias[n];
+    const long long i = (long long)m * e.ldo + n;
+    if (e.kind == EPI_STORE_F32) {
+        ((float*)e.out)[i] = v;
+    } else if (e.kind == EPI_STORE_BF16) {
+        ((bf16*)e.out)[i] = __float2bfloat16(v);
+    } else {
+        ((float*)e.out)[i] += v;
+    }
+}
+
+// Applies the gated epilogue to neuron n of token m; returns the activation (for the L2 statistics).
+__device__ __forceinline__ float epilogue_gated(const Epilogue& e, int m, int n, float gate, float up) {
+    if (e.bias) {
+        gate += e.bias[n];
+        up += e.bias[e.gate_offset + n];
+    }
+    const float v = activation(e.act, gate) * up;
+    ((bf16*)e.out)[(long long)m * e.ldo + n] = __float2bfloat16(v);
+    return v;
+}

@@ -1,0 +1,61 @@
+// GEMV for decoding (a few tokens): C[M, N] = A[M, K] . W[N, K]^T with M <= 4, bf16 in, f32 accumulate,
+// the same epilogues as gemm.cu. One warp per output row (gated: the gate and the up row of one neuron),
+// 16-byte loads of W streamed once; the activation rows stay in L1/L2. Memory-bound: judged in GB/s of W.
+// Requires K % 8 == 0 and 16-byte aligned rows.
+#include "common.cuh"
+
+#define GEMV_MAX_M 4
+
+__device__ __forceinline__ void dot8(const uint4& w, const uint4& a, float& acc) {
+    const __nv_bfloat162* w2 = (const __nv_bfloat162*)&w;
+    const __nv_bfloat162* a2 = (const __nv_bfloat162*)&a;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 wf = __bfloat1622float2(w2[i]);
+        const float2 af = __bfloat1622float2(a2[i]);
+        acc = fmaf(wf.x, af.x, acc);
+        acc = fmaf(wf.y, af.y, acc);
+    }
+}
+
+// acc[m] = A[m, :] . W[row, :] for m < M (lane-partial sums reduced over the warp).
+__device__ __forceinline__ void row_dots(const bf16* A, long long lda, const bf16* wrow, int M, int K, float* acc) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.f;
+    for (int k = lane * 8; k < K; k += 32 * 8) {
+        const uint4 w = *(const uint4*)(wrow + k);
+#pragma unroll
+        for (int m = 0; m < GEMV_MAX_M; ++m)
+            if (m < M) dot8(w, *(const uint4*)(A + m * lda + k), acc[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = warp_sum(acc[m]);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+gemv_bf16(const bf16* __restrict__ A, long long lda, const bf16* __restrict__ W, long long ldw, int M, int N, int K,
+          Epilogue ep) {
+    const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const int lane = threadIdx.x & 31;
+    float acc[GEMV_MAX_M];
+    row_dots(A, lda, W + (long long)n * ldw, M, K, acc);
+    if (ep.kind != EPI_GATED_BF16) {
+        if (lane < M) {
+#pragma unroll
+            for (int m = 0; m < GEMV_MAX_M; ++m)
+                if (m == lane) epilogue_store(ep, m, n, acc[m]);
+        }
+        return;
+    }
+    float up[GEMV_MAX_M];
+    row_dots(A, lda, W + (ep.gate_offset + n) * ldw, M, K, up);
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_M; ++m) {
+        if (m < M && lane == m) {
+            const float v = epilogue_gated(ep, m, n, acc[m], up[m]);
+            if (ep.sumsq) atomicAdd(ep.sumsq + n, v * v);
+        }
+    }
+}

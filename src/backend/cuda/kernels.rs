@@ -1,0 +1,408 @@
+//! Typed launchers for the kernels of `kernels/*.cu`. Buffers are passed as device addresses
+//! ([`Gpu::ptr`]); each launcher checks the shape rules its kernel relies on.
+
+use super::runtime::{Arg, Gpu};
+use crate::config::Activation;
+use anyhow::{bail, Result};
+
+/// Dynamic shared memory of `gemm_bf16` (mirrors the static_assert in kernels/gemm.cu).
+pub const GEMM_SMEM_BYTES: u32 = 67_584;
+/// Dynamic shared memory of the attention kernels per head dim (mirrors kernels/attention.cu).
+const ATTENTION_SMEM: [(usize, u32); 3] = [(64, 72_448), (128, 113_408), (256, 195_328)];
+/// Largest token count the GEMV path takes (GEMV_MAX_M in kernels/gemv.cu).
+pub const GEMV_MAX_ROWS: usize = 4;
+/// Largest head dim of `qkv_rope` (ROPE_MAX_HEAD_DIM).
+const ROPE_MAX_HEAD_DIM: usize = 256;
+
+/// Kernel names defined by each file of `kernels/`.
+pub fn entry_points(file: &str) -> &'static [&'static str] {
+    match file {
+        "attention" => &["attention_hd64", "attention_hd128", "attention_hd256"],
+        "embedding" => &["embed_gather"],
+        "gemm" => &["gemm_bf16"],
+        "gemv" => &["gemv_bf16"],
+        "nll" => &["row_nll"],
+        "prune" => &["gather_rows_bf16", "gather_cols_bf16", "accumulate_sqrt"],
+        "rmsnorm" => &["rmsnorm_bf16", "add_rmsnorm"],
+        "rope" => &["qkv_rope"],
+        "synthetic" => &["fill_uniform_bf16", "fill_f32"],
+        _ => &[],
+    }
+}
+
+/// Raises the shared-memory limits of the kernels that need more than 48 KiB.
+pub(crate) fn configure(gpu: &Gpu) -> Result<()> {
+    gpu.allow_shared_memory("gemm_bf16", GEMM_SMEM_BYTES)?;
+    for (hd, bytes) in ATTENTION_SMEM {
+        gpu.allow_shared_memory(&format!("attention_hd{hd}"), bytes)?;
+    }
+    Ok(())
+}
+
+/// The epilogue struct of kernels/common.cuh (same field order and sizes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue {
+    kind: i32,
+    act: i32,
+    bias: u64,
+    out: u64,
+    ldo: i64,
+    sumsq: u64,
+    gate_offset: i64,
+}
+
+unsafe impl cudarc::driver::DeviceRepr for Epilogue {}
+
+impl Epilogue {
+    /// `out_f32[m, n] = acc (+ bias)`.
+    pub fn store_f32(out: u64, ldo: usize) -> Self {
+        Self::new(0, out, ldo)
+    }
+
+    /// `out_bf16[m, n] = acc (+ bias)`.
+    pub fn store_bf16(out: u64, ldo: usize) -> Self {
+        Self::new(1, out, ldo)
+    }
+
+    /// `out_f32[m, n] += acc (+ bias)`: a fused residual add.
+    pub fn add_f32(out: u64, ldo: usize) -> Self {
+        Self::new(2, out, ldo)
+    }
+
+    /// `out_bf16[m, n] = act(gate) * up` where neuron n's up row is `gate_offset` rows after its gate row.
+    pub fn gated(out: u64, ldo: usize, act: Activation, gate_offset: usize) -> Self {
+        Self {
+            act: match act {
+                Activation::Silu => 0,
+                Activation::GeluTanh => 1,
+            },
+            gate_offset: gate_offset as i64,
+            ..Self::new(3, out, ldo)
+        }
+    }
+
+    /// Adds a bias per weight row (device address of f32 values; 0 for none).
+    pub fn with_bias(self, bias: u64) -> Self {
+        Self { bias, ..self }
+    }
+
+    /// Gated only: accumulates `sum_m act[m, n]^2` into `sumsq[n]` (f32 device address).
+    pub fn with_sumsq(self, sumsq: u64) -> Self {
+        Self { sumsq, ..self }
+    }
+
+    fn new(kind: i32, out: u64, ldo: usize) -> Self {
+        Self {
+            kind,
+            act: 0,
+            bias: 0,
+            out,
+            ldo: ldo as i64,
+            sumsq: 0,
+            gate_offset: 0,
+        }
+    }
+
+    fn is_gated(&self) -> bool {
+        self.kind == 3
+    }
+}
+
+/// A product `A[m, k] . W[n, k]^T` of bf16 operands given by device address and row stride.
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    /// Activation rows.
+    pub a: u64,
+    /// Row stride of `a` (elements).
+    pub lda: usize,
+    /// Weight rows (HF layout `[out, in]`).
+    pub w: u64,
+    /// Row stride of `w`.
+    pub ldw: usize,
+    /// Rows of `a` (tokens).
+    pub m: usize,
+    /// Output features (gated: neurons).
+    pub n: usize,
+    /// Reduction length.
+    pub k: usize,
+}
+
+impl Matmul {
+    fn check(&self) -> Result<()> {
+        if self.k % 8 != 0 || self.lda % 8 != 0 || self.ldw % 8 != 0 || self.a % 16 != 0 || self.w % 16 != 0 {
+            bail!(
+                "GEMM operands must be 16-byte aligned with K a multiple of 8 (k {}, lda {}, ldw {})",
+                self.k,
+                self.lda,
+                self.ldw
+            );
+        }
+        if self.m > i32::MAX as usize || self.n > i32::MAX as usize || self.k > i32::MAX as usize {
+            bail!("GEMM shape too large");
+        }
+        Ok(())
+    }
+
+    fn args(&self, ep: Epilogue) -> [Arg; 8] {
+        [
+            Arg::Ptr(self.a),
+            Arg::I64(self.lda as i64),
+            Arg::Ptr(self.w),
+            Arg::I64(self.ldw as i64),
+            Arg::I32(self.m as i32),
+            Arg::I32(self.n as i32),
+            Arg::I32(self.k as i32),
+            Arg::Epilogue(ep),
+        ]
+    }
+}
+
+/// `A . W^T` with `ep`, on the GEMV kernel for up to [`GEMV_MAX_ROWS`] tokens, else on tensor cores.
+pub fn matmul(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
+    if mm.m <= GEMV_MAX_ROWS {
+        gemv(gpu, mm, ep)
+    } else {
+        gemm(gpu, mm, ep)
+    }
+}
+
+/// Tensor-core GEMM (128x128 tiles; gated: 64 neurons per tile).
+pub fn gemm(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
+    mm.check()?;
+    let cols = if ep.is_gated() { 64 } else { 128 };
+    let grid = (mm.n.div_ceil(cols) as u32, mm.m.div_ceil(128) as u32, 1);
+    gpu.launch("gemm_bf16", grid, 256, GEMM_SMEM_BYTES, &mm.args(ep))
+}
+
+/// GEMV for at most [`GEMV_MAX_ROWS`] tokens (one warp per output row).
+pub fn gemv(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
+    mm.check()?;
+    if mm.m > GEMV_MAX_ROWS {
+        bail!("GEMV takes at most {GEMV_MAX_ROWS} rows, got {}", mm.m);
+    }
+    let grid = (mm.n.div_ceil(8) as u32, 1, 1);
+    gpu.launch("gemv_bf16", grid, 256, 0, &mm.args(ep))
+}
+
+/// `out_f32[t] = table_bf16[ids[t]] * scale`.
+pub fn embed(gpu: &Gpu, ids: u64, table: u64, tokens: usize, hidden: usize, scale: f32, out: u64) -> Result<()> {
+    let args = [Arg::Ptr(ids), Arg::Ptr(table), Arg::I32(tokens as i32), Arg::I32(hidden as i32), Arg::F32(scale), Arg::Ptr(out)];
+    gpu.launch("embed_gather", (tokens as u32, 1, 1), 256, 0, &args)
+}
+
+/// An RMSNorm weight with its offset (Gemma: 1) and epsilon.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm {
+    /// f32 weights (device address).
+    pub weight: u64,
+    /// Added to every weight.
+    pub offset: f32,
+    /// Epsilon inside the square root.
+    pub eps: f32,
+}
+
+/// `out_bf16[t] = rmsnorm(x[t])` for `tokens` rows of `hidden` f32.
+pub fn rmsnorm_bf16(gpu: &Gpu, x: u64, norm: Norm, tokens: usize, hidden: usize, out: u64) -> Result<()> {
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(norm.weight),
+        Arg::I32(tokens as i32),
+        Arg::I32(hidden as i32),
+        Arg::F32(norm.offset),
+        Arg::F32(norm.eps),
+        Arg::Ptr(out),
+    ];
+    gpu.launch("rmsnorm_bf16", (tokens as u32, 1, 1), 256, 0, &args)
+}
+
+/// `x[t] += rmsnorm(branch[t])` (Gemma-3's post-norms).
+pub fn add_rmsnorm(gpu: &Gpu, x: u64, branch: u64, norm: Norm, tokens: usize, hidden: usize) -> Result<()> {
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(branch),
+        Arg::Ptr(norm.weight),
+        Arg::I32(tokens as i32),
+        Arg::I32(hidden as i32),
+        Arg::F32(norm.offset),
+        Arg::F32(norm.eps),
+    ];
+    gpu.launch("add_rmsnorm", (tokens as u32, 1, 1), 256, 0, &args)
+}
+
+/// Inputs of [`qkv_rope`].
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRope {
+    /// bf16 `[tokens, q_dim + 2 kv_dim]` from the fused projection.
+    pub qkv: u64,
+    /// Tokens in this call.
+    pub tokens: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dims per head.
+    pub head_dim: usize,
+    /// Rotated frequency pairs per head (head_dim / 2 unless partial).
+    pub n_freq: usize,
+    /// f32 `[positions, n_freq]` cos table.
+    pub cos: u64,
+    /// f32 `[positions, n_freq]` sin table.
+    pub sin: u64,
+    /// Per-head query norm (weights address, 0 for none), offset and eps shared with `k_norm`.
+    pub q_norm: u64,
+    /// Per-head key norm (0 for none).
+    pub k_norm: u64,
+    /// Norm weight offset.
+    pub norm_offset: f32,
+    /// Norm epsilon.
+    pub eps: f32,
+    /// Position of the first token (= cache rows already filled).
+    pub first: usize,
+    /// bf16 `[tokens, q_dim]` output.
+    pub q_out: u64,
+    /// bf16 `[capacity, kv_dim]` key cache.
+    pub k_cache: u64,
+    /// bf16 `[capacity, kv_dim]` value cache.
+    pub v_cache: u64,
+}
+
+/// Splits q|k|v, applies the per-head norms and RoPE, appends k and v to the cache.
+pub fn qkv_rope(gpu: &Gpu, p: &QkvRope) -> Result<()> {
+    if p.head_dim > ROPE_MAX_HEAD_DIM || 2 * p.n_freq > p.head_dim {
+        bail!("head dim {} / rotary pairs {} not supported on the GPU", p.head_dim, p.n_freq);
+    }
+    let args = [
+        Arg::Ptr(p.qkv),
+        Arg::I32(p.tokens as i32),
+        Arg::I32(p.n_heads as i32),
+        Arg::I32(p.n_kv_heads as i32),
+        Arg::I32(p.head_dim as i32),
+        Arg::I32(p.n_freq as i32),
+        Arg::Ptr(p.cos),
+        Arg::Ptr(p.sin),
+        Arg::Ptr(p.q_norm),
+        Arg::Ptr(p.k_norm),
+        Arg::F32(p.norm_offset),
+        Arg::F32(p.eps),
+        Arg::I32(p.first as i32),
+        Arg::Ptr(p.q_out),
+        Arg::Ptr(p.k_cache),
+        Arg::Ptr(p.v_cache),
+    ];
+    let heads = (p.n_heads + 2 * p.n_kv_heads).min(32);
+    gpu.launch("qkv_rope", (p.tokens as u32, 1, 1), 32 * heads as u32, 0, &args)
+}
+
+/// Inputs of [`attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionArgs {
+    /// bf16 queries `[queries, n_heads * head_dim]`.
+    pub q: u64,
+    /// bf16 keys `[keys, n_kv_heads * head_dim]`.
+    pub k: u64,
+    /// bf16 values, same layout as keys.
+    pub v: u64,
+    /// bf16 output `[queries, n_heads * head_dim]`.
+    pub out: u64,
+    /// Queries: the last `queries` of the `keys` positions.
+    pub queries: usize,
+    /// Keys (cached positions including the queries).
+    pub keys: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dims per head: 64, 128 or 256.
+    pub head_dim: usize,
+    /// Score scale.
+    pub scale: f32,
+    /// Sliding window (None: full causal).
+    pub window: Option<usize>,
+}
+
+/// Causal GQA flash attention.
+pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
+    let Some(&(_, smem)) = ATTENTION_SMEM.iter().find(|(hd, _)| *hd == p.head_dim) else {
+        bail!("head dim {} is not supported on the GPU (64, 128 or 256)", p.head_dim);
+    };
+    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.queries > p.keys {
+        bail!("bad attention shape {p:?}");
+    }
+    let q_dim = p.n_heads * p.head_dim;
+    let args = [
+        Arg::Ptr(p.q),
+        Arg::I64(q_dim as i64),
+        Arg::Ptr(p.k),
+        Arg::Ptr(p.v),
+        Arg::I64((p.n_kv_heads * p.head_dim) as i64),
+        Arg::Ptr(p.out),
+        Arg::I64(q_dim as i64),
+        Arg::I32(p.queries as i32),
+        Arg::I32(p.keys as i32),
+        Arg::I32((p.n_heads / p.n_kv_heads) as i32),
+        Arg::F32(p.scale),
+        Arg::I32(p.window.map_or(0, |w| w as i32)),
+    ];
+    let grid = (p.queries.div_ceil(64) as u32, p.n_heads as u32, 1);
+    gpu.launch(&format!("attention_hd{}", p.head_dim), grid, 128, smem, &args)
+}
+
+/// `nll[r] = logsumexp(cap(logits[r])) - cap(logits[r, targets[r]])` for f32 logits `[rows, vocab]`.
+pub fn row_nll(gpu: &Gpu, logits: u64, targets: u64, rows: usize, vocab: usize, cap: Option<f32>, nll: u64) -> Result<()> {
+    let args = [
+        Arg::Ptr(logits),
+        Arg::Ptr(targets),
+        Arg::I32(rows as i32),
+        Arg::I32(vocab as i32),
+        Arg::F32(cap.unwrap_or(0.0)),
+        Arg::Ptr(nll),
+    ];
+    gpu.launch("row_nll", (rows as u32, 1, 1), 512, 0, &args)
+}
+
+/// `dst[i, :cols] = src[idx[i], :cols]` (bf16; `idx` is an i32 device array of `n_idx`).
+pub fn gather_rows(gpu: &Gpu, src: u64, ld_src: usize, idx: u64, n_idx: usize, cols: usize, dst: u64, ld_dst: usize) -> Result<()> {
+    let args = [
+        Arg::Ptr(src),
+        Arg::I64(ld_src as i64),
+        Arg::Ptr(idx),
+        Arg::I32(n_idx as i32),
+        Arg::I32(cols as i32),
+        Arg::Ptr(dst),
+        Arg::I64(ld_dst as i64),
+    ];
+    gpu.launch("gather_rows_bf16", (n_idx as u32, 1, 1), 256, 0, &args)
+}
+
+/// `dst[r, i] = src[r, idx[i]]` for `rows` rows (bf16).
+pub fn gather_cols(gpu: &Gpu, src: u64, ld_src: usize, idx: u64, n_idx: usize, rows: usize, dst: u64, ld_dst: usize) -> Result<()> {
+    let args = [
+        Arg::Ptr(src),
+        Arg::I64(ld_src as i64),
+        Arg::Ptr(idx),
+        Arg::I32(n_idx as i32),
+        Arg::I32(rows as i32),
+        Arg::Ptr(dst),
+        Arg::I64(ld_dst as i64),
+    ];
+    gpu.launch("gather_cols_bf16", (rows as u32, 1, 1), 256, 0, &args)
+}
+
+/// `scores[j] += sqrt(sumsq[j]); sumsq[j] = 0` (f32 sumsq, f64 scores).
+pub fn accumulate_sqrt(gpu: &Gpu, sumsq: u64, scores: u64, n: usize) -> Result<()> {
+    let args = [Arg::Ptr(sumsq), Arg::Ptr(scores), Arg::I32(n as i32)];
+    gpu.launch("accumulate_sqrt", (n.div_ceil(256) as u32, 1, 1), 256, 0, &args)
+}
+
+/// `n` bf16 values uniform in `[-scale, scale)` from `seed` (deterministic).
+pub fn fill_uniform_bf16(gpu: &Gpu, out: u64, n: usize, seed: u64, scale: f32) -> Result<()> {
+    let args = [Arg::Ptr(out), Arg::U64(n as u64), Arg::U64(seed), Arg::F32(scale)];
+    gpu.launch("fill_uniform_bf16", (n.div_ceil(256).min(65_535) as u32, 1, 1), 256, 0, &args)
+}
+
+/// `n` f32 values set to `value`.
+pub fn fill_f32(gpu: &Gpu, out: u64, n: usize, value: f32) -> Result<()> {
+    let args = [Arg::Ptr(out), Arg::U64(n as u64), Arg::F32(value)];
+    gpu.launch("fill_f32", (n.div_ceil(256).min(65_535) as u32, 1, 1), 256, 0, &args)
+}

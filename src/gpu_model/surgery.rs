@@ -1,0 +1,69 @@
+//! Pruning edits on the device: FFNs compacted to the kept neurons (gather kernels into new, smaller
+//! buffers; the old ones are freed) and attention submodules dropped.
+
+use super::{padded_width, GpuFfn, GpuMatrix, GpuModel};
+use crate::backend::cuda::{kernels, Gpu};
+use anyhow::Result;
+
+impl GpuFfn {
+    /// Keeps neurons `kept` (indices into the current neurons, ascending) and frees the old buffers.
+    pub fn keep_neurons(&mut self, gpu: &Gpu, kept: &[usize]) -> Result<()> {
+        let hidden = self.down.rows;
+        let (old_padded, new_padded) = (self.padded, padded_width(kept.len()));
+        let idx: Vec<i32> = kept.iter().map(|&j| j as i32).collect();
+        let up_idx: Vec<i32> = kept.iter().map(|&j| (old_padded + j) as i32).collect();
+        let (idx_dev, up_idx_dev) = (gpu.upload(&idx)?, gpu.upload(&up_idx)?);
+
+        let gate_up = gpu.zeros::<u16>(2 * new_padded * hidden)?;
+        let src = gpu.ptr(&self.gate_up.data, 0);
+        kernels::gather_rows(gpu, src, hidden, gpu.ptr(&idx_dev, 0), kept.len(), hidden, gpu.ptr(&gate_up, 0), hidden)?;
+        let up_dst = gpu.ptr(&gate_up, new_padded * hidden);
+        kernels::gather_rows(gpu, src, hidden, gpu.ptr(&up_idx_dev, 0), kept.len(), hidden, up_dst, hidden)?;
+        let down = gpu.zeros::<u16>(hidden * new_padded)?;
+        kernels::gather_cols(
+            gpu,
+            gpu.ptr(&self.down.data, 0),
+            old_padded,
+            gpu.ptr(&idx_dev, 0),
+            kept.len(),
+            hidden,
+            gpu.ptr(&down, 0),
+            new_padded,
+        )?;
+        if let Some(bias) = &self.gate_up_bias {
+            let old = gpu.download(bias)?;
+            let mut new = vec![0f32; 2 * new_padded];
+            for (i, &j) in kept.iter().enumerate() {
+                new[i] = old[j];
+                new[new_padded + i] = old[old_padded + j];
+            }
+            self.gate_up_bias = Some(gpu.upload(&new)?);
+        }
+        gpu.sync()?; // the gathers must finish before the old buffers are freed
+        self.gate_up = GpuMatrix { data: gate_up, rows: 2 * new_padded, cols: hidden };
+        self.down = GpuMatrix { data: down, rows: hidden, cols: new_padded };
+        self.width = kept.len();
+        self.padded = new_padded;
+        Ok(())
+    }
+}
+
+impl GpuModel {
+    /// Keeps, in every block, the listed FFN neurons; returns the device bytes freed.
+    pub fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<u64> {
+        let before = self.device_bytes();
+        for ((block, spec), kept) in self.blocks.iter_mut().zip(&mut self.config.blocks).zip(kept) {
+            if let Some(ffn) = &mut block.ffn {
+                ffn.keep_neurons(&self.gpu, kept)?;
+                spec.ffn_width = kept.len();
+            }
+        }
+        Ok(before - self.device_bytes())
+    }
+
+    /// Removes block `i`'s attention for good; returns the device bytes freed.
+    pub fn remove_attention(&mut self, i: usize) -> u64 {
+        self.config.blocks[i].attention = None;
+        self.blocks[i].attention.take().map_or(0, |a| a.device_bytes())
+    }
+}
