@@ -48,7 +48,10 @@ mistral (sliding window 7), qwen2 (random q/k/v biases), qwen3 (q_norm/k_norm),
 phi3 (fused projections), phi3_partial (partial_rotary_factor 0.5), gemma3
 (sliding/full layer types, local/global rope bases, query_pre_attn_scalar),
 hetero_llama and hetero_gemma3 (attention removed from some blocks, per-block FFN
-widths, described by `block_configs`).
+widths, described by `block_configs`), and the GPU-shaped gpu_llama, gpu_qwen2,
+gpu_qwen3 and gpu_gemma3 (hidden 128, head_dim 64 / 64 / 128 / 256, FFN widths 196 /
+200 / 180 / 204 of which only 200 is a multiple of 8, gemma3 with sliding window 16
+and a final logit soft cap) for tests/cuda_parity.rs.
 
 Reference computation
 ---------------------
@@ -405,6 +408,108 @@ FIXTURES = {
         1010,
         {"no_attention": [1, 2], "ffn_widths": [64, 29, 41, 18]},
     ),
+    # GPU-shaped fixtures (tests/cuda_parity.rs): the CUDA kernels need head_dim 64/128/256 and
+    # hidden / q / kv widths that are multiples of 8. The FFN widths are deliberately NOT multiples
+    # of 8 (the device pads them with zero neurons) and the sliding window is shorter than T_REF.
+    "gpu_llama": (
+        LlamaForCausalLM,
+        LlamaConfig,
+        dict(
+            COMMON,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=64,
+            intermediate_size=196,  # padded to 200 on the device
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            attention_bias=False,
+            # head_dim 64 -> 32 frequencies, wavelengths 6.3 ... 2585 positions: with
+            # original_max_position_embeddings 32 they fall in all three llama3 regimes.
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            ),
+        ),
+        1011,
+        None,
+    ),
+    "gpu_qwen2": (
+        Qwen2ForCausalLM,
+        Qwen2Config,
+        dict(
+            COMMON,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=64,
+            intermediate_size=200,  # a multiple of 8: no device padding
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            use_sliding_window=False,
+            max_window_layers=1,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        1012,
+        None,
+    ),
+    "gpu_qwen3": (
+        Qwen3ForCausalLM,
+        Qwen3Config,
+        dict(
+            COMMON,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=128,
+            intermediate_size=180,  # padded to 184 on the device
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            attention_bias=False,
+            use_sliding_window=False,
+            max_window_layers=3,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        1013,
+        None,
+    ),
+    "gpu_gemma3": (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        dict(
+            COMMON,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=256,
+            query_pre_attn_scalar=192,  # != head_dim: scaling = 192**-0.5
+            intermediate_size=204,  # padded to 208 on the device
+            hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            sliding_window=16,  # < T_REF: the window masks keys in the reference
+            layer_types=["sliding_attention"] * 3 + ["full_attention"],
+            final_logit_softcapping=15.0,  # Gemma-2 style cap (exercises the GPU NLL's cap)
+            rope_parameters=dict(
+                sliding_attention=dict(rope_type="default", rope_theta=100.0),
+                full_attention=dict(rope_type="default", rope_theta=5000.0),
+            ),
+        ),
+        1014,
+        None,
+    ),
 }
 
 
@@ -699,7 +804,7 @@ def manual_forward(cfg: dict, W: dict, ids: torch.Tensor, tweak: dict | None = N
     h = rms(h, W["model.norm.weight"])
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])  # absent when tied
     logits = h @ head.T
-    if c["final_softcap"] is not None:
+    if c["final_softcap"] is not None and not tw.get("no_final_softcap"):
         logits = torch.tanh(logits / c["final_softcap"]) * c["final_softcap"]
     return logits
 
@@ -841,6 +946,8 @@ def build_fixture(name: str, out: str, tok: Tokenizer, ref_ids: torch.Tensor) ->
         tweaks["disabled qwen window applied"] = {"windows": [8] * c["n_layers"]}
     if any(r["rope_type"] == "llama3" for r in c["ropes"]):
         tweaks["llama3 scaling ignored"] = {"no_rope_scaling": True}
+    if c["final_softcap"] is not None:
+        tweaks["final soft cap ignored"] = {"no_final_softcap": True}
     if gemma:
         tweaks["scale head_dim**-0.5"] = {"scale": c["head_dim"] ** -0.5}
         tweaks["local/global rope swapped"] = {"swap_rope_layer_type": True}
