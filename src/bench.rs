@@ -32,9 +32,9 @@ pub struct BenchResult {
     pub time_to_first_token_s: f64,
     /// Decoded tokens per second after the first (best).
     pub decode_tokens_per_s: f64,
-    /// Bytes of the weights as computed in memory (f32).
-    pub weight_bytes_f32: u64,
-    /// Bytes of the KV cache at `context` positions (f32).
+    /// Bytes of the weights as the backend holds them (CPU: f32; GPU: bf16 matrices, f32 norms).
+    pub weight_bytes: u64,
+    /// Bytes of the KV cache at `context` positions (CPU: f32; GPU: bf16).
     pub kv_cache_bytes: u64,
     /// Parameters of the decoder blocks.
     pub params_main: u64,
@@ -45,7 +45,7 @@ pub struct BenchResult {
 }
 
 /// Deterministic token ids spread over the vocabulary (speed does not depend on the text).
-fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
+pub fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
     (0..n)
         .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32)
         .collect()
@@ -72,7 +72,7 @@ pub fn measure(model: &Model, settings: &BenchSettings) -> Result<BenchResult> {
         prefill_seconds: prefill,
         time_to_first_token_s: ttft,
         decode_tokens_per_s: decode,
-        weight_bytes_f32: model.params_total() * 4,
+        weight_bytes: model.params_total() * 4,
         kv_cache_bytes: KvCache::bytes_for(model, settings.context),
         params_main: model.params_main(),
         params_total: model.params_total(),

@@ -1,5 +1,6 @@
 //! `bench`: prefill, time to first token, decode speed and memory, optionally beside a baseline model.
 
+use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::bench::{measure, BenchResult, BenchSettings};
 use crate::model::Model;
@@ -11,8 +12,8 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// HF checkpoint folder to measure (e.g. a pruned model).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    pub model: Option<PathBuf>,
     /// Model to compare against (e.g. the dense original); measured in the same run.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -34,6 +35,55 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --synthetic-weights: measure the dense model, prune it in place with 2SSP at this sparsity
+    /// (random calibration tokens, one window per stage) and measure it again as the model.
+    #[arg(long, requires = "synthetic_weights")]
+    pub sparsity: Option<f64>,
+    /// Backend and synthetic weights.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Measures the model in `dir` on `backend`.
+fn measure_on(backend: &Backend, dir: &std::path::Path, settings: &BenchSettings) -> Result<BenchResult> {
+    let model = Model::load(dir)?;
+    match backend {
+        Backend::Cpu => measure(&model, settings),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => crate::gpu_model::GpuModel::upload(gpu.clone(), &model)?.measure(settings),
+    }
+}
+
+/// Synthetic model on the GPU: (model result, baseline result); with `--sparsity` the model is the
+/// 2SSP-pruned one and the baseline the dense one.
+#[cfg(feature = "cuda")]
+fn measure_synthetic(args: &BenchArgs, backend: &Backend, settings: &BenchSettings) -> Result<(BenchResult, Option<BenchResult>)> {
+    use crate::prune::{balance::AttentionBudget, PruneOptions};
+    let Backend::Cuda(gpu) = backend else {
+        anyhow::bail!("--synthetic-weights needs a CUDA device");
+    };
+    let path = args.device.synthetic_weights.as_ref().expect("synthetic run");
+    let config = crate::config::ModelConfig::from_file(path)?;
+    let mut model = crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
+    let dense = model.measure(settings)?;
+    let Some(sparsity) = args.sparsity else {
+        return Ok((dense, None));
+    };
+    let opts = PruneOptions {
+        sparsity,
+        budget: AttentionBudget::Alpha(1.5),
+        ffn_multiple_of: None,
+        protected_attention: Vec::new(),
+    };
+    let windows = super::device::random_windows(1, args.prefill_len, config.vocab, args.device.synthetic_seed);
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    crate::prune::gpu::run(&mut model, &opts, &refs, &refs)?;
+    Ok((model.measure(settings)?, Some(dense)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn measure_synthetic(_: &BenchArgs, _: &Backend, _: &BenchSettings) -> Result<(BenchResult, Option<BenchResult>)> {
+    anyhow::bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
 /// Runs `bench`.
@@ -49,16 +99,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         context: args.context,
         repeats: args.repeats,
     };
-    let model = Model::load(&args.model)?;
-    let result = measure(&model, &settings)?;
-    drop(model);
-    let baseline = match &args.baseline {
-        Some(dir) => Some(measure(&Model::load(dir)?, &settings)?),
-        None => None,
+    let backend = args.device.backend()?;
+    let (result, baseline) = match &args.model {
+        None => measure_synthetic(&args, &backend, &settings)?,
+        Some(dir) => {
+            let result = measure_on(&backend, dir, &settings)?;
+            let baseline = args.baseline.as_ref().map(|b| measure_on(&backend, b, &settings)).transpose()?;
+            (result, baseline)
+        }
     };
     if args.json {
         return print_json(&serde_json::json!({
-            "model": args.model, "baseline": args.baseline, "threads": rayon::current_num_threads(),
+            "model": args.model, "baseline": args.baseline, "backend": backend.describe(),
+            "synthetic_weights": args.device.synthetic_weights, "sparsity": args.sparsity,
+            "threads": rayon::current_num_threads(),
             "prefill_len": args.prefill_len, "prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
             "context": args.context, "result": result, "baseline_result": baseline,
             "speedup": baseline.as_ref().map(|b| speedups(&result, b)),
@@ -123,9 +177,9 @@ fn table_rows(m: &BenchResult, b: Option<&BenchResult>) -> Vec<Vec<String>> {
             Box::new(|m, b| m.params_total as f64 / b.params_total as f64),
         ),
         (
-            "weights (f32)",
-            Box::new(|r| mib(r.weight_bytes_f32)),
-            Box::new(|m, b| m.weight_bytes_f32 as f64 / b.weight_bytes_f32 as f64),
+            "weights (in memory)",
+            Box::new(|r| mib(r.weight_bytes)),
+            Box::new(|m, b| m.weight_bytes as f64 / b.weight_bytes as f64),
         ),
         (
             "KV cache @ context",

@@ -1,9 +1,10 @@
 //! `eval`: perplexity of a model on one or more text files, one row per file.
 
+use super::device::{random_windows, Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
-use crate::eval::perplexity::{perplexity, Perplexity};
-use crate::model::Model;
+use crate::eval::perplexity::{perplexity_with, Perplexity};
+use crate::model::{Model, Workspace};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use clap::Args;
@@ -14,10 +15,10 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// HF checkpoint folder (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    pub model: Option<PathBuf>,
     /// Text files (.jsonl with a "text" field per line, or .txt); each is evaluated separately.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
     pub data: Vec<PathBuf>,
     /// Tokens per window.
     #[arg(long, default_value_t = 2048)]
@@ -28,6 +29,54 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Backend and synthetic weights.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Scores windows on the chosen backend.
+enum Scorer {
+    Cpu(Box<Model>, Workspace),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::gpu_model::GpuModel>, crate::gpu_model::GpuWorkspace),
+}
+
+impl Scorer {
+    fn window_nll(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
+        match self {
+            Scorer::Cpu(model, ws) => model.window_nll(ids, ws),
+            #[cfg(feature = "cuda")]
+            Scorer::Cuda(model, ws) => model.window_nll(ws, ids),
+        }
+    }
+}
+
+/// The model of `args` on `backend`.
+fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
+    let model = match (&args.device.synthetic_weights, &args.model) {
+        (None, Some(dir)) => Some(Model::load(dir)?),
+        _ => None,
+    };
+    match backend {
+        Backend::Cpu => {
+            let model = model.ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
+            Ok(Scorer::Cpu(Box::new(model), Workspace::default()))
+        }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => {
+            use crate::gpu_model::{GpuModel, GpuWorkspace};
+            let gpu_model = match (model, &args.device.synthetic_weights) {
+                (Some(m), _) => GpuModel::upload(gpu.clone(), &m)?,
+                (None, Some(cfg)) => {
+                    let config = crate::config::ModelConfig::from_file(cfg)?;
+                    GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?
+                }
+                (None, None) => anyhow::bail!("--model or --synthetic-weights is required"),
+            };
+            let ws = GpuWorkspace::new(&gpu_model, args.seq_len, args.seq_len)?;
+            Ok(Scorer::Cuda(Box::new(gpu_model), ws))
+        }
+    }
 }
 
 /// One evaluated file.
@@ -43,16 +92,35 @@ struct Row {
 
 /// Runs `eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let backend = args.device.backend()?;
+    let mut scorer = scorer(&args, &backend)?;
     let mut rows = Vec::new();
-    for file in &args.data {
-        let corpus = Corpus::load(std::slice::from_ref(file), &tokenizer)?;
+    if let Some(config) = &args.device.synthetic_weights {
+        let vocab = crate::config::ModelConfig::from_file(config)?.vocab;
+        let n = args.max_windows.unwrap_or(8);
+        let windows = random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
+        let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+        let result = perplexity_with(&refs, "random tokens", |w| scorer.window_nll(w))?;
+        rows.push(Row {
+            dataset: "random-tokens".into(),
+            file: config.clone(),
+            documents: 0,
+            corpus_tokens: n * args.seq_len,
+            result,
+        });
+    }
+    let tokenizer = match &args.model {
+        Some(dir) if !args.data.is_empty() => Some(Tokenizer::from_dir(dir)?),
+        _ => None,
+    };
+    for file in tokenizer.iter().flat_map(|_| &args.data) {
+        let tokenizer = tokenizer.as_ref().expect("checked above");
+        let corpus = Corpus::load(std::slice::from_ref(file), tokenizer)?;
         let windows = corpus.windows(args.seq_len, args.max_windows)?;
         let dataset = file
             .file_stem()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-        let result = perplexity(&model, &windows, &dataset)?;
+        let result = perplexity_with(&windows, &dataset, |w| scorer.window_nll(w))?;
         rows.push(Row {
             dataset,
             file: file.clone(),
@@ -62,7 +130,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         });
     }
     if args.json {
-        return print_json(&serde_json::json!({ "model": args.model, "results": rows }));
+        return print_json(&serde_json::json!({
+            "model": args.model, "synthetic_weights": args.device.synthetic_weights,
+            "backend": backend.describe(), "results": rows,
+        }));
     }
     let table: Vec<Vec<String>> = rows
         .iter()

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 mod bench;
+mod device;
 mod eval;
 mod generate;
 mod import;

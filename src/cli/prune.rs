@@ -1,5 +1,6 @@
 //! `prune`: 2SSP on a checkpoint folder, saved as a new folder with a report, then reloaded and verified.
 
+use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
 use crate::export::checkpoint;
@@ -22,14 +23,14 @@ const DEFAULT_CALIB: &str = "data/calib-sotu.jsonl";
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// Dense HF checkpoint folder to prune (never modified).
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    pub model: Option<PathBuf>,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1).
     #[arg(long)]
     pub sparsity: f64,
     /// Output folder for the pruned checkpoint.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    pub out: Option<PathBuf>,
     /// Calibration text files (.jsonl/.txt), joined in order [default: data/calib-sotu.jsonl].
     #[arg(long, num_args = 1..)]
     pub calib: Vec<PathBuf>,
@@ -66,6 +67,80 @@ pub struct PruneArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Backend and synthetic weights (synthetic: random calibration tokens, nothing saved).
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// What a backend's 2SSP run returns: the decisions and, on a GPU, the device memory released.
+type Pruned = (prune::PruneOutcome, Option<serde_json::Value>);
+
+/// Runs 2SSP on `backend`; the host `model` ends pruned either way (the GPU's decisions are applied to it).
+fn prune_on(
+    backend: &Backend,
+    model: &mut Model,
+    opts: &PruneOptions,
+    stage1: &[&[u32]],
+    stage2: &[&[u32]],
+) -> Result<Pruned> {
+    match backend {
+        Backend::Cpu => Ok((prune::run(model, opts, stage1, stage2)?, None)),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => {
+            let mut gpu_model = crate::gpu_model::GpuModel::upload(gpu.clone(), model)?;
+            let (outcome, memory) = prune::gpu::run(&mut gpu_model, opts, stage1, stage2)?;
+            model.keep_ffn_neurons(&outcome.ffn_kept);
+            for &block in &outcome.stage2.removed {
+                model.remove_attention(block);
+            }
+            Ok((outcome, Some(serde_json::to_value(memory)?)))
+        }
+    }
+}
+
+/// 2SSP on a synthetic model on the GPU (timing only: random calibration tokens, nothing saved).
+#[cfg(feature = "cuda")]
+fn prune_synthetic(args: &PruneArgs, backend: &Backend, opts: &PruneOptions, config_path: &Path) -> Result<()> {
+    let Backend::Cuda(gpu) = backend else {
+        bail!("--synthetic-weights needs a CUDA device");
+    };
+    let config = crate::config::ModelConfig::from_file(config_path)?;
+    let mut model = crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
+    let n = args.stage1_samples.max(args.stage2_samples);
+    let windows = super::device::random_windows(n, args.seq_len, config.vocab, args.device.synthetic_seed);
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let (main_before, total_before) = (model.params_main(), model.params_total());
+    let (outcome, memory) = prune::gpu::run(&mut model, opts, &refs[..args.stage1_samples], &refs[..args.stage2_samples])?;
+    let report = json!({
+        "method": "2SSP", "synthetic_weights": config_path, "backend": backend.describe(),
+        "sparsity_target": args.sparsity,
+        "sparsity_achieved": 1.0 - model.params_main() as f64 / main_before as f64,
+        "params_main_before": main_before, "params_main_after": model.params_main(),
+        "params_total_before": total_before, "params_total_after": model.params_total(),
+        "n_attn_removed": outcome.stage2.removed.len(), "removed_attention": outcome.stage2.removed,
+        "ffn_keep": outcome.plan.keep, "seq_len": args.seq_len,
+        "stage1_samples": args.stage1_samples, "stage2_samples": args.stage2_samples,
+        "seconds": {"stage1": outcome.seconds_stage1, "stage2": outcome.seconds_stage2,
+                    "total": outcome.seconds_stage1 + outcome.seconds_stage2},
+        "device_memory": memory,
+    });
+    if args.json {
+        return print_json(&report);
+    }
+    let rows = vec![
+        vec!["device".into(), backend.describe()],
+        vec!["params main".into(), format!("{main_before} -> {}", model.params_main())],
+        vec!["attention removed".into(), format!("{:?}", outcome.stage2.removed)],
+        vec!["seconds stage1 / stage2".into(), format!("{:.2} / {:.2}", outcome.seconds_stage1, outcome.seconds_stage2)],
+        vec!["device weights".into(), format!("{} -> {} bytes", memory.bytes_before, memory.bytes_after)],
+    ];
+    print_table(&["2SSP (synthetic)", "value"], &rows);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn prune_synthetic(_: &PruneArgs, _: &Backend, _: &PruneOptions, _: &Path) -> Result<()> {
+    bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
 /// Runs `prune`.
@@ -77,13 +152,28 @@ pub fn run(args: PruneArgs) -> Result<()> {
     if args.stage1_samples == 0 || args.stage2_samples == 0 {
         bail!("--stage1-samples and --stage2-samples must be at least 1");
     }
-    if args.out.exists() && !args.force {
+    let backend = args.device.backend()?;
+    let opts = PruneOptions {
+        sparsity: args.sparsity,
+        budget: args
+            .remove_attention
+            .map_or(AttentionBudget::Alpha(args.alpha), AttentionBudget::Fixed),
+        ffn_multiple_of: args.ffn_multiple_of,
+        protected_attention: args.keep_attention.clone(),
+    };
+    if let Some(config) = &args.device.synthetic_weights {
+        return prune_synthetic(&args, &backend, &opts, config);
+    }
+    let (Some(model_dir), Some(out)) = (&args.model, &args.out) else {
+        bail!("--model and --out are required (or --synthetic-weights)");
+    };
+    if out.exists() && !args.force {
         bail!(
             "output {} already exists (use --force to overwrite)",
-            args.out.display()
+            out.display()
         );
     }
-    if same_path(&args.out, &args.model) {
+    if same_path(out, model_dir) {
         bail!("--out must differ from --model (the input is never modified)");
     }
     let calib_files = if args.calib.is_empty() {
@@ -91,8 +181,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
     } else {
         args.calib.clone()
     };
-    let mut model = Model::load(&args.model)?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let mut model = Model::load(model_dir)?;
+    let tokenizer = Tokenizer::from_dir(model_dir)?;
     let corpus = Corpus::load(&calib_files, &tokenizer)?;
     let mut windows = corpus.windows(args.seq_len, None)?;
     if let Some(seed) = args.seed {
@@ -107,21 +197,13 @@ pub fn run(args: PruneArgs) -> Result<()> {
         );
     }
     let (main_before, total_before) = (model.params_main(), model.params_total());
-    let opts = PruneOptions {
-        sparsity: args.sparsity,
-        budget: args
-            .remove_attention
-            .map_or(AttentionBudget::Alpha(args.alpha), AttentionBudget::Fixed),
-        ffn_multiple_of: args.ffn_multiple_of,
-        protected_attention: args.keep_attention.clone(),
-    };
     let stage1 = &windows[..args.stage1_samples];
     let stage2 = &windows[..args.stage2_samples];
-    let outcome = prune::run(&mut model, &opts, stage1, stage2)?;
+    let (outcome, device_memory) = prune_on(&backend, &mut model, &opts, stage1, stage2)?;
 
-    let staged = StagedDir::create(&args.out, args.force)?;
+    let staged = StagedDir::create(out, args.force)?;
     let t_save = Instant::now();
-    let weight_bytes = checkpoint::save(&model, &args.model, staged.path())?;
+    let weight_bytes = checkpoint::save(&model, model_dir, staged.path())?;
     let seconds_save = t_save.elapsed().as_secs_f64();
     let verification = if args.no_verify {
         None
@@ -166,11 +248,12 @@ pub fn run(args: PruneArgs) -> Result<()> {
                     "total": start.elapsed().as_secs_f64()},
         "weight_bytes": weight_bytes,
         "verification": verification,
-        "backend": "cpu",
+        "backend": backend.describe(),
+        "device_memory": device_memory,
         "threads": rayon::current_num_threads(),
         "engine_version": env!("CARGO_PKG_VERSION"),
         "seed": args.seed,
-        "source_model": args.model,
+        "source_model": model_dir,
     });
     crate::fsutil::write_atomic(
         &staged.path().join("pruning_report.json"),
@@ -240,7 +323,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 "identical perplexity".into()
             },
         ],
-        vec!["output".into(), args.out.display().to_string()],
+        vec!["backend".into(), backend.describe()],
+        vec!["output".into(), out.display().to_string()],
     ];
     print_table(&["2SSP", "value"], &rows);
     Ok(())

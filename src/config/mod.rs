@@ -91,8 +91,12 @@ impl ModelConfig {
         if !dir.is_dir() {
             bail!("model folder {} does not exist", dir.display());
         }
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
+        Self::from_file(&dir.join("config.json"))
+    }
+
+    /// Reads one config.json file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let raw: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;

@@ -25,15 +25,24 @@ pub struct Perplexity {
     pub tokens_per_second: f64,
 }
 
-/// Evaluates `windows` (each `seq_len` ids) and returns the perplexity, showing progress on stderr.
+/// Evaluates `windows` (each `seq_len` ids) on the CPU and returns the perplexity, showing progress on stderr.
 pub fn perplexity(model: &Model, windows: &[&[u32]], label: &str) -> Result<Perplexity> {
+    let mut ws = Workspace::default();
+    perplexity_with(windows, label, |w| model.window_nll(w, &mut ws))
+}
+
+/// Perplexity from any backend: `window_nll` returns a window's summed NLL and predicted-token count.
+pub fn perplexity_with(
+    windows: &[&[u32]],
+    label: &str,
+    mut window_nll: impl FnMut(&[u32]) -> Result<(f64, usize)>,
+) -> Result<Perplexity> {
     let seq_len = windows.first().map_or(0, |w| w.len());
     let bar = progress::bar(windows.len() as u64, &format!("eval {label}"));
     let start = Instant::now();
-    let mut ws = Workspace::default();
     let (mut total, mut count) = (0f64, 0usize);
     for w in windows {
-        let (nll, n) = model.window_nll(w, &mut ws)?;
+        let (nll, n) = window_nll(w)?;
         total += nll;
         count += n;
         bar.inc(1);

@@ -309,6 +309,13 @@ impl GpuModel {
         Ok((self.nll_from_hidden(ws, ids)?, ids.len().saturating_sub(1)))
     }
 
+    /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
+    pub fn forward_cached(&self, ws: &mut GpuWorkspace, ids: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.embed(ws, ids)?;
+        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)?;
+        self.row_logits(ws, ids.len() - 1)
+    }
+
     /// Logits of row `row` of the residual stream (after the final norm and the LM head).
     pub fn row_logits(&self, ws: &mut GpuWorkspace, row: usize) -> Result<Vec<f32>> {
         let (gpu, vocab, hidden) = (&self.gpu, self.config.vocab, self.config.hidden);
