@@ -18,19 +18,32 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& a, float& acc)
     }
 }
 
-// acc[m] = A[m, :] . W[row, :] for m < M (lane-partial sums reduced over the warp).
-__device__ __forceinline__ void row_dots(const bf16* A, long long lda, const bf16* wrow, int M, int K, float* acc) {
+// acc[m] = A[m, :] . w0[:] (and, when TWO, up[m] = A[m, :] . w1[:] in the same pass), summed over the warp.
+template <bool TWO>
+__device__ __forceinline__ void row_dots(const bf16* A, long long lda, const bf16* w0, const bf16* w1, int M, int K,
+                                         float* acc, float* up) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = 0.f;
+    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = up[m] = 0.f;
+#pragma unroll 4  // several 16-byte weight loads in flight per lane
     for (int k = lane * 8; k < K; k += 32 * 8) {
-        const uint4 w = *(const uint4*)(wrow + k);
+        const uint4 g = *(const uint4*)(w0 + k);
+        uint4 u = g;
+        if (TWO) u = *(const uint4*)(w1 + k);
 #pragma unroll
-        for (int m = 0; m < GEMV_MAX_M; ++m)
-            if (m < M) dot8(w, *(const uint4*)(A + m * lda + k), acc[m]);
+        for (int m = 0; m < GEMV_MAX_M; ++m) {
+            if (m < M) {
+                const uint4 a = *(const uint4*)(A + m * lda + k);
+                dot8(g, a, acc[m]);
+                if (TWO) dot8(u, a, up[m]);
+            }
+        }
     }
 #pragma unroll
-    for (int m = 0; m < GEMV_MAX_M; ++m) acc[m] = warp_sum(acc[m]);
+    for (int m = 0; m < GEMV_MAX_M; ++m) {
+        acc[m] = warp_sum(acc[m]);
+        if (TWO) up[m] = warp_sum(up[m]);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -39,18 +52,15 @@ gemv_bf16(const bf16* __restrict__ A, long long lda, const bf16* __restrict__ W,
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= N) return;
     const int lane = threadIdx.x & 31;
-    float acc[GEMV_MAX_M];
-    row_dots(A, lda, W + (long long)n * ldw, M, K, acc);
+    float acc[GEMV_MAX_M], up[GEMV_MAX_M];
     if (ep.kind != EPI_GATED_BF16) {
-        if (lane < M) {
+        row_dots<false>(A, lda, W + (long long)n * ldw, nullptr, M, K, acc, up);
 #pragma unroll
-            for (int m = 0; m < GEMV_MAX_M; ++m)
-                if (m == lane) epilogue_store(ep, m, n, acc[m]);
-        }
+        for (int m = 0; m < GEMV_MAX_M; ++m)
+            if (m < M && lane == m) epilogue_store(ep, m, n, acc[m]);
         return;
     }
-    float up[GEMV_MAX_M];
-    row_dots(A, lda, W + (ep.gate_offset + n) * ldw, M, K, up);
+    row_dots<true>(A, lda, W + (long long)n * ldw, W + (ep.gate_offset + n) * ldw, M, K, acc, up);
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_M; ++m) {
         if (m < M && lane == m) {
