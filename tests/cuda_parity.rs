@@ -1477,6 +1477,14 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
 
         // Both runs in full.
         let bytes_fresh = gm.device_bytes();
+        checks.truth(
+            format!(
+                "{name} dense device parameter counts (main {}, total {}) equal the host model's",
+                gm.params_main(),
+                gm.params_total()
+            ),
+            gm.params_main() == model.params_main() && gm.params_total() == model.params_total(),
+        );
         let attn_bytes: Vec<u64> = gm
             .blocks
             .iter()
@@ -1601,6 +1609,15 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
         checks.truth(
             format!("{name} pruned device model's config and blocks follow the decisions"),
             cfg_ok,
+        );
+
+        checks.truth(
+            format!(
+                "{name} pruned device parameter count {} equals the CPU model's with the same decisions {}",
+                gm.params_main(),
+                m.params_main()
+            ),
+            gm.params_main() == m.params_main() && gm.params_total() == m.params_total(),
         );
 
         // The pruned device model against the CPU model pruned with the same decisions.
