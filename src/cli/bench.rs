@@ -46,11 +46,10 @@ pub struct BenchArgs {
 
 /// Measures the model in `dir` on `backend`.
 fn measure_on(backend: &Backend, dir: &std::path::Path, settings: &BenchSettings) -> Result<BenchResult> {
-    let model = Model::load(dir)?;
     match backend {
-        Backend::Cpu => measure(&model, settings),
+        Backend::Cpu => measure(&Model::load(dir)?, settings),
         #[cfg(feature = "cuda")]
-        Backend::Cuda(gpu) => crate::gpu_model::GpuModel::upload(gpu.clone(), &model)?.measure(settings),
+        Backend::Cuda(gpu) => crate::gpu_model::GpuModel::load(gpu.clone(), dir)?.measure(settings),
     }
 }
 

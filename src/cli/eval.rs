@@ -53,20 +53,16 @@ impl Scorer {
 
 /// The model of `args` on `backend`.
 fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
-    let model = match (&args.device.synthetic_weights, &args.model) {
-        (None, Some(dir)) => Some(Model::load(dir)?),
-        _ => None,
-    };
     match backend {
         Backend::Cpu => {
-            let model = model.ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
-            Ok(Scorer::Cpu(Box::new(model), Workspace::default()))
+            let dir = args.model.as_ref().ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
+            Ok(Scorer::Cpu(Box::new(Model::load(dir)?), Workspace::default()))
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
             use crate::gpu_model::{GpuModel, GpuWorkspace};
-            let gpu_model = match (model, &args.device.synthetic_weights) {
-                (Some(m), _) => GpuModel::upload(gpu.clone(), &m)?,
+            let gpu_model = match (&args.model, &args.device.synthetic_weights) {
+                (Some(dir), _) => GpuModel::load(gpu.clone(), dir)?,
                 (None, Some(cfg)) => {
                     let config = crate::config::ModelConfig::from_file(cfg)?;
                     GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?

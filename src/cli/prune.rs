@@ -72,28 +72,40 @@ pub struct PruneArgs {
     pub device: DeviceArgs,
 }
 
-/// What a backend's 2SSP run returns: the decisions and, on a GPU, the device memory released.
-type Pruned = (prune::PruneOutcome, Option<serde_json::Value>);
+/// What a backend's 2SSP run returns.
+struct Pruned {
+    /// The pruned model on the host, in the checkpoint's precision (what gets saved).
+    model: Model,
+    /// The decisions and their cost.
+    outcome: prune::PruneOutcome,
+    /// On a GPU: the device memory released.
+    device_memory: Option<serde_json::Value>,
+    /// Parameters of the blocks and in total, before pruning.
+    params_before: (u64, u64),
+}
 
-/// Runs 2SSP on `backend`; the host `model` ends pruned either way (the GPU's decisions are applied to it).
-fn prune_on(
-    backend: &Backend,
-    model: &mut Model,
-    opts: &PruneOptions,
-    stage1: &[&[u32]],
-    stage2: &[&[u32]],
-) -> Result<Pruned> {
+/// Runs 2SSP on `backend`. On a GPU the model is streamed to the device, pruned there, and the
+/// decisions are then applied to the checkpoint loaded on the host (so nothing is saved in bf16).
+fn prune_on(backend: &Backend, dir: &Path, opts: &PruneOptions, stage1: &[&[u32]], stage2: &[&[u32]]) -> Result<Pruned> {
     match backend {
-        Backend::Cpu => Ok((prune::run(model, opts, stage1, stage2)?, None)),
+        Backend::Cpu => {
+            let mut model = Model::load(dir)?;
+            let params_before = (model.params_main(), model.params_total());
+            let outcome = prune::run(&mut model, opts, stage1, stage2)?;
+            Ok(Pruned { model, outcome, device_memory: None, params_before })
+        }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
-            let mut gpu_model = crate::gpu_model::GpuModel::upload(gpu.clone(), model)?;
+            let mut gpu_model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
+            let params_before = (gpu_model.params_main(), gpu_model.params_total());
             let (outcome, memory) = prune::gpu::run(&mut gpu_model, opts, stage1, stage2)?;
+            drop(gpu_model);
+            let mut model = Model::load(dir)?;
             model.keep_ffn_neurons(&outcome.ffn_kept);
             for &block in &outcome.stage2.removed {
                 model.remove_attention(block);
             }
-            Ok((outcome, Some(serde_json::to_value(memory)?)))
+            Ok(Pruned { model, outcome, device_memory: Some(serde_json::to_value(memory)?), params_before })
         }
     }
 }
@@ -181,7 +193,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
     } else {
         args.calib.clone()
     };
-    let mut model = Model::load(model_dir)?;
+    let config = crate::config::ModelConfig::from_dir(model_dir)?;
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let corpus = Corpus::load(&calib_files, &tokenizer)?;
     let mut windows = corpus.windows(args.seq_len, None)?;
@@ -196,10 +208,11 @@ pub fn run(args: PruneArgs) -> Result<()> {
             args.seq_len
         );
     }
-    let (main_before, total_before) = (model.params_main(), model.params_total());
     let stage1 = &windows[..args.stage1_samples];
     let stage2 = &windows[..args.stage2_samples];
-    let (outcome, device_memory) = prune_on(&backend, &mut model, &opts, stage1, stage2)?;
+    prune::validated_plan(&config, &opts)?; // refuse before loading weights
+    let Pruned { model, outcome, device_memory, params_before: (main_before, total_before) } =
+        prune_on(&backend, model_dir, &opts, stage1, stage2)?;
 
     let staged = StagedDir::create(out, args.force)?;
     let t_save = Instant::now();

@@ -12,7 +12,9 @@ impl GpuFfn {
         let (old_padded, new_padded) = (self.padded, padded_width(kept.len()));
         let idx: Vec<i32> = kept.iter().map(|&j| j as i32).collect();
         let up_idx: Vec<i32> = kept.iter().map(|&j| (old_padded + j) as i32).collect();
-        let (idx_dev, up_idx_dev) = (gpu.upload(&idx)?, gpu.upload(&up_idx)?);
+        // An empty keep set launches nothing; the placeholder only avoids an empty allocation.
+        let device_indices = |v: &[i32]| gpu.upload(if v.is_empty() { &[0] } else { v });
+        let (idx_dev, up_idx_dev) = (device_indices(&idx)?, device_indices(&up_idx)?);
 
         let gate_up = gpu.zeros::<u16>(2 * new_padded * hidden)?;
         let src = gpu.ptr(&self.gate_up.data, 0);

@@ -1,25 +1,49 @@
-//! Building a [`GpuModel`] from a host [`Model`]: weights rounded to bf16 tensor by tensor.
+//! Building a [`GpuModel`]: streamed from a checkpoint folder one block at a time (the host never
+//! holds the whole model), or copied from a host [`Model`]. Matrices are rounded to bf16 on the way.
 
 use super::{padded_width, GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
 use crate::backend::cuda::{Gpu, GpuBuffer};
-use crate::model::{Attention, Ffn, Model};
-use anyhow::Result;
-use rayon::prelude::*;
+use crate::config::ModelConfig;
+use crate::model::{load_block, load_lm_head, Attention, Block, Ffn, Model};
+use crate::weights::TensorStore;
+use anyhow::{Context, Result};
+use std::path::Path;
 use std::sync::Arc;
 
 impl GpuModel {
+    /// Loads config.json and the safetensors of `dir` straight to the GPU, block by block.
+    pub fn load(gpu: Arc<Gpu>, dir: &Path) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let store = TensorStore::open(dir)?;
+        let (hidden, vocab) = (config.hidden, config.vocab);
+        let context = || format!("cannot load model from {}", dir.display());
+        let bar = crate::progress::bar(config.n_layers() as u64, "load to GPU");
+        let mut blocks = Vec::with_capacity(config.n_layers());
+        for i in 0..config.n_layers() {
+            let block = load_block(&config, &store, i).with_context(context)?;
+            blocks.push(upload_block(&gpu, &block, hidden)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let embed = store.f32("model.embed_tokens.weight", &[vocab, hidden]).with_context(context)?;
+        let lm_head = load_lm_head(&config, &store).with_context(context)?;
+        Ok(Self {
+            embed: matrix(&gpu, &embed, vocab, hidden)?,
+            final_norm: gpu.upload(&store.f32("model.norm.weight", &[hidden]).with_context(context)?)?,
+            lm_head: lm_head.map(|h| matrix(&gpu, &h.weight, h.out_dim, h.in_dim)).transpose()?,
+            blocks,
+            config,
+            gpu,
+        })
+    }
+
     /// Copies `model` to the GPU (bf16 matrices, f32 norms and biases).
     pub fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         let cfg = &model.config;
         let blocks = model
             .blocks
             .iter()
-            .map(|b| {
-                Ok(GpuBlock {
-                    attention: b.attention.as_ref().map(|a| upload_attention(&gpu, a)).transpose()?,
-                    ffn: b.ffn.as_ref().map(|f| upload_ffn(&gpu, f, cfg.hidden)).transpose()?,
-                })
-            })
+            .map(|b| upload_block(&gpu, b, cfg.hidden))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed: matrix(&gpu, &model.embed, cfg.vocab, cfg.hidden)?,
@@ -36,14 +60,16 @@ impl GpuModel {
     }
 }
 
-/// Rounds f32 values to bf16 bits (nearest even), in parallel.
-pub(super) fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
-    values.par_iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()
+fn upload_block(gpu: &Gpu, b: &Block, hidden: usize) -> Result<GpuBlock> {
+    Ok(GpuBlock {
+        attention: b.attention.as_ref().map(|a| upload_attention(gpu, a)).transpose()?,
+        ffn: b.ffn.as_ref().map(|f| upload_ffn(gpu, f, hidden)).transpose()?,
+    })
 }
 
 fn matrix(gpu: &Gpu, weight: &[f32], rows: usize, cols: usize) -> Result<GpuMatrix> {
     Ok(GpuMatrix {
-        data: gpu.upload(&to_bf16_bits(weight))?,
+        data: gpu.upload_bf16(weight)?,
         rows,
         cols,
     })

@@ -24,16 +24,7 @@ impl Model {
             .map(|i| load_block(&config, store, i))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = store.f32("model.norm.weight", &[hidden])?;
-        let lm_head = if config.tie_embeddings && !store.contains("lm_head.weight") {
-            None
-        } else {
-            Some(Linear {
-                weight: store.f32("lm_head.weight", &[vocab, hidden])?,
-                bias: None,
-                out_dim: vocab,
-                in_dim: hidden,
-            })
-        };
+        let lm_head = load_lm_head(&config, store)?;
         let storage_dtype = store
             .dtype("model.embed_tokens.weight")
             .unwrap_or(safetensors::Dtype::F32);
@@ -48,7 +39,21 @@ impl Model {
     }
 }
 
-fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Block> {
+/// The separate LM head, or `None` when tied to the embeddings.
+pub(crate) fn load_lm_head(config: &ModelConfig, store: &TensorStore) -> Result<Option<Linear>> {
+    if config.tie_embeddings && !store.contains("lm_head.weight") {
+        return Ok(None);
+    }
+    Ok(Some(Linear {
+        weight: store.f32("lm_head.weight", &[config.vocab, config.hidden])?,
+        bias: None,
+        out_dim: config.vocab,
+        in_dim: config.hidden,
+    }))
+}
+
+/// Decoder block `i` (f32), mapped from the family's tensor names.
+pub(crate) fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Block> {
     let spec = &config.blocks[i];
     let prefix = format!("model.layers.{i}");
     let arch = &config.arch;

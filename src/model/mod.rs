@@ -3,6 +3,9 @@
 mod forward;
 mod kv_cache;
 mod load;
+
+#[cfg(feature = "cuda")]
+pub(crate) use load::{load_block, load_lm_head};
 mod surgery;
 
 pub use forward::{FfnObserver, Workspace};

@@ -329,6 +329,9 @@ pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
     if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.queries > p.keys {
         bail!("bad attention shape {p:?}");
     }
+    if [p.q, p.k, p.v, p.out].iter().any(|a| a % 16 != 0) {
+        bail!("attention operands must be 16-byte aligned");
+    }
     let q_dim = p.n_heads * p.head_dim;
     let args = [
         Arg::Ptr(p.q),

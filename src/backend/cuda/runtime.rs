@@ -5,8 +5,13 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
 };
+use cudarc::driver::PinnedHostSlice;
+use rayon::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Elements per pinned staging buffer (two alternate, so conversion overlaps the copy).
+const STAGING_ELEMS: usize = 32 << 20;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 
@@ -21,6 +26,7 @@ pub struct Gpu {
     functions: HashMap<String, CudaFunction>,
     sync_each_launch: bool,
     name: String,
+    staging: Mutex<Vec<PinnedHostSlice<u16>>>,
 }
 
 /// A kernel argument, passed by value.
@@ -79,6 +85,7 @@ impl Gpu {
             functions,
             sync_each_launch: std::env::var("TWOSSP_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
+            staging: Mutex::new(Vec::new()),
         };
         super::kernels::configure(&gpu)?;
         Ok(gpu)
@@ -123,6 +130,34 @@ impl Gpu {
         self.stream
             .clone_htod(host)
             .with_context(|| format!("cannot upload {} bytes", std::mem::size_of_val(host)))
+    }
+
+    /// f32 values rounded to bf16 (nearest even) on the host and copied through pinned staging buffers.
+    pub fn upload_bf16(&self, values: &[f32]) -> Result<GpuBuffer<u16>> {
+        let mut dst = self.zeros::<u16>(values.len())?;
+        let mut staging = self.staging.lock().map_err(|_| anyhow!("staging buffers poisoned"))?;
+        let full_chunks = values.len() / STAGING_ELEMS;
+        if full_chunks > 0 && staging.is_empty() {
+            for _ in 0..2 {
+                let buf = unsafe { self.ctx.alloc_pinned::<u16>(STAGING_ELEMS) }.context("cannot allocate pinned host memory")?;
+                staging.push(buf);
+            }
+        }
+        for (i, chunk) in values.chunks(STAGING_ELEMS).enumerate() {
+            let start = i * STAGING_ELEMS;
+            let mut view = dst.slice_mut(start..start + chunk.len());
+            if i < full_chunks {
+                let buf = &mut staging[i % 2];
+                // Waits for the previous copy out of this buffer before overwriting it.
+                let host = buf.as_mut_slice().context("pinned staging buffer unavailable")?;
+                host.par_iter_mut().zip(chunk).for_each(|(d, &v)| *d = half::bf16::from_f32(v).to_bits());
+                self.stream.memcpy_htod(&*buf, &mut view).context("host to device copy failed")?;
+            } else {
+                let bits: Vec<u16> = chunk.par_iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+                self.stream.memcpy_htod(&bits, &mut view).context("host to device copy failed")?;
+            }
+        }
+        Ok(dst)
     }
 
     /// Copies `host` into the start of `dst`.
