@@ -20,7 +20,9 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{sys::CUevent_flags, CudaEvent};
 use std::ffi::c_void;
 use std::time::Instant;
-use twossp_engine::backend::cuda::kernels::{self, AttentionArgs, Epilogue, Matmul, Norm, QkvRope};
+use twossp_engine::backend::cuda::kernels::{
+    self, AttentionArgs, Epilogue, Gather, GemmTile, Matmul, Norm, QkvRope,
+};
 use twossp_engine::backend::cuda::{Gpu, GpuBuffer};
 use twossp_engine::config::Activation;
 
@@ -57,10 +59,24 @@ struct Model {
     vocab: usize,
 }
 
-const LLAMA_7B: Model =
-    Model { name: "7B", hidden: 4096, ffn: 11008, heads: 32, kv_heads: 32, head_dim: 128, vocab: 32000 };
-const SMOLLM2: Model =
-    Model { name: "SmolLM2", hidden: 576, ffn: 1536, heads: 9, kv_heads: 3, head_dim: 64, vocab: 49152 };
+const LLAMA_7B: Model = Model {
+    name: "7B",
+    hidden: 4096,
+    ffn: 11008,
+    heads: 32,
+    kv_heads: 32,
+    head_dim: 128,
+    vocab: 32000,
+};
+const SMOLLM2: Model = Model {
+    name: "SmolLM2",
+    hidden: 576,
+    ffn: 1536,
+    heads: 9,
+    kv_heads: 3,
+    head_dim: 64,
+    vocab: 49152,
+};
 
 /// What a product does with its result (the epilogue the model uses for that projection).
 #[derive(Clone, Copy, PartialEq)]
@@ -100,12 +116,42 @@ impl Linear {
 fn linears(m: &Model) -> Vec<Linear> {
     let qkv = (m.heads + 2 * m.kv_heads) * m.head_dim;
     vec![
-        Linear { name: "qkv", n: qkv, k: m.hidden, out: Out::Bf16 },
-        Linear { name: "o +=", n: m.hidden, k: m.heads * m.head_dim, out: Out::AddF32 },
-        Linear { name: "gate_up swiglu", n: m.ffn, k: m.hidden, out: Out::Gated },
-        Linear { name: "gate_up swiglu+sumsq", n: m.ffn, k: m.hidden, out: Out::GatedSumsq },
-        Linear { name: "down +=", n: m.hidden, k: m.ffn, out: Out::AddF32 },
-        Linear { name: "lm_head", n: m.vocab, k: m.hidden, out: Out::F32 },
+        Linear {
+            name: "qkv",
+            n: qkv,
+            k: m.hidden,
+            out: Out::Bf16,
+        },
+        Linear {
+            name: "o +=",
+            n: m.hidden,
+            k: m.heads * m.head_dim,
+            out: Out::AddF32,
+        },
+        Linear {
+            name: "gate_up swiglu",
+            n: m.ffn,
+            k: m.hidden,
+            out: Out::Gated,
+        },
+        Linear {
+            name: "gate_up swiglu+sumsq",
+            n: m.ffn,
+            k: m.hidden,
+            out: Out::GatedSumsq,
+        },
+        Linear {
+            name: "down +=",
+            n: m.hidden,
+            k: m.ffn,
+            out: Out::AddF32,
+        },
+        Linear {
+            name: "lm_head",
+            n: m.vocab,
+            k: m.hidden,
+            out: Out::F32,
+        },
     ]
 }
 
@@ -160,7 +206,9 @@ impl Row {
 
     /// The row as a table line.
     fn line(&self) -> String {
-        let opt = |v: Option<f64>, w: usize, p: usize| v.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.p$}"));
+        let opt = |v: Option<f64>, w: usize, p: usize| {
+            v.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.p$}"))
+        };
         format!(
             "{:<34} {:<26} {:>9.4} {} {} {:>6.1}% {} {}",
             self.kernel,
@@ -206,7 +254,15 @@ impl<'g> Timer<'g> {
     /// Reads the first `rows` x 128 KiB of the sweep buffer (row_nll writes one float per row).
     fn sweep_rows(&self, rows: usize) -> Result<()> {
         let g = self.gpu;
-        kernels::row_nll(g, g.ptr(&self.sweep, 0), g.ptr(&self.targets, 0), rows, SWEEP_COLS, None, g.ptr(&self.nll, 0))
+        kernels::row_nll(
+            g,
+            g.ptr(&self.sweep, 0),
+            g.ptr(&self.targets, 0),
+            rows,
+            SWEEP_COLS,
+            None,
+            g.ptr(&self.nll, 0),
+        )
     }
 
     /// Median GPU time (ms) of one call of `f`.
@@ -221,8 +277,15 @@ impl<'g> Timer<'g> {
     }
 
     /// Queues `busy` sweeps, then `reps` timed calls; returns the times (ms) and host ms per rep.
-    fn run(&self, reps: usize, busy: usize, f: &mut impl FnMut() -> Result<()>) -> Result<(Vec<f64>, f64)> {
-        let events = (0..reps).map(|_| Ok((event(self.gpu)?, event(self.gpu)?))).collect::<Result<Vec<_>>>()?;
+    fn run(
+        &self,
+        reps: usize,
+        busy: usize,
+        f: &mut impl FnMut() -> Result<()>,
+    ) -> Result<(Vec<f64>, f64)> {
+        let events = (0..reps)
+            .map(|_| Ok((event(self.gpu)?, event(self.gpu)?)))
+            .collect::<Result<Vec<_>>>()?;
         for _ in 0..busy {
             self.sweep_rows(BUSY_ROWS)?;
         }
@@ -235,14 +298,20 @@ impl<'g> Timer<'g> {
         }
         let host_ms = host.elapsed().as_secs_f64() * 1e3 / reps as f64;
         self.gpu.sync()?;
-        let times = events.iter().map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?))).collect::<Result<Vec<_>>>()?;
+        let times = events
+            .iter()
+            .map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok((times, host_ms))
     }
 }
 
 /// A CUDA event that records timing.
 fn event(gpu: &Gpu) -> Result<CudaEvent> {
-    Ok(gpu.stream().context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
+    Ok(gpu
+        .stream()
+        .context()
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
 }
 
 /// Middle value of `v` (the upper one of an even count).
@@ -262,16 +331,31 @@ impl Cublas {
             return None;
         }
         CudaBlas::new(gpu.stream().clone())
-            .map_err(|e| eprintln!("note: cannot create a cuBLAS handle ({e}): cuBLAS columns left empty"))
+            .map_err(|e| {
+                eprintln!("note: cannot create a cuBLAS handle ({e}): cuBLAS columns left empty")
+            })
             .ok()
             .map(Self)
     }
 
     /// `C[m, n] = A[m, k] · W[n, k]^T` (`+=` for AddF32) in bf16 with f32 accumulate: column-major `C^T = W · A^T`.
-    fn gemm(&self, a: u64, w: u64, c: u64, (m, n, k): (usize, usize, usize), out: Out) -> Result<()> {
-        use blas_sys::{cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasOperation_t as Op, cudaDataType_t as Ty};
+    fn gemm(
+        &self,
+        a: u64,
+        w: u64,
+        c: u64,
+        (m, n, k): (usize, usize, usize),
+        out: Out,
+    ) -> Result<()> {
+        use blas_sys::{
+            cublasComputeType_t::CUBLAS_COMPUTE_32F, cublasOperation_t as Op, cudaDataType_t as Ty,
+        };
         let (alpha, beta) = (1.0f32, if out == Out::AddF32 { 1.0f32 } else { 0.0 });
-        let c_type = if matches!(out, Out::F32 | Out::AddF32) { Ty::CUDA_R_32F } else { Ty::CUDA_R_16BF };
+        let c_type = if matches!(out, Out::F32 | Out::AddF32) {
+            Ty::CUDA_R_32F
+        } else {
+            Ty::CUDA_R_16BF
+        };
         let (m, n, k) = (m as i32, n as i32, k as i32);
         // SAFETY: a, w, c are live device buffers of at least m·k, n·k and m·n elements.
         unsafe {
@@ -323,9 +407,18 @@ impl Bench<'_> {
     }
 
     /// Times `f` and adds its row.
-    fn case(&mut self, kernel: &str, shape: &str, work: Work, f: impl FnMut() -> Result<()>) -> Result<()> {
+    fn case(
+        &mut self,
+        kernel: &str,
+        shape: &str,
+        work: Work,
+        f: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
         if self.wants(kernel, shape) {
-            let ms = self.timer.median_ms(f).with_context(|| format!("{kernel} {shape}"))?;
+            let ms = self
+                .timer
+                .median_ms(f)
+                .with_context(|| format!("{kernel} {shape}"))?;
             self.push(Row::new(kernel, shape, ms, work, None));
         }
         Ok(())
@@ -349,8 +442,16 @@ impl Bench<'_> {
     fn copy_ceiling(&mut self) -> Result<()> {
         let src = self.gpu.zeros::<u8>(COPY_BYTES)?;
         let mut dst = self.gpu.zeros::<u8>(COPY_BYTES)?;
-        let ms = self.timer.median_ms(|| self.gpu.copy(&src, &mut dst, COPY_BYTES))?;
-        let row = Row::new("memcpy dtod (copy ceiling)", "1 GiB", ms, Work::Bytes(2.0 * COPY_BYTES as f64), None);
+        let ms = self
+            .timer
+            .median_ms(|| self.gpu.copy(&src, &mut dst, COPY_BYTES))?;
+        let row = Row::new(
+            "memcpy dtod (copy ceiling)",
+            "1 GiB",
+            ms,
+            Work::Bytes(2.0 * COPY_BYTES as f64),
+            None,
+        );
         println!(
             "measured copy ceiling: {:.0} GB/s ({:.1}% of {PEAK_GBPS} GB/s)\n",
             row.gbps.unwrap_or(0.0),
@@ -363,11 +464,23 @@ impl Bench<'_> {
 
     /// Our GEMM (m > 4) or GEMV (m = 1) on `lin` next to cuBLAS on the same operands.
     fn linear(&mut self, model: &str, lin: &Linear, m: usize) -> Result<()> {
-        let kind = if m > kernels::GEMV_MAX_ROWS { "gemm" } else { "gemv" };
-        let kernel = [kind, model, lin.name].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+        let kind = if m > kernels::GEMV_MAX_ROWS {
+            "gemm"
+        } else {
+            "gemv"
+        };
+        let kernel = [kind, model, lin.name]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         let rows = lin.rows();
-        let shape =
-            if rows == lin.n { format!("{m}x{}x{}", lin.n, lin.k) } else { format!("{m}x(2x{})x{}", lin.n, lin.k) };
+        let shape = if rows == lin.n {
+            format!("{m}x{}x{}", lin.n, lin.k)
+        } else {
+            format!("{m}x(2x{})x{}", lin.n, lin.k)
+        };
         if !self.wants(&kernel, &shape) {
             return Ok(());
         }
@@ -382,26 +495,48 @@ impl Bench<'_> {
             Out::F32 => Epilogue::store_f32(pc, lin.n),
             Out::AddF32 => Epilogue::add_f32(pc, lin.n),
             Out::Gated => Epilogue::gated(pc, lin.n, Activation::Silu, lin.n),
-            Out::GatedSumsq => Epilogue::gated(pc, lin.n, Activation::Silu, lin.n).with_sumsq(g.ptr(&sumsq, 0)),
-        };
-        let mm = Matmul { a: pa, lda: lin.k, w: pw, ldw: lin.k, m, n: lin.n, k: lin.k };
-        let ms = self.timer.median_ms(|| {
-            if m > kernels::GEMV_MAX_ROWS {
-                kernels::gemm(g, &mm, ep)
-            } else {
-                kernels::gemv(g, &mm, ep)
+            Out::GatedSumsq => {
+                Epilogue::gated(pc, lin.n, Activation::Silu, lin.n).with_sumsq(g.ptr(&sumsq, 0))
             }
-        })?;
+        };
+        let mm = Matmul {
+            a: pa,
+            lda: lin.k,
+            w: pw,
+            ldw: lin.k,
+            m,
+            n: lin.n,
+            k: lin.k,
+        };
         let cublas_ms = match &self.cublas {
-            Some(cb) => Some(self.timer.median_ms(|| cb.gemm(pa, pw, pc, (m, rows, lin.k), lin.out))?),
+            Some(cb) => Some(
+                self.timer
+                    .median_ms(|| cb.gemm(pa, pw, pc, (m, rows, lin.k), lin.out))?,
+            ),
             None => None,
         };
-        let work = if m > kernels::GEMV_MAX_ROWS {
-            Work::Flops(2.0 * (m * rows * lin.k) as f64)
-        } else {
-            Work::Bytes(2.0 * (rows * lin.k) as f64) // the weight, read once
-        };
-        self.push(Row::new(&kernel, &shape, ms, work, cublas_ms));
+        if m <= kernels::GEMV_MAX_ROWS {
+            let ms = self.timer.median_ms(|| kernels::gemv(g, &mm, ep))?;
+            let work = Work::Bytes(2.0 * (rows * lin.k) as f64); // the weight, read once
+            self.push(Row::new(&kernel, &shape, ms, work, cublas_ms));
+            return Ok(());
+        }
+        // Both GEMM tile widths; `*` marks the one the engine picks for this shape.
+        let chosen = GemmTile::choose(g, &mm, &ep);
+        for tile in [GemmTile::N128, GemmTile::N256] {
+            let ms = self
+                .timer
+                .median_ms(|| kernels::gemm_with_tile(g, &mm, ep, tile))?;
+            let width = if tile == GemmTile::N128 { 128 } else { 256 };
+            let name = format!("{kernel} t{width}{}", if tile == chosen { "*" } else { "" });
+            self.push(Row::new(
+                &name,
+                &shape,
+                ms,
+                Work::Flops(2.0 * (m * rows * lin.k) as f64),
+                cublas_ms,
+            ));
+        }
         Ok(())
     }
 
@@ -428,12 +563,26 @@ impl Bench<'_> {
                 window: None,
             };
             let (phase, work) = if queries == TOKENS {
-                ("prefill", Work::Flops(4.0 * (TOKENS * TOKENS * q_dim) as f64 / 2.0))
+                (
+                    "prefill",
+                    Work::Flops(4.0 * (TOKENS * TOKENS * q_dim) as f64 / 2.0),
+                )
             } else {
-                ("decode", Work::Bytes(2.0 * (2 * TOKENS * kv_dim + 2 * q_dim) as f64))
+                (
+                    "decode",
+                    Work::Bytes(2.0 * (2 * TOKENS * kv_dim + 2 * q_dim) as f64),
+                )
             };
-            let shape = format!("T={queries} S={TOKENS} {}x{}/{} kv", m.heads, m.head_dim, m.kv_heads);
-            self.case(&format!("attention {} {phase}", m.name), &shape, work, || kernels::attention(g, &args))?;
+            let shape = format!(
+                "T={queries} S={TOKENS} {}x{}/{} kv",
+                m.heads, m.head_dim, m.kv_heads
+            );
+            self.case(
+                &format!("attention {} {phase}", m.name),
+                &shape,
+                work,
+                || kernels::attention(g, &args),
+            )?;
         }
         Ok(())
     }
@@ -448,23 +597,38 @@ impl Bench<'_> {
         let weight = self.filled(d, 1.0)?;
         let normed = g.zeros::<u16>(t * d)?;
         let shape = format!("{t}x{d}");
-        let norm = Norm { weight: g.ptr(&weight, 0), offset: 0.0, eps: 1e-5 };
+        let norm = Norm {
+            weight: g.ptr(&weight, 0),
+            offset: 0.0,
+            eps: 1e-5,
+        };
         let (px, pb, pn) = (g.ptr(&x, 0), g.ptr(&branch, 0), g.ptr(&normed, 0));
-        let rows_bytes = |bytes_per_elem: usize| Work::Bytes((t * d * bytes_per_elem + 4 * d) as f64);
+        let rows_bytes =
+            |bytes_per_elem: usize| Work::Bytes((t * d * bytes_per_elem + 4 * d) as f64);
         self.case(
             &format!("embed {}", m.name),
             &format!("{shape} of {}", m.vocab),
             Work::Bytes((t * (6 * d + 4)) as f64),
             || kernels::embed(g, g.ptr(&ids, 0), g.ptr(&table, 0), t, d, 1.0, px),
         )?;
-        self.case(&format!("rmsnorm_bf16 {}", m.name), &shape, rows_bytes(4 + 2), || {
-            kernels::rmsnorm_bf16(g, px, norm, t, d, pn)
-        })?;
-        self.case(&format!("add_rmsnorm {}", m.name), &shape, rows_bytes(4 + 4 + 4), || {
-            kernels::add_rmsnorm(g, px, pb, norm, t, d)
-        })?;
+        self.case(
+            &format!("rmsnorm_bf16 {}", m.name),
+            &shape,
+            rows_bytes(4 + 2),
+            || kernels::rmsnorm_bf16(g, px, norm, t, d, pn),
+        )?;
+        self.case(
+            &format!("add_rmsnorm {}", m.name),
+            &shape,
+            rows_bytes(4 + 4 + 4),
+            || kernels::add_rmsnorm(g, px, pb, norm, t, d),
+        )?;
 
-        let (q_dim, kv_dim, n_freq) = (m.heads * m.head_dim, m.kv_heads * m.head_dim, m.head_dim / 2);
+        let (q_dim, kv_dim, n_freq) = (
+            m.heads * m.head_dim,
+            m.kv_heads * m.head_dim,
+            m.head_dim / 2,
+        );
         let qkv = self.random(t * (q_dim + 2 * kv_dim), 7)?;
         let cos = self.filled(t * n_freq, 0.6)?;
         let sin = self.filled(t * n_freq, 0.8)?;
@@ -491,7 +655,12 @@ impl Bench<'_> {
         };
         let bytes = 2 * 2 * t * (q_dim + 2 * kv_dim) + 2 * 4 * t * n_freq;
         let shape = format!("{t}x{}x{}/{} kv", m.heads, m.head_dim, m.kv_heads);
-        self.case(&format!("qkv_rope {}", m.name), &shape, Work::Bytes(bytes as f64), || kernels::qkv_rope(g, &p))
+        self.case(
+            &format!("qkv_rope {}", m.name),
+            &shape,
+            Work::Bytes(bytes as f64),
+            || kernels::qkv_rope(g, &p),
+        )
     }
 
     /// row_nll over 2048 x 32000 f32 logits (each logit counted once).
@@ -501,9 +670,22 @@ impl Bench<'_> {
         let targets = g.upload(&pseudo_random_ids(rows, vocab))?;
         let nll = g.zeros::<f32>(rows)?;
         let bytes = 4 * rows * vocab + 8 * rows;
-        self.case("row_nll", &format!("{rows}x{vocab}"), Work::Bytes(bytes as f64), || {
-            kernels::row_nll(g, g.ptr(&logits, 0), g.ptr(&targets, 0), rows, vocab, None, g.ptr(&nll, 0))
-        })
+        self.case(
+            "row_nll",
+            &format!("{rows}x{vocab}"),
+            Work::Bytes(bytes as f64),
+            || {
+                kernels::row_nll(
+                    g,
+                    g.ptr(&logits, 0),
+                    g.ptr(&targets, 0),
+                    rows,
+                    vocab,
+                    None,
+                    g.ptr(&nll, 0),
+                )
+            },
+        )
     }
 
     /// gather_rows / gather_cols compacting the 7B FFN to 62.5 % of its neurons (2SSP at sparsity 0.375).
@@ -517,13 +699,45 @@ impl Bench<'_> {
         let (ps, pi, pd) = (g.ptr(&src, 0), g.ptr(&idx, 0), g.ptr(&dst, 0));
         let bytes = (2 * 2 * kept * hidden + 4 * kept) as f64;
         let rows_shape = format!("{kept}/{} rows x {hidden}", 2 * ffn);
-        self.case("gather_rows 7B gate_up", &rows_shape, Work::Bytes(bytes), || {
-            kernels::gather_rows(g, ps, hidden, pi, kept, hidden, pd, hidden)
-        })?;
+        self.case(
+            "gather_rows 7B gate_up",
+            &rows_shape,
+            Work::Bytes(bytes),
+            || {
+                kernels::gather_rows(
+                    g,
+                    &Gather {
+                        src: ps,
+                        ld_src: hidden,
+                        idx: pi,
+                        n_idx: kept,
+                        dst: pd,
+                        ld_dst: hidden,
+                    },
+                    hidden,
+                )
+            },
+        )?;
         let cols_shape = format!("{hidden} x {kept}/{ffn} cols");
-        self.case("gather_cols 7B down", &cols_shape, Work::Bytes(bytes), || {
-            kernels::gather_cols(g, ps, ffn, pi, kept, hidden, pd, kept)
-        })
+        self.case(
+            "gather_cols 7B down",
+            &cols_shape,
+            Work::Bytes(bytes),
+            || {
+                kernels::gather_cols(
+                    g,
+                    &Gather {
+                        src: ps,
+                        ld_src: ffn,
+                        idx: pi,
+                        n_idx: kept,
+                        dst: pd,
+                        ld_dst: kept,
+                    },
+                    hidden,
+                )
+            },
+        )
     }
 }
 
@@ -548,7 +762,9 @@ fn parse_args() -> Result<(Option<String>, String)> {
         match a.as_str() {
             "--json" => json = Some(args.next().context("--json needs a path")?),
             "--bench" => {}
-            f if f.starts_with("--") => bail!("unknown option {f} (usage: cuda_kernels [--json PATH] [FILTER])"),
+            f if f.starts_with("--") => {
+                bail!("unknown option {f} (usage: cuda_kernels [--json PATH] [FILTER])")
+            }
             f => filter = f.to_string(),
         }
     }
@@ -558,13 +774,25 @@ fn parse_args() -> Result<(Option<String>, String)> {
 /// Every case in table order.
 fn run_all(b: &mut Bench) -> Result<()> {
     b.copy_ceiling()?;
-    b.linear("", &Linear { name: "square", n: 4096, k: 4096, out: Out::Bf16 }, TOKENS)?;
+    b.linear(
+        "",
+        &Linear {
+            name: "square",
+            n: 4096,
+            k: 4096,
+            out: Out::Bf16,
+        },
+        TOKENS,
+    )?;
     for model in [&LLAMA_7B, &SMOLLM2] {
         for lin in linears(model) {
             b.linear(model.name, &lin, TOKENS)?;
         }
     }
-    for lin in linears(&LLAMA_7B).iter().filter(|l| l.out != Out::GatedSumsq) {
+    for lin in linears(&LLAMA_7B)
+        .iter()
+        .filter(|l| l.out != Out::GatedSumsq)
+    {
         b.linear(LLAMA_7B.name, lin, 1)?;
     }
     for model in [&LLAMA_7B, &SMOLLM2] {
@@ -587,9 +815,19 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let gpu = Gpu::new(0)?;
     let (_, total) = gpu.memory()?;
-    println!("device: {} ({:.0} GiB)", gpu.name(), total as f64 / (1u64 << 30) as f64);
+    println!(
+        "device: {} ({:.0} GiB)",
+        gpu.name(),
+        total as f64 / (1u64 << 30) as f64
+    );
     println!("ceilings: {PEAK_TFLOPS} TFLOP/s dense bf16, {PEAK_GBPS} GB/s; ours/cuBLAS = cuBLAS ms / our ms");
-    let mut bench = Bench { gpu: &gpu, timer: Timer::new(&gpu)?, cublas: Cublas::new(&gpu), filter, rows: Vec::new() };
+    let mut bench = Bench {
+        gpu: &gpu,
+        timer: Timer::new(&gpu)?,
+        cublas: Cublas::new(&gpu),
+        filter,
+        rows: Vec::new(),
+    };
     let result = run_all(&mut bench);
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&bench.rows)?;

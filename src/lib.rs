@@ -10,9 +10,9 @@ pub mod eval;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 #[cfg(feature = "cuda")]
 pub mod gpu_model;
-pub mod gguf;
 pub mod model;
 pub mod progress;
 pub mod prune;

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use twossp_engine::backend::cpu::attention::{causal_attention, AttentionShape};
 use twossp_engine::backend::cpu::gemm::linear;
 use twossp_engine::backend::cpu::ops::{self, RopeTable};
-use twossp_engine::backend::cuda::kernels::{self, AttentionArgs, Epilogue, Matmul, Norm, QkvRope};
+use twossp_engine::backend::cuda::kernels::{
+    self, AttentionArgs, Epilogue, Gather, Matmul, Norm, QkvRope,
+};
 use twossp_engine::backend::cuda::{Gpu, GpuBuffer};
 use twossp_engine::config::{Activation, ModelConfig};
 use twossp_engine::data::Corpus;
@@ -1090,13 +1092,15 @@ fn prune_helpers_are_exact() {
     let dst = nan_bf16(&gpu, (idx.len() + 1) * ld_dst);
     kernels::gather_rows(
         &gpu,
-        gpu.ptr(&src, 0),
-        ld_src,
-        gpu.ptr(&idx_dev, 0),
-        idx.len(),
+        &Gather {
+            src: gpu.ptr(&src, 0),
+            ld_src,
+            idx: gpu.ptr(&idx_dev, 0),
+            n_idx: idx.len(),
+            dst: gpu.ptr(&dst, 0),
+            ld_dst,
+        },
         cols,
-        gpu.ptr(&dst, 0),
-        ld_dst,
     )
     .unwrap();
     gpu.sync().unwrap();
@@ -1122,13 +1126,15 @@ fn prune_helpers_are_exact() {
     let dst = nan_bf16(&gpu, (rows + 1) * ld_dst);
     kernels::gather_cols(
         &gpu,
-        gpu.ptr(&src, 0),
-        ld_src,
-        gpu.ptr(&idx_dev, 0),
-        idx.len(),
+        &Gather {
+            src: gpu.ptr(&src, 0),
+            ld_src,
+            idx: gpu.ptr(&idx_dev, 0),
+            n_idx: idx.len(),
+            dst: gpu.ptr(&dst, 0),
+            ld_dst,
+        },
         rows,
-        gpu.ptr(&dst, 0),
-        ld_dst,
     )
     .unwrap();
     gpu.sync().unwrap();

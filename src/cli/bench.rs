@@ -12,7 +12,11 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// HF checkpoint folder to measure (e.g. a pruned model).
-    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic_weights",
+        conflicts_with = "synthetic_weights"
+    )]
     pub model: Option<PathBuf>,
     /// Model to compare against (e.g. the dense original); measured in the same run.
     #[arg(long)]
@@ -45,7 +49,11 @@ pub struct BenchArgs {
 }
 
 /// Measures the model in `dir` on `backend`.
-fn measure_on(backend: &Backend, dir: &std::path::Path, settings: &BenchSettings) -> Result<BenchResult> {
+fn measure_on(
+    backend: &Backend,
+    dir: &std::path::Path,
+    settings: &BenchSettings,
+) -> Result<BenchResult> {
     match backend {
         Backend::Cpu => measure(&Model::load(dir)?, settings),
         #[cfg(feature = "cuda")]
@@ -56,14 +64,23 @@ fn measure_on(backend: &Backend, dir: &std::path::Path, settings: &BenchSettings
 /// Synthetic model on the GPU: (model result, baseline result); with `--sparsity` the model is the
 /// 2SSP-pruned one and the baseline the dense one.
 #[cfg(feature = "cuda")]
-fn measure_synthetic(args: &BenchArgs, backend: &Backend, settings: &BenchSettings) -> Result<(BenchResult, Option<BenchResult>)> {
+fn measure_synthetic(
+    args: &BenchArgs,
+    backend: &Backend,
+    settings: &BenchSettings,
+) -> Result<(BenchResult, Option<BenchResult>)> {
     use crate::prune::{balance::AttentionBudget, PruneOptions};
     let Backend::Cuda(gpu) = backend else {
         anyhow::bail!("--synthetic-weights needs a CUDA device");
     };
-    let path = args.device.synthetic_weights.as_ref().expect("synthetic run");
+    let path = args
+        .device
+        .synthetic_weights
+        .as_ref()
+        .expect("synthetic run");
     let config = crate::config::ModelConfig::from_file(path)?;
-    let mut model = crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
+    let mut model =
+        crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
     let dense = model.measure(settings)?;
     let Some(sparsity) = args.sparsity else {
         return Ok((dense, None));
@@ -74,14 +91,23 @@ fn measure_synthetic(args: &BenchArgs, backend: &Backend, settings: &BenchSettin
         ffn_multiple_of: None,
         protected_attention: Vec::new(),
     };
-    let windows = super::device::random_windows(1, args.prefill_len, config.vocab, args.device.synthetic_seed);
+    let windows = super::device::random_windows(
+        1,
+        args.prefill_len,
+        config.vocab,
+        args.device.synthetic_seed,
+    );
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     crate::prune::gpu::run(&mut model, &opts, &refs, &refs)?;
     Ok((model.measure(settings)?, Some(dense)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn measure_synthetic(_: &BenchArgs, _: &Backend, _: &BenchSettings) -> Result<(BenchResult, Option<BenchResult>)> {
+fn measure_synthetic(
+    _: &BenchArgs,
+    _: &Backend,
+    _: &BenchSettings,
+) -> Result<(BenchResult, Option<BenchResult>)> {
     anyhow::bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
@@ -103,7 +129,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => measure_synthetic(&args, &backend, &settings)?,
         Some(dir) => {
             let result = measure_on(&backend, dir, &settings)?;
-            let baseline = args.baseline.as_ref().map(|b| measure_on(&backend, b, &settings)).transpose()?;
+            let baseline = args
+                .baseline
+                .as_ref()
+                .map(|b| measure_on(&backend, b, &settings))
+                .transpose()?;
             (result, baseline)
         }
     };

@@ -58,7 +58,9 @@ impl Backend {
 pub fn random_windows(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
     let mut next = move || {
-        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         ((state >> 33) % vocab as u64) as u32
     };
     (0..n).map(|_| (0..len).map(|_| next()).collect()).collect()

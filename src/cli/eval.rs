@@ -15,7 +15,11 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// HF checkpoint folder (config.json, *.safetensors, tokenizer.json).
-    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic_weights",
+        conflicts_with = "synthetic_weights"
+    )]
     pub model: Option<PathBuf>,
     /// Text files (.jsonl with a "text" field per line, or .txt); each is evaluated separately.
     #[arg(long, num_args = 1.., required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
@@ -36,17 +40,23 @@ pub struct EvalArgs {
 
 /// Scores windows on the chosen backend.
 enum Scorer {
-    Cpu(Box<Model>, Workspace),
+    Cpu(Box<(Model, Workspace)>),
     #[cfg(feature = "cuda")]
-    Cuda(Box<crate::gpu_model::GpuModel>, crate::gpu_model::GpuWorkspace),
+    Cuda(Box<(crate::gpu_model::GpuModel, crate::gpu_model::GpuWorkspace)>),
 }
 
 impl Scorer {
     fn window_nll(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
         match self {
-            Scorer::Cpu(model, ws) => model.window_nll(ids, ws),
+            Scorer::Cpu(boxed) => {
+                let (model, ws) = &mut **boxed;
+                model.window_nll(ids, ws)
+            }
             #[cfg(feature = "cuda")]
-            Scorer::Cuda(model, ws) => model.window_nll(ws, ids),
+            Scorer::Cuda(boxed) => {
+                let (model, ws) = &mut **boxed;
+                model.window_nll(ws, ids)
+            }
         }
     }
 }
@@ -55,8 +65,14 @@ impl Scorer {
 fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
     match backend {
         Backend::Cpu => {
-            let dir = args.model.as_ref().ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
-            Ok(Scorer::Cpu(Box::new(Model::load(dir)?), Workspace::default()))
+            let dir = args
+                .model
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
+            Ok(Scorer::Cpu(Box::new((
+                Model::load(dir)?,
+                Workspace::default(),
+            ))))
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
@@ -70,7 +86,7 @@ fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
                 (None, None) => anyhow::bail!("--model or --synthetic-weights is required"),
             };
             let ws = GpuWorkspace::new(&gpu_model, args.seq_len, args.seq_len)?;
-            Ok(Scorer::Cuda(Box::new(gpu_model), ws))
+            Ok(Scorer::Cuda(Box::new((gpu_model, ws))))
         }
     }
 }

@@ -23,13 +23,21 @@ const DEFAULT_CALIB: &str = "data/calib-sotu.jsonl";
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     /// Dense HF checkpoint folder to prune (never modified).
-    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic_weights",
+        conflicts_with = "synthetic_weights"
+    )]
     pub model: Option<PathBuf>,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1).
     #[arg(long)]
     pub sparsity: f64,
     /// Output folder for the pruned checkpoint.
-    #[arg(long, required_unless_present = "synthetic_weights", conflicts_with = "synthetic_weights")]
+    #[arg(
+        long,
+        required_unless_present = "synthetic_weights",
+        conflicts_with = "synthetic_weights"
+    )]
     pub out: Option<PathBuf>,
     /// Calibration text files (.jsonl/.txt), joined in order [default: data/calib-sotu.jsonl].
     #[arg(long, num_args = 1..)]
@@ -86,13 +94,24 @@ struct Pruned {
 
 /// Runs 2SSP on `backend`. On a GPU the model is streamed to the device, pruned there, and the
 /// decisions are then applied to the checkpoint loaded on the host (so nothing is saved in bf16).
-fn prune_on(backend: &Backend, dir: &Path, opts: &PruneOptions, stage1: &[&[u32]], stage2: &[&[u32]]) -> Result<Pruned> {
+fn prune_on(
+    backend: &Backend,
+    dir: &Path,
+    opts: &PruneOptions,
+    stage1: &[&[u32]],
+    stage2: &[&[u32]],
+) -> Result<Pruned> {
     match backend {
         Backend::Cpu => {
             let mut model = Model::load(dir)?;
             let params_before = (model.params_main(), model.params_total());
             let outcome = prune::run(&mut model, opts, stage1, stage2)?;
-            Ok(Pruned { model, outcome, device_memory: None, params_before })
+            Ok(Pruned {
+                model,
+                outcome,
+                device_memory: None,
+                params_before,
+            })
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
@@ -105,24 +124,41 @@ fn prune_on(backend: &Backend, dir: &Path, opts: &PruneOptions, stage1: &[&[u32]
             for &block in &outcome.stage2.removed {
                 model.remove_attention(block);
             }
-            Ok(Pruned { model, outcome, device_memory: Some(serde_json::to_value(memory)?), params_before })
+            Ok(Pruned {
+                model,
+                outcome,
+                device_memory: Some(serde_json::to_value(memory)?),
+                params_before,
+            })
         }
     }
 }
 
 /// 2SSP on a synthetic model on the GPU (timing only: random calibration tokens, nothing saved).
 #[cfg(feature = "cuda")]
-fn prune_synthetic(args: &PruneArgs, backend: &Backend, opts: &PruneOptions, config_path: &Path) -> Result<()> {
+fn prune_synthetic(
+    args: &PruneArgs,
+    backend: &Backend,
+    opts: &PruneOptions,
+    config_path: &Path,
+) -> Result<()> {
     let Backend::Cuda(gpu) = backend else {
         bail!("--synthetic-weights needs a CUDA device");
     };
     let config = crate::config::ModelConfig::from_file(config_path)?;
-    let mut model = crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
+    let mut model =
+        crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
     let n = args.stage1_samples.max(args.stage2_samples);
-    let windows = super::device::random_windows(n, args.seq_len, config.vocab, args.device.synthetic_seed);
+    let windows =
+        super::device::random_windows(n, args.seq_len, config.vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (main_before, total_before) = (model.params_main(), model.params_total());
-    let (outcome, memory) = prune::gpu::run(&mut model, opts, &refs[..args.stage1_samples], &refs[..args.stage2_samples])?;
+    let (outcome, memory) = prune::gpu::run(
+        &mut model,
+        opts,
+        &refs[..args.stage1_samples],
+        &refs[..args.stage2_samples],
+    )?;
     let report = json!({
         "method": "2SSP", "synthetic_weights": config_path, "backend": backend.describe(),
         "sparsity_target": args.sparsity,
@@ -141,10 +177,25 @@ fn prune_synthetic(args: &PruneArgs, backend: &Backend, opts: &PruneOptions, con
     }
     let rows = vec![
         vec!["device".into(), backend.describe()],
-        vec!["params main".into(), format!("{main_before} -> {}", model.params_main())],
-        vec!["attention removed".into(), format!("{:?}", outcome.stage2.removed)],
-        vec!["seconds stage1 / stage2".into(), format!("{:.2} / {:.2}", outcome.seconds_stage1, outcome.seconds_stage2)],
-        vec!["device weights".into(), format!("{} -> {} bytes", memory.bytes_before, memory.bytes_after)],
+        vec![
+            "params main".into(),
+            format!("{main_before} -> {}", model.params_main()),
+        ],
+        vec![
+            "attention removed".into(),
+            format!("{:?}", outcome.stage2.removed),
+        ],
+        vec![
+            "seconds stage1 / stage2".into(),
+            format!(
+                "{:.2} / {:.2}",
+                outcome.seconds_stage1, outcome.seconds_stage2
+            ),
+        ],
+        vec![
+            "device weights".into(),
+            format!("{} -> {} bytes", memory.bytes_before, memory.bytes_after),
+        ],
     ];
     print_table(&["2SSP (synthetic)", "value"], &rows);
     Ok(())
@@ -211,8 +262,12 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let stage1 = &windows[..args.stage1_samples];
     let stage2 = &windows[..args.stage2_samples];
     prune::validated_plan(&config, &opts)?; // refuse before loading weights
-    let Pruned { model, outcome, device_memory, params_before: (main_before, total_before) } =
-        prune_on(&backend, model_dir, &opts, stage1, stage2)?;
+    let Pruned {
+        model,
+        outcome,
+        device_memory,
+        params_before: (main_before, total_before),
+    } = prune_on(&backend, model_dir, &opts, stage1, stage2)?;
 
     let staged = StagedDir::create(out, args.force)?;
     let t_save = Instant::now();

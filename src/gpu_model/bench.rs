@@ -40,14 +40,22 @@ impl GpuModel {
                 decode = decode.max(d);
             }
         }
-        let attention: Vec<_> = self.config.blocks.iter().filter_map(|b| b.attention.as_ref()).collect();
+        let attention: Vec<_> = self
+            .config
+            .blocks
+            .iter()
+            .filter_map(|b| b.attention.as_ref())
+            .collect();
         Ok(BenchResult {
             prefill_tokens_per_s: settings.prefill_len as f64 / prefill,
             prefill_seconds: prefill,
             time_to_first_token_s: ttft,
             decode_tokens_per_s: decode,
             weight_bytes: self.device_bytes(),
-            kv_cache_bytes: attention.iter().map(|a| (2 * 2 * settings.context * a.kv_dim()) as u64).sum(),
+            kv_cache_bytes: attention
+                .iter()
+                .map(|a| (2 * 2 * settings.context * a.kv_dim()) as u64)
+                .sum(),
             params_main: self.params_main(),
             params_total: self.params_total(),
             attention_blocks: attention.len(),

@@ -57,16 +57,29 @@ impl GpuKvCache {
             .map(|b| {
                 b.attention
                     .as_ref()
-                    .map(|a| Ok((model.gpu.zeros(capacity * a.spec.kv_dim())?, model.gpu.zeros(capacity * a.spec.kv_dim())?)))
+                    .map(|a| {
+                        Ok((
+                            model.gpu.zeros(capacity * a.spec.kv_dim())?,
+                            model.gpu.zeros(capacity * a.spec.kv_dim())?,
+                        ))
+                    })
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, len: 0, capacity })
+        Ok(Self {
+            layers,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Device bytes held.
     pub fn device_bytes(&self) -> u64 {
-        self.layers.iter().flatten().map(|(k, v)| 2 * (k.len() + v.len()) as u64).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| 2 * (k.len() + v.len()) as u64)
+            .sum()
     }
 }
 
@@ -75,10 +88,20 @@ impl GpuWorkspace {
     pub fn new(model: &GpuModel, capacity: usize, positions: usize) -> Result<Self> {
         let gpu = &model.gpu;
         let cfg = &model.config;
-        let attn_specs: Vec<_> = cfg.blocks.iter().filter_map(|b| b.attention.as_ref()).collect();
+        let attn_specs: Vec<_> = cfg
+            .blocks
+            .iter()
+            .filter_map(|b| b.attention.as_ref())
+            .collect();
         let max_q = attn_specs.iter().map(|a| a.q_dim()).max().unwrap_or(8);
         let max_kv = attn_specs.iter().map(|a| a.kv_dim()).max().unwrap_or(8);
-        let max_act = model.blocks.iter().filter_map(|b| b.ffn.as_ref()).map(|f| f.padded).max().unwrap_or(8);
+        let max_act = model
+            .blocks
+            .iter()
+            .filter_map(|b| b.ffn.as_ref())
+            .map(|f| f.padded)
+            .max()
+            .unwrap_or(8);
         let logit_rows = (LOGIT_CHUNK_BYTES / (4 * cfg.vocab)).clamp(1, capacity.max(1));
         let mut ropes: Vec<GpuRope> = Vec::new();
         for a in &attn_specs {
@@ -128,14 +151,33 @@ impl GpuModel {
     pub fn embed(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<()> {
         let (gpu, cfg) = (&self.gpu, &self.config);
         if ids.is_empty() || ids.len() > ws.capacity {
-            bail!("{} tokens do not fit a workspace of {}", ids.len(), ws.capacity);
+            bail!(
+                "{} tokens do not fit a workspace of {}",
+                ids.len(),
+                ws.capacity
+            );
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
-            bail!("token id {bad} is outside the vocabulary of {} tokens", cfg.vocab);
+            bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                cfg.vocab
+            );
         }
         gpu.write(ids, &mut ws.ids)?;
-        let scale = if cfg.arch.embed_scaled { (cfg.hidden as f32).sqrt() } else { 1.0 };
-        kernels::embed(gpu, gpu.ptr(&ws.ids, 0), gpu.ptr(&self.embed.data, 0), ids.len(), cfg.hidden, scale, gpu.ptr(&ws.x, 0))
+        let scale = if cfg.arch.embed_scaled {
+            (cfg.hidden as f32).sqrt()
+        } else {
+            1.0
+        };
+        kernels::embed(
+            gpu,
+            gpu.ptr(&ws.ids, 0),
+            gpu.ptr(&self.embed.data, 0),
+            ids.len(),
+            cfg.hidden,
+            scale,
+            gpu.ptr(&ws.x, 0),
+        )
     }
 
     /// Runs blocks `range` over the first `n` rows of the residual stream. With a cache, the rows
@@ -150,7 +192,11 @@ impl GpuModel {
     ) -> Result<()> {
         let first = cache.as_ref().map_or(0, |c| c.len);
         if first + n > ws.positions || cache.as_ref().is_some_and(|c| first + n > c.capacity) {
-            bail!("{} positions exceed the workspace ({}) or cache", first + n, ws.positions);
+            bail!(
+                "{} positions exceed the workspace ({}) or cache",
+                first + n,
+                ws.positions
+            );
         }
         for i in range {
             let block = &self.blocks[i];
@@ -158,9 +204,17 @@ impl GpuModel {
                 let kv = match cache.as_mut() {
                     Some(c) => {
                         let (k, v) = c.layers[i].as_ref().expect("cache matches the model");
-                        KvTarget { k: self.gpu.ptr(k, 0), v: self.gpu.ptr(v, 0), first }
+                        KvTarget {
+                            k: self.gpu.ptr(k, 0),
+                            v: self.gpu.ptr(v, 0),
+                            first,
+                        }
                     }
-                    None => KvTarget { k: self.gpu.ptr(&ws.k, 0), v: self.gpu.ptr(&ws.v, 0), first: 0 },
+                    None => KvTarget {
+                        k: self.gpu.ptr(&ws.k, 0),
+                        v: self.gpu.ptr(&ws.v, 0),
+                        first: 0,
+                    },
                 };
                 self.attention_forward(att, ws, n, &kv)?;
             }
@@ -176,7 +230,11 @@ impl GpuModel {
     }
 
     fn norm(&self, weight: &GpuBuffer<f32>) -> Norm {
-        Norm { weight: self.gpu.ptr(weight, 0), offset: self.config.arch.norm_offset, eps: self.config.norm_eps }
+        Norm {
+            weight: self.gpu.ptr(weight, 0),
+            offset: self.config.arch.norm_offset,
+            eps: self.config.norm_eps,
+        }
     }
 
     fn optional_ptr(&self, b: &Option<GpuBuffer<f32>>) -> u64 {
@@ -184,9 +242,24 @@ impl GpuModel {
     }
 
     /// `A[n, k] . W^T` with the given epilogue, `A` a bf16 workspace buffer.
-    fn project(&self, a: &GpuBuffer<u16>, w: &GpuMatrix, n: usize, out_features: usize, ep: Epilogue) -> Result<()> {
+    fn project(
+        &self,
+        a: &GpuBuffer<u16>,
+        w: &GpuMatrix,
+        n: usize,
+        out_features: usize,
+        ep: Epilogue,
+    ) -> Result<()> {
         let gpu = &self.gpu;
-        let mm = Matmul { a: gpu.ptr(a, 0), lda: w.cols, w: gpu.ptr(&w.data, 0), ldw: w.cols, m: n, n: out_features, k: w.cols };
+        let mm = Matmul {
+            a: gpu.ptr(a, 0),
+            lda: w.cols,
+            w: gpu.ptr(&w.data, 0),
+            ldw: w.cols,
+            m: n,
+            n: out_features,
+            k: w.cols,
+        };
         kernels::matmul(gpu, &mm, ep)
     }
 
@@ -203,20 +276,57 @@ impl GpuModel {
         let (gpu, hidden) = (&self.gpu, self.config.hidden);
         let bias = self.optional_ptr(bias);
         match post_norm {
-            None => self.project(a, w, n, hidden, Epilogue::add_f32(gpu.ptr(&ws.x, 0), hidden).with_bias(bias)),
+            None => self.project(
+                a,
+                w,
+                n,
+                hidden,
+                Epilogue::add_f32(gpu.ptr(&ws.x, 0), hidden).with_bias(bias),
+            ),
             Some(pn) => {
-                self.project(a, w, n, hidden, Epilogue::store_f32(gpu.ptr(&ws.branch, 0), hidden).with_bias(bias))?;
-                kernels::add_rmsnorm(gpu, gpu.ptr(&ws.x, 0), gpu.ptr(&ws.branch, 0), self.norm(pn), n, hidden)
+                self.project(
+                    a,
+                    w,
+                    n,
+                    hidden,
+                    Epilogue::store_f32(gpu.ptr(&ws.branch, 0), hidden).with_bias(bias),
+                )?;
+                kernels::add_rmsnorm(
+                    gpu,
+                    gpu.ptr(&ws.x, 0),
+                    gpu.ptr(&ws.branch, 0),
+                    self.norm(pn),
+                    n,
+                    hidden,
+                )
             }
         }
     }
 
-    fn attention_forward(&self, att: &GpuAttention, ws: &mut GpuWorkspace, n: usize, kv: &KvTarget) -> Result<()> {
+    fn attention_forward(
+        &self,
+        att: &GpuAttention,
+        ws: &mut GpuWorkspace,
+        n: usize,
+        kv: &KvTarget,
+    ) -> Result<()> {
         let (gpu, hidden, spec) = (&self.gpu, self.config.hidden, &att.spec);
-        kernels::rmsnorm_bf16(gpu, gpu.ptr(&ws.x, 0), self.norm(&att.norm), n, hidden, gpu.ptr(&ws.normed, 0))?;
-        let qkv_ep = Epilogue::store_bf16(gpu.ptr(&ws.qkv, 0), att.qkv.rows).with_bias(self.optional_ptr(&att.qkv_bias));
+        kernels::rmsnorm_bf16(
+            gpu,
+            gpu.ptr(&ws.x, 0),
+            self.norm(&att.norm),
+            n,
+            hidden,
+            gpu.ptr(&ws.normed, 0),
+        )?;
+        let qkv_ep = Epilogue::store_bf16(gpu.ptr(&ws.qkv, 0), att.qkv.rows)
+            .with_bias(self.optional_ptr(&att.qkv_bias));
         self.project(&ws.normed, &att.qkv, n, att.qkv.rows, qkv_ep)?;
-        let rope = ws.ropes.iter().find(|r| r.spec == spec.rope).expect("workspace has every RoPE table");
+        let rope = ws
+            .ropes
+            .iter()
+            .find(|r| r.spec == spec.rope)
+            .expect("workspace has every RoPE table");
         kernels::qkv_rope(
             gpu,
             &QkvRope {
@@ -257,12 +367,30 @@ impl GpuModel {
         self.residual_projection(ws, &ws.attn, &att.o, &att.o_bias, &att.post_norm, n)
     }
 
-    fn ffn_forward(&self, ffn: &GpuFfn, ws: &mut GpuWorkspace, n: usize, sumsq: Option<u64>) -> Result<()> {
+    fn ffn_forward(
+        &self,
+        ffn: &GpuFfn,
+        ws: &mut GpuWorkspace,
+        n: usize,
+        sumsq: Option<u64>,
+    ) -> Result<()> {
         let (gpu, hidden) = (&self.gpu, self.config.hidden);
-        kernels::rmsnorm_bf16(gpu, gpu.ptr(&ws.x, 0), self.norm(&ffn.norm), n, hidden, gpu.ptr(&ws.normed, 0))?;
-        let ep = Epilogue::gated(gpu.ptr(&ws.act, 0), ffn.padded, self.config.activation, ffn.padded)
-            .with_bias(self.optional_ptr(&ffn.gate_up_bias))
-            .with_sumsq(sumsq.unwrap_or(0));
+        kernels::rmsnorm_bf16(
+            gpu,
+            gpu.ptr(&ws.x, 0),
+            self.norm(&ffn.norm),
+            n,
+            hidden,
+            gpu.ptr(&ws.normed, 0),
+        )?;
+        let ep = Epilogue::gated(
+            gpu.ptr(&ws.act, 0),
+            ffn.padded,
+            self.config.activation,
+            ffn.padded,
+        )
+        .with_bias(self.optional_ptr(&ffn.gate_up_bias))
+        .with_sumsq(sumsq.unwrap_or(0));
         self.project(&ws.normed, &ffn.gate_up, n, ffn.padded, ep)?;
         self.residual_projection(ws, &ws.act, &ffn.down, &ffn.down_bias, &ffn.post_norm, n)
     }
@@ -270,7 +398,14 @@ impl GpuModel {
     /// Applies the final norm to the first `n` rows (bf16 result kept in the workspace).
     fn final_norm(&self, ws: &GpuWorkspace, n: usize) -> Result<()> {
         let gpu = &self.gpu;
-        kernels::rmsnorm_bf16(gpu, gpu.ptr(&ws.x, 0), self.norm(&self.final_norm), n, self.config.hidden, gpu.ptr(&ws.normed, 0))
+        kernels::rmsnorm_bf16(
+            gpu,
+            gpu.ptr(&ws.x, 0),
+            self.norm(&self.final_norm),
+            n,
+            self.config.hidden,
+            gpu.ptr(&ws.normed, 0),
+        )
     }
 
     /// Sum of next-token NLLs of `ids` from the residual stream after the last block.
@@ -296,7 +431,15 @@ impl GpuModel {
             };
             kernels::matmul(gpu, &mm, Epilogue::store_f32(gpu.ptr(&ws.logits, 0), vocab))?;
             let targets = gpu.ptr(&ws.ids, start);
-            kernels::row_nll(gpu, gpu.ptr(&ws.logits, 0), targets, rows, vocab, self.config.final_logit_softcap, gpu.ptr(&ws.nll, start))?;
+            kernels::row_nll(
+                gpu,
+                gpu.ptr(&ws.logits, 0),
+                targets,
+                rows,
+                vocab,
+                self.config.final_logit_softcap,
+                gpu.ptr(&ws.nll, start),
+            )?;
         }
         let nll = gpu.download_prefix(&ws.nll, n_pred)?;
         Ok(nll.iter().map(|&v| v as f64).sum())
@@ -310,7 +453,12 @@ impl GpuModel {
     }
 
     /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
-    pub fn forward_cached(&self, ws: &mut GpuWorkspace, ids: &[u32], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+    pub fn forward_cached(
+        &self,
+        ws: &mut GpuWorkspace,
+        ids: &[u32],
+        cache: &mut GpuKvCache,
+    ) -> Result<Vec<f32>> {
         self.embed(ws, ids)?;
         self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)?;
         self.row_logits(ws, ids.len() - 1)

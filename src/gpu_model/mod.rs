@@ -143,7 +143,10 @@ impl GpuModel {
                     + b.ffn.as_ref().map_or(0, GpuFfn::device_bytes)
             })
             .sum();
-        blocks + bytes(&self.embed.data) + bytes(&self.final_norm) + self.lm_head.as_ref().map_or(0, |h| bytes(&h.data))
+        blocks
+            + bytes(&self.embed.data)
+            + bytes(&self.final_norm)
+            + self.lm_head.as_ref().map_or(0, |h| bytes(&h.data))
     }
 
     /// Parameters of the decoder blocks (device padding not counted).
@@ -156,13 +159,23 @@ impl GpuModel {
             .iter()
             .map(|b| {
                 let attn = b.attention.as_ref().map_or(0, |a| {
-                    len(&a.norm) + matrix(&a.qkv) + matrix(&a.o) + opt(&a.qkv_bias) + opt(&a.o_bias)
-                        + opt(&a.q_norm) + opt(&a.k_norm) + opt(&a.post_norm)
+                    len(&a.norm)
+                        + matrix(&a.qkv)
+                        + matrix(&a.o)
+                        + opt(&a.qkv_bias)
+                        + opt(&a.o_bias)
+                        + opt(&a.q_norm)
+                        + opt(&a.k_norm)
+                        + opt(&a.post_norm)
                 });
                 let ffn = b.ffn.as_ref().map_or(0, |f| {
                     let w = f.width as u64;
                     let gate_up_bias = f.gate_up_bias.as_ref().map_or(0, |_| 2 * w);
-                    len(&f.norm) + 3 * w * hidden + gate_up_bias + opt(&f.down_bias) + opt(&f.post_norm)
+                    len(&f.norm)
+                        + 3 * w * hidden
+                        + gate_up_bias
+                        + opt(&f.down_bias)
+                        + opt(&f.post_norm)
                 });
                 attn + ffn
             })
@@ -171,8 +184,14 @@ impl GpuModel {
 
     /// All parameters: blocks, embeddings, final norm and an untied LM head.
     pub fn params_total(&self) -> u64 {
-        let head = self.lm_head.as_ref().map_or(0, |h| (h.rows * h.cols) as u64);
-        self.params_main() + (self.embed.rows * self.embed.cols) as u64 + self.final_norm.len() as u64 + head
+        let head = self
+            .lm_head
+            .as_ref()
+            .map_or(0, |h| (h.rows * h.cols) as u64);
+        self.params_main()
+            + (self.embed.rows * self.embed.cols) as u64
+            + self.final_norm.len() as u64
+            + head
     }
 
     /// LM head weights (its own or the tied embeddings).

@@ -2,7 +2,8 @@
 //! buffers; the old ones are freed) and attention submodules dropped.
 
 use super::{padded_width, GpuFfn, GpuMatrix, GpuModel};
-use crate::backend::cuda::{kernels, Gpu};
+use crate::backend::cuda::kernels::{self, Gather};
+use crate::backend::cuda::{Gpu, GpuBuffer};
 use anyhow::Result;
 
 impl GpuFfn {
@@ -17,21 +18,30 @@ impl GpuFfn {
         let (idx_dev, up_idx_dev) = (device_indices(&idx)?, device_indices(&up_idx)?);
 
         let gate_up = gpu.zeros::<u16>(2 * new_padded * hidden)?;
-        let src = gpu.ptr(&self.gate_up.data, 0);
-        kernels::gather_rows(gpu, src, hidden, gpu.ptr(&idx_dev, 0), kept.len(), hidden, gpu.ptr(&gate_up, 0), hidden)?;
-        let up_dst = gpu.ptr(&gate_up, new_padded * hidden);
-        kernels::gather_rows(gpu, src, hidden, gpu.ptr(&up_idx_dev, 0), kept.len(), hidden, up_dst, hidden)?;
-        let down = gpu.zeros::<u16>(hidden * new_padded)?;
-        kernels::gather_cols(
+        let rows = |idx: &GpuBuffer<i32>, dst: u64| Gather {
+            src: gpu.ptr(&self.gate_up.data, 0),
+            ld_src: hidden,
+            idx: gpu.ptr(idx, 0),
+            n_idx: kept.len(),
+            dst,
+            ld_dst: hidden,
+        };
+        kernels::gather_rows(gpu, &rows(&idx_dev, gpu.ptr(&gate_up, 0)), hidden)?;
+        kernels::gather_rows(
             gpu,
-            gpu.ptr(&self.down.data, 0),
-            old_padded,
-            gpu.ptr(&idx_dev, 0),
-            kept.len(),
+            &rows(&up_idx_dev, gpu.ptr(&gate_up, new_padded * hidden)),
             hidden,
-            gpu.ptr(&down, 0),
-            new_padded,
         )?;
+        let down = gpu.zeros::<u16>(hidden * new_padded)?;
+        let cols = Gather {
+            src: gpu.ptr(&self.down.data, 0),
+            ld_src: old_padded,
+            idx: gpu.ptr(&idx_dev, 0),
+            n_idx: kept.len(),
+            dst: gpu.ptr(&down, 0),
+            ld_dst: new_padded,
+        };
+        kernels::gather_cols(gpu, &cols, hidden)?;
         if let Some(bias) = &self.gate_up_bias {
             let old = gpu.download(bias)?;
             let mut new = vec![0f32; 2 * new_padded];
@@ -42,8 +52,16 @@ impl GpuFfn {
             self.gate_up_bias = Some(gpu.upload(&new)?);
         }
         gpu.sync()?; // the gathers must finish before the old buffers are freed
-        self.gate_up = GpuMatrix { data: gate_up, rows: 2 * new_padded, cols: hidden };
-        self.down = GpuMatrix { data: down, rows: hidden, cols: new_padded };
+        self.gate_up = GpuMatrix {
+            data: gate_up,
+            rows: 2 * new_padded,
+            cols: hidden,
+        };
+        self.down = GpuMatrix {
+            data: down,
+            rows: hidden,
+            cols: new_padded,
+        };
         self.width = kept.len();
         self.padded = new_padded;
         Ok(())
@@ -54,7 +72,12 @@ impl GpuModel {
     /// Keeps, in every block, the listed FFN neurons; returns the device bytes freed.
     pub fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<u64> {
         let before = self.device_bytes();
-        for ((block, spec), kept) in self.blocks.iter_mut().zip(&mut self.config.blocks).zip(kept) {
+        for ((block, spec), kept) in self
+            .blocks
+            .iter_mut()
+            .zip(&mut self.config.blocks)
+            .zip(kept)
+        {
             if let Some(ffn) = &mut block.ffn {
                 ffn.keep_neurons(&self.gpu, kept)?;
                 spec.ffn_width = kept.len();
@@ -66,6 +89,9 @@ impl GpuModel {
     /// Removes block `i`'s attention for good; returns the device bytes freed.
     pub fn remove_attention(&mut self, i: usize) -> u64 {
         self.config.blocks[i].attention = None;
-        self.blocks[i].attention.take().map_or(0, |a| a.device_bytes())
+        self.blocks[i]
+            .attention
+            .take()
+            .map_or(0, |a| a.device_bytes())
     }
 }

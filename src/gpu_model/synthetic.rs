@@ -22,7 +22,13 @@ impl Generator<'_> {
         let data = self.gpu.zeros::<u16>(rows * cols)?;
         self.counter += 1;
         let seed = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.counter;
-        kernels::fill_uniform_bf16(self.gpu, self.gpu.ptr(&data, 0), rows * cols, seed, WEIGHT_STD * 3f32.sqrt())?;
+        kernels::fill_uniform_bf16(
+            self.gpu,
+            self.gpu.ptr(&data, 0),
+            rows * cols,
+            seed,
+            WEIGHT_STD * 3f32.sqrt(),
+        )?;
         Ok(GpuMatrix { data, rows, cols })
     }
 
@@ -43,7 +49,11 @@ impl GpuModel {
     pub fn synthetic(gpu: Arc<Gpu>, config: &ModelConfig, seed: u64) -> Result<Self> {
         let (hidden, vocab, arch) = (config.hidden, config.vocab, &config.arch);
         let offset = arch.norm_offset;
-        let mut g = Generator { gpu: &gpu, seed, counter: 0 };
+        let mut g = Generator {
+            gpu: &gpu,
+            seed,
+            counter: 0,
+        };
         let mut blocks = Vec::with_capacity(config.blocks.len());
         for spec in &config.blocks {
             let attention = match &spec.attention {
@@ -62,7 +72,10 @@ impl GpuModel {
                         o_bias: g.bias(hidden, arch.o_bias)?,
                         q_norm: head_norm(&g)?,
                         k_norm: head_norm(&g)?,
-                        post_norm: arch.sandwich_norms.then(|| g.norm(hidden, offset)).transpose()?,
+                        post_norm: arch
+                            .sandwich_norms
+                            .then(|| g.norm(hidden, offset))
+                            .transpose()?,
                     })
                 }
             };
@@ -78,7 +91,10 @@ impl GpuModel {
                     gate_up_bias: g.bias(2 * width, arch.mlp_bias)?,
                     down: g.matrix(hidden, width)?,
                     down_bias: g.bias(hidden, arch.mlp_bias)?,
-                    post_norm: arch.sandwich_norms.then(|| g.norm(hidden, offset)).transpose()?,
+                    post_norm: arch
+                        .sandwich_norms
+                        .then(|| g.norm(hidden, offset))
+                        .transpose()?,
                     width,
                     padded: width,
                 };
@@ -90,7 +106,9 @@ impl GpuModel {
             blocks.push(GpuBlock { attention, ffn });
         }
         let embed = g.matrix(vocab, hidden)?;
-        let lm_head = (!config.tie_embeddings).then(|| g.matrix(vocab, hidden)).transpose()?;
+        let lm_head = (!config.tie_embeddings)
+            .then(|| g.matrix(vocab, hidden))
+            .transpose()?;
         let final_norm = g.norm(hidden, offset)?;
         gpu.sync()?;
         Ok(Self {

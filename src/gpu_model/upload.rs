@@ -25,12 +25,20 @@ impl GpuModel {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let embed = store.f32("model.embed_tokens.weight", &[vocab, hidden]).with_context(context)?;
+        let embed = store
+            .f32("model.embed_tokens.weight", &[vocab, hidden])
+            .with_context(context)?;
         let lm_head = load_lm_head(&config, &store).with_context(context)?;
         Ok(Self {
             embed: matrix(&gpu, &embed, vocab, hidden)?,
-            final_norm: gpu.upload(&store.f32("model.norm.weight", &[hidden]).with_context(context)?)?,
-            lm_head: lm_head.map(|h| matrix(&gpu, &h.weight, h.out_dim, h.in_dim)).transpose()?,
+            final_norm: gpu.upload(
+                &store
+                    .f32("model.norm.weight", &[hidden])
+                    .with_context(context)?,
+            )?,
+            lm_head: lm_head
+                .map(|h| matrix(&gpu, &h.weight, h.out_dim, h.in_dim))
+                .transpose()?,
             blocks,
             config,
             gpu,
@@ -62,8 +70,16 @@ impl GpuModel {
 
 fn upload_block(gpu: &Gpu, b: &Block, hidden: usize) -> Result<GpuBlock> {
     Ok(GpuBlock {
-        attention: b.attention.as_ref().map(|a| upload_attention(gpu, a)).transpose()?,
-        ffn: b.ffn.as_ref().map(|f| upload_ffn(gpu, f, hidden)).transpose()?,
+        attention: b
+            .attention
+            .as_ref()
+            .map(|a| upload_attention(gpu, a))
+            .transpose()?,
+        ffn: b
+            .ffn
+            .as_ref()
+            .map(|f| upload_ffn(gpu, f, hidden))
+            .transpose()?,
     })
 }
 
@@ -98,7 +114,8 @@ fn upload_ffn(gpu: &Gpu, f: &Ffn, hidden: usize) -> Result<GpuFfn> {
     // gate rows, zero rows up to `padded`, up rows, zero rows.
     let mut gate_up = vec![0f32; 2 * padded * hidden];
     gate_up[..width * hidden].copy_from_slice(&f.gate_up.weight[..width * hidden]);
-    gate_up[padded * hidden..(padded + width) * hidden].copy_from_slice(&f.gate_up.weight[width * hidden..]);
+    gate_up[padded * hidden..(padded + width) * hidden]
+        .copy_from_slice(&f.gate_up.weight[width * hidden..]);
     let gate_up_bias = f.gate_up.bias.as_ref().map(|b| {
         let mut padded_bias = vec![0f32; 2 * padded];
         padded_bias[..width].copy_from_slice(&b[..width]);
@@ -106,7 +123,10 @@ fn upload_ffn(gpu: &Gpu, f: &Ffn, hidden: usize) -> Result<GpuFfn> {
         padded_bias
     });
     let mut down = vec![0f32; hidden * padded];
-    for (dst, src) in down.chunks_exact_mut(padded).zip(f.down.weight.chunks_exact(width)) {
+    for (dst, src) in down
+        .chunks_exact_mut(padded)
+        .zip(f.down.weight.chunks_exact(width))
+    {
         dst[..width].copy_from_slice(src);
     }
     Ok(GpuFfn {

@@ -33,12 +33,20 @@ pub fn run(
 ) -> Result<(PruneOutcome, FreedMemory)> {
     let (counts, plan) = validated_plan(&model.config, opts)?;
     let bytes_before = model.device_bytes();
-    let longest = stage1_windows.iter().chain(stage2_windows).map(|w| w.len()).max().unwrap_or(1);
+    let longest = stage1_windows
+        .iter()
+        .chain(stage2_windows)
+        .map(|w| w.len())
+        .max()
+        .unwrap_or(1);
     let mut ws = GpuWorkspace::new(model, longest, longest)?;
 
     let t1 = Instant::now();
     let scores = score_neurons(model, &mut ws, stage1_windows)?;
-    let ffn_kept: Vec<Vec<usize>> = scores.iter().map(|s| stage1::top_k_sorted(s, plan.keep)).collect();
+    let ffn_kept: Vec<Vec<usize>> = scores
+        .iter()
+        .map(|s| stage1::top_k_sorted(s, plan.keep))
+        .collect();
     let bytes_freed_ffn = model.keep_ffn_neurons(&ffn_kept)?;
     model.gpu.sync()?;
     let seconds_stage1 = t1.elapsed().as_secs_f64();
@@ -55,16 +63,37 @@ pub fn run(
         bytes_freed_attention,
         bytes_after: model.device_bytes(),
     };
-    let outcome = PruneOutcome { plan, counts, ffn_kept, stage2, seconds_stage1, seconds_stage2 };
+    let outcome = PruneOutcome {
+        plan,
+        counts,
+        ffn_kept,
+        stage2,
+        seconds_stage1,
+        seconds_stage2,
+    };
     Ok((outcome, memory))
 }
 
 /// Stage 1 on the device: mean over samples of each neuron's L2 norm over tokens.
-pub fn score_neurons(model: &GpuModel, ws: &mut GpuWorkspace, samples: &[&[u32]]) -> Result<stage1::NeuronScores> {
+pub fn score_neurons(
+    model: &GpuModel,
+    ws: &mut GpuWorkspace,
+    samples: &[&[u32]],
+) -> Result<stage1::NeuronScores> {
     let gpu = &model.gpu;
-    let padded: Vec<usize> = model.blocks.iter().map(|b| b.ffn.as_ref().map_or(1, |f| f.padded)).collect();
-    let sumsq = padded.iter().map(|&n| gpu.zeros::<f32>(n)).collect::<Result<Vec<_>>>()?;
-    let scores = padded.iter().map(|&n| gpu.zeros::<f64>(n)).collect::<Result<Vec<GpuBuffer<f64>>>>()?;
+    let padded: Vec<usize> = model
+        .blocks
+        .iter()
+        .map(|b| b.ffn.as_ref().map_or(1, |f| f.padded))
+        .collect();
+    let sumsq = padded
+        .iter()
+        .map(|&n| gpu.zeros::<f32>(n))
+        .collect::<Result<Vec<_>>>()?;
+    let scores = padded
+        .iter()
+        .map(|&n| gpu.zeros::<f64>(n))
+        .collect::<Result<Vec<GpuBuffer<f64>>>>()?;
     let bar = progress::bar(samples.len() as u64, "stage 1");
     for sample in samples {
         model.embed(ws, sample)?;
@@ -83,7 +112,10 @@ pub fn score_neurons(model: &GpuModel, ws: &mut GpuWorkspace, samples: &[&[u32]]
         .zip(&scores)
         .map(|(b, sc)| {
             let width = b.ffn.as_ref().map_or(0, |f| f.width);
-            Ok(gpu.download_prefix(sc, width.max(1))?[..width].iter().map(|&v| (v / n) as f32).collect())
+            Ok(gpu.download_prefix(sc, width.max(1))?[..width]
+                .iter()
+                .map(|&v| (v / n) as f32)
+                .collect())
         })
         .collect()
 }
@@ -99,7 +131,11 @@ struct GpuEvaluator<'a> {
 }
 
 impl<'a> GpuEvaluator<'a> {
-    fn new(model: &'a mut GpuModel, mut ws: GpuWorkspace, windows: &'a [&'a [u32]]) -> Result<Self> {
+    fn new(
+        model: &'a mut GpuModel,
+        mut ws: GpuWorkspace,
+        windows: &'a [&'a [u32]],
+    ) -> Result<Self> {
         if windows.is_empty() {
             bail!("stage 2 needs at least one calibration window");
         }
@@ -119,7 +155,13 @@ impl<'a> GpuEvaluator<'a> {
             }
             inputs.push(per_block);
         }
-        Ok(Self { model, ws, windows, inputs, freed: 0 })
+        Ok(Self {
+            model,
+            ws,
+            windows,
+            inputs,
+            freed: 0,
+        })
     }
 }
 
@@ -143,8 +185,13 @@ impl SuffixEvaluator for GpuEvaluator<'_> {
         let result = (|| {
             let (mut nll, mut count) = (0f64, 0usize);
             for (cached, w) in self.inputs.iter().zip(self.windows) {
-                self.model.gpu.copy(&cached[first], &mut self.ws.x, w.len() * self.model.config.hidden)?;
-                self.model.run_blocks(&mut self.ws, w.len(), first..n_blocks, None, None)?;
+                self.model.gpu.copy(
+                    &cached[first],
+                    &mut self.ws.x,
+                    w.len() * self.model.config.hidden,
+                )?;
+                self.model
+                    .run_blocks(&mut self.ws, w.len(), first..n_blocks, None, None)?;
                 nll += self.model.nll_from_hidden(&mut self.ws, w)?;
                 count += w.len() - 1;
             }
@@ -164,7 +211,8 @@ impl SuffixEvaluator for GpuEvaluator<'_> {
             let n = w.len() * hidden;
             self.model.gpu.copy(&per_block[chosen], &mut self.ws.x, n)?;
             for j in chosen..n_blocks {
-                self.model.run_blocks(&mut self.ws, w.len(), j..j + 1, None, None)?;
+                self.model
+                    .run_blocks(&mut self.ws, w.len(), j..j + 1, None, None)?;
                 self.model.gpu.copy(&self.ws.x, &mut per_block[j + 1], n)?;
             }
         }

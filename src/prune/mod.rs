@@ -81,7 +81,10 @@ pub fn run(
 }
 
 /// The balance of Eq. 5 for `config`, checked against the protected blocks.
-pub fn validated_plan(config: &ModelConfig, opts: &PruneOptions) -> Result<(ParamCounts, PruningPlan)> {
+pub fn validated_plan(
+    config: &ModelConfig,
+    opts: &PruneOptions,
+) -> Result<(ParamCounts, PruningPlan)> {
     let counts = ParamCounts::of(config)?;
     let plan = balance::plan(&counts, opts.sparsity, opts.budget, opts.ffn_multiple_of)?;
     if let Some(&bad) = opts

@@ -5,8 +5,8 @@ use super::runtime::{Arg, Gpu};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 
-/// Dynamic shared memory of `gemm_bf16` (mirrors the static_assert in kernels/gemm.cu).
-pub const GEMM_SMEM_BYTES: u32 = 67_584;
+/// GEMM tile widths and their dynamic shared memory (mirrors the static_asserts in kernels/gemm.cu).
+const GEMM_TILES: [(usize, u32); 2] = [(128, 81_920), (256, 112_640)];
 /// Dynamic shared memory of the attention kernels per head dim (mirrors kernels/attention.cu).
 const ATTENTION_SMEM: [(usize, u32); 3] = [(64, 72_448), (128, 113_408), (256, 195_328)];
 /// Largest token count the GEMV path takes (GEMV_MAX_M in kernels/gemv.cu).
@@ -19,7 +19,7 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
     match file {
         "attention" => &["attention_hd64", "attention_hd128", "attention_hd256"],
         "embedding" => &["embed_gather"],
-        "gemm" => &["gemm_bf16"],
+        "gemm" => &["gemm_bf16_128", "gemm_bf16_256"],
         "gemv" => &["gemv_bf16"],
         "nll" => &["row_nll"],
         "prune" => &["gather_rows_bf16", "gather_cols_bf16", "accumulate_sqrt"],
@@ -32,7 +32,9 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
 
 /// Raises the shared-memory limits of the kernels that need more than 48 KiB.
 pub(crate) fn configure(gpu: &Gpu) -> Result<()> {
-    gpu.allow_shared_memory("gemm_bf16", GEMM_SMEM_BYTES)?;
+    for (bn, bytes) in GEMM_TILES {
+        gpu.allow_shared_memory(&format!("gemm_bf16_{bn}"), bytes)?;
+    }
     for (hd, bytes) in ATTENTION_SMEM {
         gpu.allow_shared_memory(&format!("attention_hd{hd}"), bytes)?;
     }
@@ -130,7 +132,12 @@ pub struct Matmul {
 
 impl Matmul {
     fn check(&self) -> Result<()> {
-        if self.k % 8 != 0 || self.lda % 8 != 0 || self.ldw % 8 != 0 || self.a % 16 != 0 || self.w % 16 != 0 {
+        let aligned = [self.k, self.lda, self.ldw]
+            .iter()
+            .all(|v| v.is_multiple_of(8))
+            && self.a.is_multiple_of(16)
+            && self.w.is_multiple_of(16);
+        if !aligned {
             bail!(
                 "GEMM operands must be 16-byte aligned with K a multiple of 8 (k {}, lda {}, ldw {})",
                 self.k,
@@ -167,12 +174,57 @@ pub fn matmul(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
     }
 }
 
-/// Tensor-core GEMM (128x128 tiles; gated: 64 neurons per tile).
+/// Width of the GEMM's block tile (columns of W per block; gated: half as many neurons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTile {
+    /// 128 x 128 blocks (warp tiles 64 x 32): more blocks for small problems.
+    N128,
+    /// 128 x 256 blocks (warp tiles 64 x 64): fewer shared-memory loads per MMA.
+    N256,
+}
+
+impl GemmTile {
+    /// The wide tile when it still gives every SM a block, else the narrow one;
+    /// `TWOSSP_GEMM_TILE=128|256` forces one (for benchmarking).
+    pub fn choose(gpu: &Gpu, mm: &Matmul, ep: &Epilogue) -> Self {
+        match std::env::var("TWOSSP_GEMM_TILE").as_deref() {
+            Ok("128") => return GemmTile::N128,
+            Ok("256") => return GemmTile::N256,
+            _ => {}
+        }
+        let w_rows = if ep.is_gated() { 2 * mm.n } else { mm.n };
+        let wide_blocks = w_rows.div_ceil(256) * mm.m.div_ceil(128);
+        if wide_blocks >= gpu.sm_count() {
+            GemmTile::N256
+        } else {
+            GemmTile::N128
+        }
+    }
+
+    fn columns(self) -> usize {
+        match self {
+            GemmTile::N128 => 128,
+            GemmTile::N256 => 256,
+        }
+    }
+}
+
+/// Tensor-core GEMM with the tile chosen for the shape.
 pub fn gemm(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
+    gemm_with_tile(gpu, mm, ep, GemmTile::choose(gpu, mm, &ep))
+}
+
+/// Tensor-core GEMM with a given tile width.
+pub fn gemm_with_tile(gpu: &Gpu, mm: &Matmul, ep: Epilogue, tile: GemmTile) -> Result<()> {
     mm.check()?;
-    let cols = if ep.is_gated() { 64 } else { 128 };
+    let bn = tile.columns();
+    let (_, smem) = GEMM_TILES
+        .iter()
+        .find(|(w, _)| *w == bn)
+        .expect("tile listed");
+    let cols = if ep.is_gated() { bn / 2 } else { bn };
     let grid = (mm.n.div_ceil(cols) as u32, mm.m.div_ceil(128) as u32, 1);
-    gpu.launch("gemm_bf16", grid, 256, GEMM_SMEM_BYTES, &mm.args(ep))
+    gpu.launch(&format!("gemm_bf16_{bn}"), grid, 256, *smem, &mm.args(ep))
 }
 
 /// GEMV for at most [`GEMV_MAX_ROWS`] tokens (one warp per output row).
@@ -186,8 +238,23 @@ pub fn gemv(gpu: &Gpu, mm: &Matmul, ep: Epilogue) -> Result<()> {
 }
 
 /// `out_f32[t] = table_bf16[ids[t]] * scale`.
-pub fn embed(gpu: &Gpu, ids: u64, table: u64, tokens: usize, hidden: usize, scale: f32, out: u64) -> Result<()> {
-    let args = [Arg::Ptr(ids), Arg::Ptr(table), Arg::I32(tokens as i32), Arg::I32(hidden as i32), Arg::F32(scale), Arg::Ptr(out)];
+pub fn embed(
+    gpu: &Gpu,
+    ids: u64,
+    table: u64,
+    tokens: usize,
+    hidden: usize,
+    scale: f32,
+    out: u64,
+) -> Result<()> {
+    let args = [
+        Arg::Ptr(ids),
+        Arg::Ptr(table),
+        Arg::I32(tokens as i32),
+        Arg::I32(hidden as i32),
+        Arg::F32(scale),
+        Arg::Ptr(out),
+    ];
     gpu.launch("embed_gather", (tokens as u32, 1, 1), 256, 0, &args)
 }
 
@@ -203,7 +270,14 @@ pub struct Norm {
 }
 
 /// `out_bf16[t] = rmsnorm(x[t])` for `tokens` rows of `hidden` f32.
-pub fn rmsnorm_bf16(gpu: &Gpu, x: u64, norm: Norm, tokens: usize, hidden: usize, out: u64) -> Result<()> {
+pub fn rmsnorm_bf16(
+    gpu: &Gpu,
+    x: u64,
+    norm: Norm,
+    tokens: usize,
+    hidden: usize,
+    out: u64,
+) -> Result<()> {
     let args = [
         Arg::Ptr(x),
         Arg::Ptr(norm.weight),
@@ -217,7 +291,14 @@ pub fn rmsnorm_bf16(gpu: &Gpu, x: u64, norm: Norm, tokens: usize, hidden: usize,
 }
 
 /// `x[t] += rmsnorm(branch[t])` (Gemma-3's post-norms).
-pub fn add_rmsnorm(gpu: &Gpu, x: u64, branch: u64, norm: Norm, tokens: usize, hidden: usize) -> Result<()> {
+pub fn add_rmsnorm(
+    gpu: &Gpu,
+    x: u64,
+    branch: u64,
+    norm: Norm,
+    tokens: usize,
+    hidden: usize,
+) -> Result<()> {
     let args = [
         Arg::Ptr(x),
         Arg::Ptr(branch),
@@ -270,7 +351,11 @@ pub struct QkvRope {
 /// Splits q|k|v, applies the per-head norms and RoPE, appends k and v to the cache.
 pub fn qkv_rope(gpu: &Gpu, p: &QkvRope) -> Result<()> {
     if p.head_dim > ROPE_MAX_HEAD_DIM || 2 * p.n_freq > p.head_dim {
-        bail!("head dim {} / rotary pairs {} not supported on the GPU", p.head_dim, p.n_freq);
+        bail!(
+            "head dim {} / rotary pairs {} not supported on the GPU",
+            p.head_dim,
+            p.n_freq
+        );
     }
     let args = [
         Arg::Ptr(p.qkv),
@@ -291,7 +376,13 @@ pub fn qkv_rope(gpu: &Gpu, p: &QkvRope) -> Result<()> {
         Arg::Ptr(p.v_cache),
     ];
     let heads = (p.n_heads + 2 * p.n_kv_heads).min(32);
-    gpu.launch("qkv_rope", (p.tokens as u32, 1, 1), 32 * heads as u32, 0, &args)
+    gpu.launch(
+        "qkv_rope",
+        (p.tokens as u32, 1, 1),
+        32 * heads as u32,
+        0,
+        &args,
+    )
 }
 
 /// Inputs of [`attention`].
@@ -324,12 +415,15 @@ pub struct AttentionArgs {
 /// Causal GQA flash attention.
 pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
     let Some(&(_, smem)) = ATTENTION_SMEM.iter().find(|(hd, _)| *hd == p.head_dim) else {
-        bail!("head dim {} is not supported on the GPU (64, 128 or 256)", p.head_dim);
+        bail!(
+            "head dim {} is not supported on the GPU (64, 128 or 256)",
+            p.head_dim
+        );
     };
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.queries > p.keys {
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) || p.queries > p.keys {
         bail!("bad attention shape {p:?}");
     }
-    if [p.q, p.k, p.v, p.out].iter().any(|a| a % 16 != 0) {
+    if [p.q, p.k, p.v, p.out].iter().any(|a| !a.is_multiple_of(16)) {
         bail!("attention operands must be 16-byte aligned");
     }
     let q_dim = p.n_heads * p.head_dim;
@@ -348,11 +442,25 @@ pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
         Arg::I32(p.window.map_or(0, |w| w as i32)),
     ];
     let grid = (p.queries.div_ceil(64) as u32, p.n_heads as u32, 1);
-    gpu.launch(&format!("attention_hd{}", p.head_dim), grid, 128, smem, &args)
+    gpu.launch(
+        &format!("attention_hd{}", p.head_dim),
+        grid,
+        128,
+        smem,
+        &args,
+    )
 }
 
 /// `nll[r] = logsumexp(cap(logits[r])) - cap(logits[r, targets[r]])` for f32 logits `[rows, vocab]`.
-pub fn row_nll(gpu: &Gpu, logits: u64, targets: u64, rows: usize, vocab: usize, cap: Option<f32>, nll: u64) -> Result<()> {
+pub fn row_nll(
+    gpu: &Gpu,
+    logits: u64,
+    targets: u64,
+    rows: usize,
+    vocab: usize,
+    cap: Option<f32>,
+    nll: u64,
+) -> Result<()> {
     let args = [
         Arg::Ptr(logits),
         Arg::Ptr(targets),
@@ -364,48 +472,96 @@ pub fn row_nll(gpu: &Gpu, logits: u64, targets: u64, rows: usize, vocab: usize, 
     gpu.launch("row_nll", (rows as u32, 1, 1), 512, 0, &args)
 }
 
-/// `dst[i, :cols] = src[idx[i], :cols]` (bf16; `idx` is an i32 device array of `n_idx`).
-pub fn gather_rows(gpu: &Gpu, src: u64, ld_src: usize, idx: u64, n_idx: usize, cols: usize, dst: u64, ld_dst: usize) -> Result<()> {
-    let args = [
-        Arg::Ptr(src),
-        Arg::I64(ld_src as i64),
-        Arg::Ptr(idx),
-        Arg::I32(n_idx as i32),
-        Arg::I32(cols as i32),
-        Arg::Ptr(dst),
-        Arg::I64(ld_dst as i64),
-    ];
-    gpu.launch("gather_rows_bf16", (n_idx as u32, 1, 1), 256, 0, &args)
+/// A bf16 gather by an i32 index list (device addresses, row strides in elements).
+#[derive(Clone, Copy, Debug)]
+pub struct Gather {
+    /// Source matrix.
+    pub src: u64,
+    /// Source row stride.
+    pub ld_src: usize,
+    /// Indices (rows of `src` for [`gather_rows`], columns for [`gather_cols`]).
+    pub idx: u64,
+    /// Number of indices.
+    pub n_idx: usize,
+    /// Destination matrix.
+    pub dst: u64,
+    /// Destination row stride.
+    pub ld_dst: usize,
 }
 
-/// `dst[r, i] = src[r, idx[i]]` for `rows` rows (bf16).
-pub fn gather_cols(gpu: &Gpu, src: u64, ld_src: usize, idx: u64, n_idx: usize, rows: usize, dst: u64, ld_dst: usize) -> Result<()> {
-    let args = [
-        Arg::Ptr(src),
-        Arg::I64(ld_src as i64),
-        Arg::Ptr(idx),
-        Arg::I32(n_idx as i32),
-        Arg::I32(rows as i32),
-        Arg::Ptr(dst),
-        Arg::I64(ld_dst as i64),
-    ];
-    gpu.launch("gather_cols_bf16", (rows as u32, 1, 1), 256, 0, &args)
+impl Gather {
+    fn args(&self, len: usize) -> [Arg; 7] {
+        [
+            Arg::Ptr(self.src),
+            Arg::I64(self.ld_src as i64),
+            Arg::Ptr(self.idx),
+            Arg::I32(self.n_idx as i32),
+            Arg::I32(len as i32),
+            Arg::Ptr(self.dst),
+            Arg::I64(self.ld_dst as i64),
+        ]
+    }
+}
+
+/// `dst[i, :cols] = src[idx[i], :cols]`.
+pub fn gather_rows(gpu: &Gpu, g: &Gather, cols: usize) -> Result<()> {
+    gpu.launch(
+        "gather_rows_bf16",
+        (g.n_idx as u32, 1, 1),
+        256,
+        0,
+        &g.args(cols),
+    )
+}
+
+/// `dst[r, i] = src[r, idx[i]]` for `rows` rows.
+pub fn gather_cols(gpu: &Gpu, g: &Gather, rows: usize) -> Result<()> {
+    gpu.launch(
+        "gather_cols_bf16",
+        (rows as u32, 1, 1),
+        256,
+        0,
+        &g.args(rows),
+    )
 }
 
 /// `scores[j] += sqrt(sumsq[j]); sumsq[j] = 0` (f32 sumsq, f64 scores).
 pub fn accumulate_sqrt(gpu: &Gpu, sumsq: u64, scores: u64, n: usize) -> Result<()> {
     let args = [Arg::Ptr(sumsq), Arg::Ptr(scores), Arg::I32(n as i32)];
-    gpu.launch("accumulate_sqrt", (n.div_ceil(256) as u32, 1, 1), 256, 0, &args)
+    gpu.launch(
+        "accumulate_sqrt",
+        (n.div_ceil(256) as u32, 1, 1),
+        256,
+        0,
+        &args,
+    )
 }
 
 /// `n` bf16 values uniform in `[-scale, scale)` from `seed` (deterministic).
 pub fn fill_uniform_bf16(gpu: &Gpu, out: u64, n: usize, seed: u64, scale: f32) -> Result<()> {
-    let args = [Arg::Ptr(out), Arg::U64(n as u64), Arg::U64(seed), Arg::F32(scale)];
-    gpu.launch("fill_uniform_bf16", (n.div_ceil(256).min(65_535) as u32, 1, 1), 256, 0, &args)
+    let args = [
+        Arg::Ptr(out),
+        Arg::U64(n as u64),
+        Arg::U64(seed),
+        Arg::F32(scale),
+    ];
+    gpu.launch(
+        "fill_uniform_bf16",
+        (n.div_ceil(256).min(65_535) as u32, 1, 1),
+        256,
+        0,
+        &args,
+    )
 }
 
 /// `n` f32 values set to `value`.
 pub fn fill_f32(gpu: &Gpu, out: u64, n: usize, value: f32) -> Result<()> {
     let args = [Arg::Ptr(out), Arg::U64(n as u64), Arg::F32(value)];
-    gpu.launch("fill_f32", (n.div_ceil(256).min(65_535) as u32, 1, 1), 256, 0, &args)
+    gpu.launch(
+        "fill_f32",
+        (n.div_ceil(256).min(65_535) as u32, 1, 1),
+        256,
+        0,
+        &args,
+    )
 }

@@ -1,11 +1,11 @@
 //! Device context: driver probing, module loading, buffers, checked launches.
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
-};
 use cudarc::driver::PinnedHostSlice;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ pub struct Gpu {
     functions: HashMap<String, CudaFunction>,
     sync_each_launch: bool,
     name: String,
+    sm_count: usize,
     staging: Mutex<Vec<PinnedHostSlice<u16>>>,
 }
 
@@ -59,7 +60,8 @@ impl Gpu {
         if ordinal >= count as usize {
             bail!("no CUDA device {ordinal}: this machine has {count} GPU(s)");
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("cannot open CUDA device {ordinal}: {e}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("cannot open CUDA device {ordinal}: {e}"))?;
         // One stream, explicit ordering: cudarc's per-buffer event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
@@ -78,6 +80,11 @@ impl Gpu {
             modules.push(module);
         }
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_or(1, |n| n.max(1) as usize);
         let gpu = Self {
             ctx,
             stream,
@@ -85,6 +92,7 @@ impl Gpu {
             functions,
             sync_each_launch: std::env::var("TWOSSP_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
+            sm_count,
             staging: Mutex::new(Vec::new()),
         };
         super::kernels::configure(&gpu)?;
@@ -110,16 +118,26 @@ impl Gpu {
         &self.name
     }
 
+    /// Streaming multiprocessors.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
     /// Free and total device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
-        self.ctx.mem_get_info().context("cannot query device memory")
+        self.ctx
+            .mem_get_info()
+            .context("cannot query device memory")
     }
 
     /// A zero-filled buffer of `n` elements.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<GpuBuffer<T>> {
-        self.stream
-            .alloc_zeros(n.max(1))
-            .with_context(|| format!("out of device memory allocating {} bytes", n * std::mem::size_of::<T>()))
+        self.stream.alloc_zeros(n.max(1)).with_context(|| {
+            format!(
+                "out of device memory allocating {} bytes",
+                n * std::mem::size_of::<T>()
+            )
+        })
     }
 
     /// A buffer holding a copy of `host`.
@@ -135,11 +153,15 @@ impl Gpu {
     /// f32 values rounded to bf16 (nearest even) on the host and copied through pinned staging buffers.
     pub fn upload_bf16(&self, values: &[f32]) -> Result<GpuBuffer<u16>> {
         let mut dst = self.zeros::<u16>(values.len())?;
-        let mut staging = self.staging.lock().map_err(|_| anyhow!("staging buffers poisoned"))?;
+        let mut staging = self
+            .staging
+            .lock()
+            .map_err(|_| anyhow!("staging buffers poisoned"))?;
         let full_chunks = values.len() / STAGING_ELEMS;
         if full_chunks > 0 && staging.is_empty() {
             for _ in 0..2 {
-                let buf = unsafe { self.ctx.alloc_pinned::<u16>(STAGING_ELEMS) }.context("cannot allocate pinned host memory")?;
+                let buf = unsafe { self.ctx.alloc_pinned::<u16>(STAGING_ELEMS) }
+                    .context("cannot allocate pinned host memory")?;
                 staging.push(buf);
             }
         }
@@ -149,12 +171,23 @@ impl Gpu {
             if i < full_chunks {
                 let buf = &mut staging[i % 2];
                 // Waits for the previous copy out of this buffer before overwriting it.
-                let host = buf.as_mut_slice().context("pinned staging buffer unavailable")?;
-                host.par_iter_mut().zip(chunk).for_each(|(d, &v)| *d = half::bf16::from_f32(v).to_bits());
-                self.stream.memcpy_htod(&*buf, &mut view).context("host to device copy failed")?;
+                let host = buf
+                    .as_mut_slice()
+                    .context("pinned staging buffer unavailable")?;
+                host.par_iter_mut()
+                    .zip(chunk)
+                    .for_each(|(d, &v)| *d = half::bf16::from_f32(v).to_bits());
+                self.stream
+                    .memcpy_htod(&*buf, &mut view)
+                    .context("host to device copy failed")?;
             } else {
-                let bits: Vec<u16> = chunk.par_iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-                self.stream.memcpy_htod(&bits, &mut view).context("host to device copy failed")?;
+                let bits: Vec<u16> = chunk
+                    .par_iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect();
+                self.stream
+                    .memcpy_htod(&bits, &mut view)
+                    .context("host to device copy failed")?;
             }
         }
         Ok(dst)
@@ -170,21 +203,40 @@ impl Gpu {
 
     /// The contents of `src` on the host.
     pub fn download<T: DeviceRepr + Default + Clone>(&self, src: &GpuBuffer<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(src).context("device to host copy failed")
+        self.stream
+            .clone_dtoh(src)
+            .context("device to host copy failed")
     }
 
     /// The first `n` elements of `src` on the host.
-    pub fn download_prefix<T: DeviceRepr + Default + Clone>(&self, src: &GpuBuffer<T>, n: usize) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(&src.slice(..n)).context("device to host copy failed")
+    pub fn download_prefix<T: DeviceRepr + Default + Clone>(
+        &self,
+        src: &GpuBuffer<T>,
+        n: usize,
+    ) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(&src.slice(..n))
+            .context("device to host copy failed")
     }
 
     /// Copies the first `n` elements of `src` into the start of `dst` on the device.
-    pub fn copy<T: DeviceRepr>(&self, src: &GpuBuffer<T>, dst: &mut GpuBuffer<T>, n: usize) -> Result<()> {
+    pub fn copy<T: DeviceRepr>(
+        &self,
+        src: &GpuBuffer<T>,
+        dst: &mut GpuBuffer<T>,
+        n: usize,
+    ) -> Result<()> {
         if n > src.len() || n > dst.len() {
-            bail!("device copy of {n} elements exceeds a buffer ({} / {})", src.len(), dst.len());
+            bail!(
+                "device copy of {n} elements exceeds a buffer ({} / {})",
+                src.len(),
+                dst.len()
+            );
         }
         let mut dst = dst.slice_mut(..n);
-        self.stream.memcpy_dtod(&src.slice(..n), &mut dst).context("device copy failed")
+        self.stream
+            .memcpy_dtod(&src.slice(..n), &mut dst)
+            .context("device copy failed")
     }
 
     /// Waits for all queued work; reports asynchronous kernel faults.
@@ -207,7 +259,10 @@ impl Gpu {
     pub(crate) fn allow_shared_memory(&self, kernel: &str, bytes: u32) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
         self.function(kernel)?
-            .set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
             .map_err(|e| anyhow!("kernel {kernel} cannot use {bytes} bytes of shared memory: {e}"))
     }
 
@@ -218,7 +273,14 @@ impl Gpu {
     }
 
     /// Launches `kernel` and checks the launch (and, with TWOSSP_CUDA_SYNC=1, its completion).
-    pub(crate) fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: u32, shared: u32, args: &[Arg]) -> Result<()> {
+    pub(crate) fn launch(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -240,7 +302,8 @@ impl Gpu {
         };
         unsafe { builder.launch(cfg) }.map_err(|e| anyhow!("launching {kernel} failed: {e}"))?;
         if self.sync_each_launch {
-            self.sync().with_context(|| format!("kernel {kernel} failed"))?;
+            self.sync()
+                .with_context(|| format!("kernel {kernel} failed"))?;
         }
         Ok(())
     }
