@@ -31,14 +31,13 @@ pub fn entry_points(file: &str) -> &'static [&'static str] {
 }
 
 /// Raises the shared-memory limits of the kernels that need more than 48 KiB.
-pub(crate) fn configure(gpu: &Gpu) -> Result<()> {
+pub(crate) fn configure(gpu: &mut Gpu) {
     for (bn, bytes) in GEMM_TILES {
-        gpu.allow_shared_memory(&format!("gemm_bf16_{bn}"), bytes)?;
+        gpu.allow_shared_memory(&format!("gemm_bf16_{bn}"), bytes);
     }
     for (hd, bytes) in ATTENTION_SMEM {
-        gpu.allow_shared_memory(&format!("attention_hd{hd}"), bytes)?;
+        gpu.allow_shared_memory(&format!("attention_hd{hd}"), bytes);
     }
-    Ok(())
 }
 
 /// The epilogue struct of kernels/common.cuh (same field order and sizes).
@@ -247,6 +246,11 @@ pub fn embed(
     scale: f32,
     out: u64,
 ) -> Result<()> {
+    if !hidden.is_multiple_of(8) || !table.is_multiple_of(16) || !out.is_multiple_of(16) {
+        bail!(
+            "embedding rows must be 16-byte aligned with hidden a multiple of 8 (hidden {hidden})"
+        );
+    }
     let args = [
         Arg::Ptr(ids),
         Arg::Ptr(table),
@@ -278,6 +282,7 @@ pub fn rmsnorm_bf16(
     hidden: usize,
     out: u64,
 ) -> Result<()> {
+    check_norm_rows(hidden, &[x, norm.weight, out])?;
     let args = [
         Arg::Ptr(x),
         Arg::Ptr(norm.weight),
@@ -299,6 +304,7 @@ pub fn add_rmsnorm(
     tokens: usize,
     hidden: usize,
 ) -> Result<()> {
+    check_norm_rows(hidden, &[x, branch, norm.weight])?;
     let args = [
         Arg::Ptr(x),
         Arg::Ptr(branch),
@@ -309,6 +315,14 @@ pub fn add_rmsnorm(
         Arg::F32(norm.eps),
     ];
     gpu.launch("add_rmsnorm", (tokens as u32, 1, 1), 256, 0, &args)
+}
+
+/// The norm kernels use float4 accesses: hidden a multiple of 4, operands 16-byte aligned.
+fn check_norm_rows(hidden: usize, addresses: &[u64]) -> Result<()> {
+    if !hidden.is_multiple_of(4) || addresses.iter().any(|a| !a.is_multiple_of(16)) {
+        bail!("RMSNorm rows must be 16-byte aligned with hidden a multiple of 4 (hidden {hidden})");
+    }
+    Ok(())
 }
 
 /// Inputs of [`qkv_rope`].

@@ -27,6 +27,7 @@ pub struct Gpu {
     sync_each_launch: bool,
     name: String,
     sm_count: usize,
+    unavailable: HashMap<String, String>,
     staging: Mutex<Vec<PinnedHostSlice<u16>>>,
 }
 
@@ -85,7 +86,7 @@ impl Gpu {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_or(1, |n| n.max(1) as usize);
-        let gpu = Self {
+        let mut gpu = Self {
             ctx,
             stream,
             _modules: modules,
@@ -93,9 +94,10 @@ impl Gpu {
             sync_each_launch: std::env::var("TWOSSP_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
             sm_count,
+            unavailable: HashMap::new(),
             staging: Mutex::new(Vec::new()),
         };
-        super::kernels::configure(&gpu)?;
+        super::kernels::configure(&mut gpu);
         Ok(gpu)
     }
 
@@ -255,18 +257,30 @@ impl Gpu {
         &self.stream
     }
 
-    /// Sets a kernel's dynamic shared memory limit (needed above 48 KiB).
-    pub(crate) fn allow_shared_memory(&self, kernel: &str, bytes: u32) -> Result<()> {
+    /// Sets a kernel's dynamic shared memory limit (needed above 48 KiB). A GPU with less shared
+    /// memory than the kernel needs keeps working; only launches of that kernel then fail, saying why.
+    pub(crate) fn allow_shared_memory(&mut self, kernel: &str, bytes: u32) {
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
-        self.function(kernel)?
-            .set_attribute(
+        let result = self.function(kernel).and_then(|f| {
+            f.set_attribute(
                 A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
             )
-            .map_err(|e| anyhow!("kernel {kernel} cannot use {bytes} bytes of shared memory: {e}"))
+            .map_err(|e| anyhow!("{e}"))
+        });
+        if let Err(e) = result {
+            let reason = format!(
+                "kernel {kernel} needs {bytes} bytes of shared memory, which {} cannot give: {e}",
+                self.name
+            );
+            self.unavailable.insert(kernel.to_string(), reason);
+        }
     }
 
     fn function(&self, kernel: &str) -> Result<&CudaFunction> {
+        if let Some(reason) = self.unavailable.get(kernel) {
+            bail!("{reason}");
+        }
         self.functions
             .get(kernel)
             .ok_or_else(|| anyhow!("kernel {kernel} is not loaded"))
