@@ -1,5 +1,6 @@
 // Shared helpers of the twossp-engine kernels: bf16 conversion, warp/block reductions, cp.async,
-// and the GEMM/GEMV epilogue (what happens to each accumulated output element).
+// tensor-core fragment loads and MMAs, and the GEMM/GEMV epilogue (what happens to each accumulated
+// output element).
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -84,6 +85,32 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Tensor-core fragments (PTX m16n8k16, bf16 in, f32 accumulate). ldmatrix.x4 loads four 8x8 bf16
+// matrices whose row addresses come from lanes 0-7, 8-15, 16-23, 24-31; lane l receives row l/4,
+// columns 2*(l%4) and +1 of each (transposed with .trans). mma_16816: c += a . b with a 16x16 (row)
+// and b 16x8 (col); c holds rows l/4 and l/4 + 8, columns 2*(l%4) and +1.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const bf16* p) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const bf16* p) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
 
 __device__ __forceinline__ float activation(int act, float g) {
     if (act == ACT_SILU) return g / (1.f + __expf(-g));

@@ -1,28 +1,25 @@
 // GEMM on tensor cores: C[M, N] = A[M, K] . W[N, K]^T (bf16 in, f32 accumulate), with a fused epilogue.
 // A is the activation (row-major, K contiguous), W a weight in HF layout [out, in]. Block tile
-// 128 x BN x 32 with 8 warps (2 x 4) of 64 x BN/4, WMMA 16x16x16 fragments, a 3-stage cp.async
-// pipeline. Two tile widths: BN = 128 (more blocks for small problems) and BN = 256 (64x64 warp tiles,
-// fewer shared-memory loads per MMA, for large ones); the launcher picks one per shape.
-// The epilogue runs per warp from a small shared-memory scratch tile: bias, residual add, or gating.
-// Gated mode: each warp's columns are its neurons' "gate" rows of W followed by the same neurons'
-// "up" rows (ep.gate_offset further), so act(gate) * up and the per-neuron sum of squared activations
-// (stage-1 statistics, one atomicAdd per neuron and warp row) are computed without another pass.
+// 128 x BN x 32 with 8 warps (2 x 4) of 64 x BN/4; operands go global -> shared by a 3-stage cp.async
+// pipeline and shared -> registers by ldmatrix.x4, into mma.sync m16n8k16 (bf16, f32 accumulate).
+// Two tile widths: BN = 128 (more blocks for small problems) and BN = 256 (64x64 warp tiles, fewer
+// shared-memory loads per MMA, for large ones); the launcher picks one per shape.
+// The epilogue works straight from the accumulator registers (the m16n8 layout: thread lane holds rows
+// lane/4 and lane/4 + 8, columns 2*(lane%4) and +1 of each tile): bias, residual add, or gating.
+// Gated mode: each warp's columns are its neurons' "gate" rows of W followed by the same neurons' "up"
+// rows (ep.gate_offset further), so act(gate) * up and the per-neuron sum of squared activations
+// (stage-1 statistics: a shuffle reduction, then one atomicAdd per neuron and warp) need no extra pass.
 // Requires K % 8 == 0 and 16-byte aligned rows. Measured: benches/cuda_kernels.rs (BENCHMARKS.md §6).
 #include "common.cuh"
-#include <mma.h>
-using namespace nvcuda;
 
 namespace {
 template <int BN>
 struct Tile {
     static constexpr int BM = 128, BK = 32, STAGES = 3, THREADS = 256;
     static constexpr int WT = BN / 4;   // warp tile width (columns)
-    static constexpr int JF = WT / 16;  // 16-column fragments per warp
-    static constexpr int LDS = BK + 8;  // padded shared row (bf16): conflict-free fragment loads
-    static constexpr int SLD = 20;      // padded row of a 16x16 f32 scratch tile
-    static constexpr int PIPE_BYTES = STAGES * (BM + BN) * LDS * 2;
-    static constexpr int SCRATCH_BYTES = 8 * 2 * 16 * SLD * 4;  // two tiles per warp
-    static constexpr int SMEM_BYTES = PIPE_BYTES + SCRATCH_BYTES;
+    static constexpr int NT = WT / 8;   // m16n8 tiles across a warp
+    static constexpr int LDS = BK + 8;  // padded shared row (bf16): ldmatrix rows hit distinct banks
+    static constexpr int SMEM_BYTES = STAGES * (BM + BN) * LDS * 2;
 };
 
 template <int BN>
@@ -64,11 +61,18 @@ __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long 
         }
     };
 
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][T::JF];
+    float acc[4][T::NT][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < T::JF; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+        for (int j = 0; j < T::NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    // ldmatrix source rows of this lane: A 16x16 (matrices rows 0-7/8-15 x k 0-7/8-15) and a pair of
+    // B n8 tiles (matrices n 0-7 k 0-7, n 0-7 k 8-15, n 8-15 k 0-7, n 8-15 k 8-15).
+    const int a_row = wm * 64 + (lane & 15), a_col = (lane >> 4) * 8;
+    const int b_row = wn * T::WT + (lane >> 4) * 8 + (lane & 7), b_col = ((lane >> 3) & 1) * 8;
 
     const int k_tiles = (K + T::BK - 1) / T::BK;
 #pragma unroll
@@ -83,65 +87,65 @@ __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long 
         if (next < k_tiles) load_tile(next % T::STAGES, next * T::BK);
         cp_async_commit();
 
-        const bf16* as = As + (kt % T::STAGES) * T::BM * T::LDS + wm * 64 * T::LDS;
-        const bf16* bs = Bs + (kt % T::STAGES) * BN * T::LDS + wn * T::WT * T::LDS;
+        const bf16* as = As + (kt % T::STAGES) * T::BM * T::LDS;
+        const bf16* bs = Bs + (kt % T::STAGES) * BN * T::LDS;
 #pragma unroll
         for (int kk = 0; kk < T::BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[4];
+            unsigned a[4][4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(a[i], as + i * 16 * T::LDS + kk, T::LDS);
+            for (int i = 0; i < 4; ++i) ldmatrix_x4(a[i], as + (a_row + i * 16) * T::LDS + kk + a_col);
 #pragma unroll
-            for (int j = 0; j < T::JF; ++j) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
-                wmma::load_matrix_sync(b, bs + j * 16 * T::LDS + kk, T::LDS);
+            for (int jj = 0; jj < T::NT / 2; ++jj) {
+                unsigned b[4];
+                ldmatrix_x4(b, bs + (b_row + jj * 16) * T::LDS + kk + b_col);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+                for (int i = 0; i < 4; ++i) {
+                    mma_16816(acc[i][2 * jj], a[i], b[0], b[1]);
+                    mma_16816(acc[i][2 * jj + 1], a[i], b[2], b[3]);
+                }
             }
         }
     }
     cp_async_wait<0>();
 
-    // Epilogue, one 16x16 fragment (gated: a gate/up pair) at a time through the warp's scratch.
-    float* scratch = (float*)(smem + T::PIPE_BYTES) + warp * 2 * 16 * T::SLD;
-    const int row_base = m0 + wm * 64;
+    const int g = lane >> 2, t = lane & 3;
+    const int row_base = m0 + wm * 64 + g;
     if (!gated) {
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int j = 0; j < T::JF; ++j) {
-                wmma::store_matrix_sync(scratch, acc[i][j], T::SLD, wmma::mem_row_major);
-                __syncwarp();
-                const int col0 = n0 + wn * T::WT + j * 16;
-                for (int e = lane; e < 256; e += 32) {
-                    const int r = e >> 4, c = e & 15, m = row_base + i * 16 + r, n = col0 + c;
-                    if (m < M && n < N) epilogue_store(ep, m, n, scratch[r * T::SLD + c]);
+            for (int j = 0; j < T::NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int m = row_base + i * 16 + (e >> 1) * 8;
+                    const int n = n0 + wn * T::WT + j * 8 + 2 * t + (e & 1);
+                    if (m < M && n < N) epilogue_store(ep, m, n, acc[i][j][e]);
                 }
-                __syncwarp();
-            }
         return;
     }
-    constexpr int HJ = T::JF / 2;  // gate fragments per warp (the up fragments follow)
-    const int c = lane & 15;
+    constexpr int HJ = T::NT / 2;  // gate tiles per warp; up tile j + HJ holds the same neurons
 #pragma unroll
     for (int j = 0; j < HJ; ++j) {
-        const int neuron = n0 + wn * (T::WT / 2) + j * 16 + c;
-        float sq = 0.f;
+        float sq[2] = {0.f, 0.f};
+        const int neuron0 = n0 + wn * (T::WT / 2) + j * 8 + 2 * t;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            wmma::store_matrix_sync(scratch, acc[i][j], T::SLD, wmma::mem_row_major);
-            wmma::store_matrix_sync(scratch + 16 * T::SLD, acc[i][j + HJ], T::SLD, wmma::mem_row_major);
-            __syncwarp();
-            for (int r = lane >> 4; r < 16; r += 2) {
-                const int m = row_base + i * 16 + r;
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = row_base + i * 16 + (e >> 1) * 8, neuron = neuron0 + (e & 1);
                 if (m < M && neuron < N) {
-                    const float v = epilogue_gated(ep, m, neuron, scratch[r * T::SLD + c], scratch[(16 + r) * T::SLD + c]);
-                    sq += v * v;
+                    const float v = epilogue_gated(ep, m, neuron, acc[i][j][e], acc[i][j + HJ][e]);
+                    sq[e & 1] += v * v;
                 }
             }
-            __syncwarp();
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float s = sq[e];  // lanes with the same t hold the same two neurons: reduce over g
+            s += __shfl_xor_sync(0xffffffffu, s, 4);
+            s += __shfl_xor_sync(0xffffffffu, s, 8);
+            s += __shfl_xor_sync(0xffffffffu, s, 16);
+            if (ep.sumsq && g == 0 && neuron0 + e < N) atomicAdd(ep.sumsq + neuron0 + e, s);
         }
-        sq += __shfl_down_sync(0xffffffffu, sq, 16);
-        if (ep.sumsq && lane < 16 && neuron < N) atomicAdd(ep.sumsq + neuron, sq);
     }
 }
 }  // namespace
@@ -156,5 +160,5 @@ GEMM_ENTRY(128)
 GEMM_ENTRY(256)
 
 // Dynamic shared memory per tile width — mirrored in src/backend/cuda/kernels.rs (GEMM_TILES).
-static_assert(Tile<128>::SMEM_BYTES == 81920, "update GEMM_TILES in kernels.rs");
-static_assert(Tile<256>::SMEM_BYTES == 112640, "update GEMM_TILES in kernels.rs");
+static_assert(Tile<128>::SMEM_BYTES == 61440, "update GEMM_TILES in kernels.rs");
+static_assert(Tile<256>::SMEM_BYTES == 92160, "update GEMM_TILES in kernels.rs");

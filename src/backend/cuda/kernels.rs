@@ -6,9 +6,9 @@ use crate::config::Activation;
 use anyhow::{bail, Result};
 
 /// GEMM tile widths and their dynamic shared memory (mirrors the static_asserts in kernels/gemm.cu).
-const GEMM_TILES: [(usize, u32); 2] = [(128, 81_920), (256, 112_640)];
+const GEMM_TILES: [(usize, u32); 2] = [(128, 61_440), (256, 92_160)];
 /// Dynamic shared memory of the attention kernels per head dim (mirrors kernels/attention.cu).
-const ATTENTION_SMEM: [(usize, u32); 3] = [(64, 72_448), (128, 113_408), (256, 195_328)];
+const ATTENTION_SMEM: [(usize, u32); 3] = [(64, 46_080), (128, 87_040), (256, 168_960)];
 /// Largest token count the GEMV path takes (GEMV_MAX_M in kernels/gemv.cu).
 pub const GEMV_MAX_ROWS: usize = 4;
 /// Largest head dim of `qkv_rope` (ROPE_MAX_HEAD_DIM).
