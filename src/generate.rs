@@ -25,13 +25,26 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedy decoding of up to `max_new` tokens after `prompt`, stopping early at any of `stop` ids.
+/// Greedy decoding of up to `max_new` tokens after `prompt` on the CPU, stopping early at any of `stop` ids.
 pub fn greedy(model: &Model, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Generation> {
-    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
-    let start = Instant::now();
     let mut cache = KvCache::new(model, prompt.len() + max_new);
     let mut ws = Workspace::default();
-    let mut logits = model.forward_cached(prompt, &mut cache, &mut ws)?;
+    greedy_with(prompt, max_new, stop, |ids| {
+        model.forward_cached(ids, &mut cache, &mut ws)
+    })
+}
+
+/// Greedy decoding on any backend: `step` runs new tokens after the cached ones and returns the
+/// logits of the last.
+pub fn greedy_with(
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    mut step: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+) -> Result<Generation> {
+    anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
+    let start = Instant::now();
+    let mut logits = step(prompt)?;
     let mut tokens = Vec::with_capacity(max_new);
     let mut time_to_first_token = 0.0;
     let mut first_done = Instant::now();
@@ -45,7 +58,7 @@ pub fn greedy(model: &Model, prompt: &[u32], max_new: usize, stop: &[u32]) -> Re
         if stop.contains(&next) || tokens.len() == max_new {
             break;
         }
-        logits = model.forward_cached(&[next], &mut cache, &mut ws)?;
+        logits = step(&[next])?;
     }
     Ok(Generation {
         tokens,

@@ -31,15 +31,20 @@ pub enum Backend {
 impl DeviceArgs {
     /// Resolves `--device` (and checks `--synthetic-weights` has a GPU to run on).
     pub fn backend(&self) -> Result<Backend> {
-        let backend = match self.device.as_deref() {
-            None => default_backend()?,
-            Some("cpu") => Backend::Cpu,
-            Some(other) => cuda_backend(other)?,
-        };
+        let backend = select_backend(self.device.as_deref())?;
         if self.synthetic_weights.is_some() && matches!(backend, Backend::Cpu) {
             bail!("--synthetic-weights needs a CUDA device (--device cuda)");
         }
         Ok(backend)
+    }
+}
+
+/// The backend a `--device` value names (`None`: the default).
+pub fn select_backend(device: Option<&str>) -> Result<Backend> {
+    match device {
+        None => default_backend(),
+        Some("cpu") => Ok(Backend::Cpu),
+        Some(other) => cuda_backend(other),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `generate`: greedy continuation of a prompt, for a quick qualitative look at a (pruned) model.
 
+use super::device::{select_backend, Backend};
 use super::output::print_json;
-use crate::generate::greedy;
+use crate::config::ModelConfig;
+use crate::generate::{greedy, Generation};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `generate`.
 #[derive(Args, Debug)]
@@ -23,15 +25,43 @@ pub struct GenerateArgs {
     /// Print JSON instead of plain text.
     #[arg(long)]
     pub json: bool,
+    /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// Greedy generation on `backend` (on a GPU: bf16 weights and KV cache).
+fn generate_on(
+    backend: &Backend,
+    dir: &Path,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+) -> Result<Generation> {
+    match backend {
+        Backend::Cpu => greedy(&Model::load(dir)?, prompt, max_new, stop),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => {
+            use crate::gpu_model::{GpuKvCache, GpuModel, GpuWorkspace};
+            let gpu_model = GpuModel::load(gpu.clone(), dir)?;
+            let positions = prompt.len() + max_new;
+            let mut ws = GpuWorkspace::new(&gpu_model, prompt.len(), positions)?;
+            let mut cache = GpuKvCache::new(&gpu_model, positions)?;
+            crate::generate::greedy_with(prompt, max_new, stop, |ids| {
+                gpu_model.forward_cached(&mut ws, ids, &mut cache)
+            })
+        }
+    }
 }
 
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let backend = select_backend(args.device.as_deref())?;
+    let config = ModelConfig::from_dir(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let prompt = tokenizer.encode_with_special(&args.prompt)?;
-    let stop = stop_tokens(&model);
-    let generation = greedy(&model, &prompt, args.max_new_tokens, &stop)?;
+    let stop = stop_tokens(&config);
+    let generation = generate_on(&backend, &args.model, &prompt, args.max_new_tokens, &stop)?;
     let text = tokenizer.decode(&generation.tokens)?;
     let decode_rate =
         (generation.tokens.len().saturating_sub(1)) as f64 / generation.decode_seconds.max(1e-9);
@@ -52,8 +82,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// End-of-sequence ids from config.json (`eos_token_id`, a number or a list).
-fn stop_tokens(model: &Model) -> Vec<u32> {
-    match &model.config.raw["eos_token_id"] {
+fn stop_tokens(config: &ModelConfig) -> Vec<u32> {
+    match &config.raw["eos_token_id"] {
         serde_json::Value::Number(n) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
         serde_json::Value::Array(a) => a
             .iter()

@@ -2,7 +2,7 @@
 
 use super::{GpuKvCache, GpuModel, GpuWorkspace};
 use crate::bench::{synthetic_ids, BenchResult, BenchSettings};
-use crate::generate::argmax;
+use crate::generate::greedy_with;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -26,14 +26,11 @@ impl GpuModel {
 
             let mut cache = GpuKvCache::new(self, decode_positions)?;
             self.gpu.sync()?;
-            let t = Instant::now();
-            let mut next = argmax(&self.forward_cached(&mut ws, &prompt, &mut cache)?);
-            let first = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            for _ in 0..settings.decode_tokens {
-                next = argmax(&self.forward_cached(&mut ws, &[next], &mut cache)?);
-            }
-            let d = settings.decode_tokens as f64 / t.elapsed().as_secs_f64().max(1e-9);
+            let g = greedy_with(&prompt, settings.decode_tokens + 1, &[], |ids| {
+                self.forward_cached(&mut ws, ids, &mut cache)
+            })?;
+            let first = g.time_to_first_token;
+            let d = (g.tokens.len() - 1) as f64 / g.decode_seconds.max(1e-9);
             if round > 0 {
                 prefill = prefill.min(p);
                 ttft = ttft.min(first);
