@@ -547,6 +547,8 @@ impl Bench<'_> {
         let k = self.random(TOKENS * kv_dim, 4)?;
         let v = self.random(TOKENS * kv_dim, 5)?;
         let out = self.gpu.zeros::<u16>(TOKENS * q_dim)?;
+        let partial_len = kernels::attention_partial_len(32, 1, m.heads, m.head_dim);
+        let partial = self.gpu.zeros::<f32>(partial_len)?;
         for queries in [TOKENS, 1] {
             let g = self.gpu;
             let args = AttentionArgs {
@@ -561,6 +563,7 @@ impl Bench<'_> {
                 head_dim: m.head_dim,
                 scale: 1.0 / (m.head_dim as f32).sqrt(),
                 window: None,
+                partial: Some((g.ptr(&partial, 0), partial_len)),
             };
             let (phase, work) = if queries == TOKENS {
                 (

@@ -6,6 +6,10 @@
 // Queries are the last T of the S cached positions (query t at position S - T + t); a key is visible
 // when it is not in the future and, with window > 0, closer than `window` (sliding-window layers).
 // Head dims 64 / 128 / 256 (one entry point each).
+// Split-KV (decoding: few queries, long caches): with split_tiles > 0, block z of the grid's third
+// dimension takes only key tiles [z * split_tiles, (z + 1) * split_tiles) and writes its unnormalised
+// output with the running max and sum to `part`; attention_combine then merges the splits, so a few
+// heads still spread over every SM.
 #include "common.cuh"
 
 namespace {
@@ -39,7 +43,8 @@ __device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, long long 
 template <int HD>
 __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long long ldq, const bf16* __restrict__ k,
                                                const bf16* __restrict__ v, long long ldkv, bf16* __restrict__ out,
-                                               long long ldo, int T, int S, int group, float scale, int window) {
+                                               long long ldo, int T, int S, int group, float scale, int window,
+                                               int split_tiles, float* __restrict__ part) {
     using L = Layout<HD>;
     constexpr int LDH = L::LDH;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -54,11 +59,15 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
     const int key_end = first_pos + last_q + 1;  // keys [key_begin, key_end) can be visible to this tile
     const int key_begin = window > 0 ? max(0, first_pos + t0 - window + 1) : 0;
     const int tile_first = (key_begin / KT) * KT;
-    const int n_tiles = (key_end - tile_first + KT - 1) / KT;
+    const int all_tiles = (key_end - tile_first + KT - 1) / KT;
+    const int it_begin = split_tiles > 0 ? blockIdx.z * split_tiles : 0;
+    const int it_end = split_tiles > 0 ? min(all_tiles, it_begin + split_tiles) : all_tiles;
 
     load_rows<HD>(Qs, q, ldq, head * HD, t0, T);
-    load_rows<HD>(Ks, k, ldkv, kv_head * HD, tile_first, S);
-    load_rows<HD>(Vs, v, ldkv, kv_head * HD, tile_first, S);
+    if (it_begin < it_end) {
+        load_rows<HD>(Ks, k, ldkv, kv_head * HD, tile_first + it_begin * KT, S);
+        load_rows<HD>(Vs, v, ldkv, kv_head * HD, tile_first + it_begin * KT, S);
+    }
     cp_async_commit();
 
     float o[HD / 8][4];
@@ -69,13 +78,13 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
     const int q_row = t0 + warp * 16 + g;  // this lane's rows: q_row and q_row + 8
 
-    for (int it = 0; it < n_tiles; ++it) {
-        const int j0 = tile_first + it * KT;
-        const bf16* Kb = Ks + (it & 1) * L::TILE;
-        const bf16* Vb = Vs + (it & 1) * L::TILE;
-        if (it + 1 < n_tiles) {  // prefetch the next tile into the other buffer
-            load_rows<HD>(Ks + ((it + 1) & 1) * L::TILE, k, ldkv, kv_head * HD, j0 + KT, S);
-            load_rows<HD>(Vs + ((it + 1) & 1) * L::TILE, v, ldkv, kv_head * HD, j0 + KT, S);
+    for (int it = it_begin; it < it_end; ++it) {
+        const int j0 = tile_first + it * KT, buf = (it - it_begin) & 1;
+        const bf16* Kb = Ks + buf * L::TILE;
+        const bf16* Vb = Vs + buf * L::TILE;
+        if (it + 1 < it_end) {  // prefetch the next tile into the other buffer
+            load_rows<HD>(Ks + (buf ^ 1) * L::TILE, k, ldkv, kv_head * HD, j0 + KT, S);
+            load_rows<HD>(Vs + (buf ^ 1) * L::TILE, v, ldkv, kv_head * HD, j0 + KT, S);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -156,6 +165,24 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
     }
     cp_async_wait<0>();
 
+    if (split_tiles > 0) {  // partial result: unnormalised O, running max and sum per row
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q_row + 8 * h;
+            if (row >= T) continue;
+            float* dst = part + (((long long)blockIdx.z * T + row) * gridDim.y + head) * (HD + 2);
+#pragma unroll
+            for (int d = 0; d < HD / 8; ++d) {
+                dst[d * 8 + 2 * t] = o[d][2 * h];
+                dst[d * 8 + 2 * t + 1] = o[d][2 * h + 1];
+            }
+            if (t == 0) {
+                dst[HD] = row_max[h];
+                dst[HD + 1] = row_sum[h];
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int row = q_row + 8 * h;
@@ -171,12 +198,33 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
 #define ATTENTION_ENTRY(HD)                                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                                              \
         attention_hd##HD(const bf16* q, long long ldq, const bf16* k, const bf16* v, long long ldkv, bf16* out,    \
-                         long long ldo, int T, int S, int group, float scale, int window) {                        \
-        attention_body<HD>(q, ldq, k, v, ldkv, out, ldo, T, S, group, scale, window);                              \
+                         long long ldo, int T, int S, int group, float scale, int window, int split_tiles,          \
+                         float* part) {                                                                            \
+        attention_body<HD>(q, ldq, k, v, ldkv, out, ldo, T, S, group, scale, window, split_tiles, part);           \
     }
 ATTENTION_ENTRY(64)
 ATTENTION_ENTRY(128)
 ATTENTION_ENTRY(256)
+
+// Merges split-KV partials: out[t, head] = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s.
+// Grid (T, heads), one thread per head dim element.
+extern "C" __global__ void attention_combine(const float* __restrict__ part, int splits, int T, int hd,
+                                             bf16* __restrict__ out, long long ldo) {
+    const int row = blockIdx.x, head = blockIdx.y, d = threadIdx.x, heads = gridDim.y;
+    if (d >= hd) return;
+    auto at = [&](int s) { return part + (((long long)s * T + row) * heads + head) * (hd + 2); };
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, at(s)[hd]);
+    float sum = 0.f, acc = 0.f;
+    if (mx != -INFINITY) {
+        for (int s = 0; s < splits; ++s) {
+            const float w = __expf(at(s)[hd] - mx);  // 0 for splits that saw no visible key
+            sum += at(s)[hd + 1] * w;
+            acc += at(s)[d] * w;
+        }
+    }
+    out[(long long)row * ldo + head * hd + d] = __float2bfloat16(sum > 0.f ? acc / sum : 0.f);
+}
 
 // Dynamic shared memory for each head dim (bytes) — mirrored in src/backend/cuda/kernels.rs.
 static_assert(Layout<64>::BYTES == 46080, "update ATTENTION_SMEM in kernels.rs");

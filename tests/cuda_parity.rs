@@ -986,6 +986,9 @@ fn attention_matches_cpu_causal_attention() {
                 let k_dev = gpu.upload(&[k_bits, extra.clone()].concat()).unwrap();
                 let v_dev = gpu.upload(&[v_bits, extra].concat()).unwrap();
                 let out = nan_bf16(&gpu, (t + 1) * q_dim);
+                // Scratch for split-KV: decoding shapes (T <= 64, many key tiles) take that path.
+                let partial_len = kernels::attention_partial_len(32, t, n_heads, hd);
+                let partial = gpu.zeros::<f32>(partial_len).unwrap();
                 kernels::attention(
                     &gpu,
                     &AttentionArgs {
@@ -1000,6 +1003,7 @@ fn attention_matches_cpu_causal_attention() {
                         head_dim: hd,
                         scale,
                         window,
+                        partial: Some((gpu.ptr(&partial, 0), partial_len)),
                     },
                 )
                 .unwrap();

@@ -3,10 +3,15 @@
 
 use super::{GpuAttention, GpuFfn, GpuMatrix, GpuModel};
 use crate::backend::cpu::ops::RopeTable;
-use crate::backend::cuda::kernels::{self, AttentionArgs, Epilogue, Matmul, Norm, QkvRope};
+use crate::backend::cuda::kernels::{
+    self, attention_partial_len, AttentionArgs, Epilogue, Matmul, Norm, QkvRope,
+};
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::config::rope::RopeSpec;
 use anyhow::{bail, Result};
+
+/// Most key splits decoding attention may use (its scratch is sized for this many).
+const ATTENTION_SPLITS: usize = 32;
 
 /// Logit bytes computed at once when scoring (rows of the LM head per chunk follow from the vocab).
 const LOGIT_CHUNK_BYTES: usize = 256 << 20;
@@ -37,6 +42,7 @@ pub struct GpuWorkspace {
     logits: GpuBuffer<f32>,
     logit_rows: usize,
     nll: GpuBuffer<f32>,
+    partial: GpuBuffer<f32>,
     ropes: Vec<GpuRope>,
 }
 
@@ -95,6 +101,8 @@ impl GpuWorkspace {
             .collect();
         let max_q = attn_specs.iter().map(|a| a.q_dim()).max().unwrap_or(8);
         let max_kv = attn_specs.iter().map(|a| a.kv_dim()).max().unwrap_or(8);
+        let max_heads = attn_specs.iter().map(|a| a.n_heads).max().unwrap_or(1);
+        let max_head_dim = attn_specs.iter().map(|a| a.head_dim).max().unwrap_or(8);
         let max_act = model
             .blocks
             .iter()
@@ -133,6 +141,12 @@ impl GpuWorkspace {
             logits: gpu.zeros(logit_rows * cfg.vocab)?,
             logit_rows,
             nll: gpu.zeros(capacity)?,
+            partial: gpu.zeros(attention_partial_len(
+                ATTENTION_SPLITS,
+                capacity,
+                max_heads,
+                max_head_dim,
+            ))?,
             ropes,
         })
     }
@@ -362,6 +376,7 @@ impl GpuModel {
                 head_dim: spec.head_dim,
                 scale: spec.scale,
                 window: spec.window,
+                partial: Some((gpu.ptr(&ws.partial, 0), ws.partial.len())),
             },
         )?;
         self.residual_projection(ws, &ws.attn, &att.o, &att.o_bias, &att.post_norm, n)

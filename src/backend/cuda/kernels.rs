@@ -17,7 +17,12 @@ const ROPE_MAX_HEAD_DIM: usize = 256;
 /// Kernel names defined by each file of `kernels/`.
 pub fn entry_points(file: &str) -> &'static [&'static str] {
     match file {
-        "attention" => &["attention_hd64", "attention_hd128", "attention_hd256"],
+        "attention" => &[
+            "attention_hd64",
+            "attention_hd128",
+            "attention_hd256",
+            "attention_combine",
+        ],
         "embedding" => &["embed_gather"],
         "gemm" => &["gemm_bf16_128", "gemm_bf16_256"],
         "gemv" => &["gemv_bf16"],
@@ -424,6 +429,39 @@ pub struct AttentionArgs {
     pub scale: f32,
     /// Sliding window (None: full causal).
     pub window: Option<usize>,
+    /// f32 scratch for split-KV decoding (address, elements), or None: one block per 64 queries and head.
+    pub partial: Option<(u64, usize)>,
+}
+
+/// f32 scratch that lets [`attention`] split the keys of `queries` tokens over up to `splits` blocks.
+pub fn attention_partial_len(
+    splits: usize,
+    queries: usize,
+    n_heads: usize,
+    head_dim: usize,
+) -> usize {
+    splits * queries.min(64) * n_heads * (head_dim + 2)
+}
+
+/// Split-KV plan (tiles per split, splits) for few queries over many keys, when it helps and fits.
+fn attention_split(gpu: &Gpu, p: &AttentionArgs) -> Option<(usize, usize)> {
+    let (_, scratch_len) = p.partial?;
+    if p.queries > 64 || std::env::var("TWOSSP_ATTENTION_SPLIT").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    // Same key range as the kernel's single query tile: [key_begin rounded down to a tile, keys).
+    let key_begin = p
+        .window
+        .map_or(0, |w| (p.keys - p.queries + 1).saturating_sub(w));
+    let n_tiles = (p.keys - key_begin / 64 * 64).div_ceil(64);
+    let wanted = (2 * gpu.sm_count()).div_ceil(p.n_heads).min(n_tiles);
+    if wanted < 2 {
+        return None;
+    }
+    let split_tiles = n_tiles.div_ceil(wanted);
+    let splits = n_tiles.div_ceil(split_tiles);
+    let fits = attention_partial_len(splits, p.queries, p.n_heads, p.head_dim) <= scratch_len;
+    (splits >= 2 && fits).then_some((split_tiles, splits))
 }
 
 /// Causal GQA flash attention.
@@ -441,6 +479,11 @@ pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
         bail!("attention operands must be 16-byte aligned");
     }
     let q_dim = p.n_heads * p.head_dim;
+    let split = attention_split(gpu, p);
+    let (split_tiles, splits, scratch) = match (split, p.partial) {
+        (Some((tiles, splits)), Some((scratch, _))) => (tiles, splits, scratch),
+        _ => (0, 1, 0),
+    };
     let args = [
         Arg::Ptr(p.q),
         Arg::I64(q_dim as i64),
@@ -454,15 +497,29 @@ pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
         Arg::I32((p.n_heads / p.n_kv_heads) as i32),
         Arg::F32(p.scale),
         Arg::I32(p.window.map_or(0, |w| w as i32)),
+        Arg::I32(split_tiles as i32),
+        Arg::Ptr(scratch),
     ];
-    let grid = (p.queries.div_ceil(64) as u32, p.n_heads as u32, 1);
-    gpu.launch(
-        &format!("attention_hd{}", p.head_dim),
-        grid,
-        128,
-        smem,
-        &args,
-    )
+    let grid = (
+        p.queries.div_ceil(64) as u32,
+        p.n_heads as u32,
+        splits as u32,
+    );
+    let kernel = format!("attention_hd{}", p.head_dim);
+    gpu.launch(&kernel, grid, 128, smem, &args)?;
+    if split_tiles == 0 {
+        return Ok(());
+    }
+    let combine = [
+        Arg::Ptr(scratch),
+        Arg::I32(splits as i32),
+        Arg::I32(p.queries as i32),
+        Arg::I32(p.head_dim as i32),
+        Arg::Ptr(p.out),
+        Arg::I64(q_dim as i64),
+    ];
+    let grid = (p.queries as u32, p.n_heads as u32, 1);
+    gpu.launch("attention_combine", grid, p.head_dim as u32, 0, &combine)
 }
 
 /// `nll[r] = logsumexp(cap(logits[r])) - cap(logits[r, targets[r]])` for f32 logits `[rows, vocab]`.
