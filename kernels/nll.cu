@@ -26,7 +26,7 @@ extern "C" __global__ void row_nll(const float* __restrict__ logits, const unsig
         if (v > m) {
             s = s * __expf(m - v) + 1.f;
             m = v;
-        } else {
+        } else if (v != -INFINITY) {  // -inf logits add nothing (and -inf - -inf would be NaN)
             s += __expf(v - m);
         }
     }
