@@ -3,6 +3,7 @@
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
+use crate::eval::perplexity::perplexity_with;
 use crate::export::checkpoint;
 use crate::fsutil::StagedDir;
 use crate::model::{Model, Workspace};
@@ -276,7 +277,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let verification = if args.no_verify {
         None
     } else {
-        Some(verify(&model, staged.path(), stage2)?)
+        Some(verify(&backend, &model, staged.path(), stage2)?)
     };
 
     let (main_after, total_after) = (model.params_main(), model.params_total());
@@ -398,24 +399,46 @@ pub fn run(args: PruneArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reloads the saved folder and checks its perplexity on the stage-2 windows equals the in-memory model's, bit for bit.
-fn verify(model: &Model, dir: &Path, windows: &[&[u32]]) -> Result<serde_json::Value> {
-    let reloaded = Model::load(dir).context("verification: the saved model does not reload")?;
-    let ppl = |m: &Model| -> Result<f64> {
-        let mut ws = Workspace::default();
-        let (mut nll, mut n) = (0f64, 0usize);
-        for w in windows {
-            let (a, b) = m.window_nll(w, &mut ws)?;
-            nll += a;
-            n += b;
+/// Reloads the saved folder and checks its perplexity on the stage-2 windows equals the in-memory
+/// model's, bit for bit, on the backend that pruned (on a GPU both copies are rounded to bf16 the
+/// same way, so they must agree exactly too).
+fn verify(
+    backend: &Backend,
+    model: &Model,
+    dir: &Path,
+    windows: &[&[u32]],
+) -> Result<serde_json::Value> {
+    let not_reloadable = "verification: the saved model does not reload";
+    let (in_memory, from_disk) = match backend {
+        Backend::Cpu => {
+            let reloaded = Model::load(dir).context(not_reloadable)?;
+            let mut ws = Workspace::default();
+            let in_memory = perplexity_with(windows, "verify", |w| model.window_nll(w, &mut ws))?;
+            let from_disk =
+                perplexity_with(windows, "verify", |w| reloaded.window_nll(w, &mut ws))?;
+            (in_memory.ppl, from_disk.ppl)
         }
-        Ok((nll / n as f64).exp())
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => {
+            use crate::gpu_model::{GpuModel, GpuWorkspace};
+            let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+            let gpu_ppl = |m: GpuModel| -> Result<f64> {
+                let mut ws = GpuWorkspace::new(&m, longest, longest)?;
+                Ok(perplexity_with(windows, "verify", |w| m.window_nll(&mut ws, w))?.ppl)
+            };
+            let in_memory = gpu_ppl(GpuModel::upload(gpu.clone(), model)?)?;
+            (
+                in_memory,
+                gpu_ppl(GpuModel::load(gpu.clone(), dir).context(not_reloadable)?)?,
+            )
+        }
     };
-    let (in_memory, from_disk) = (ppl(model)?, ppl(&reloaded)?);
     if in_memory.to_bits() != from_disk.to_bits() {
         bail!("verification failed: saved model gives perplexity {from_disk} but the pruned model in memory gives {in_memory}");
     }
-    Ok(json!({"ppl_in_memory": in_memory, "ppl_reloaded": from_disk, "identical": true}))
+    Ok(
+        json!({"ppl_in_memory": in_memory, "ppl_reloaded": from_disk, "identical": true, "backend": backend.describe()}),
+    )
 }
 
 /// Hex SHA-256 of a file.
