@@ -191,6 +191,11 @@ impl GemmTile {
     /// The wide tile when it still gives every SM a block, else the narrow one;
     /// `TWOSSP_GEMM_TILE=128|256` forces one (for benchmarking).
     pub fn choose(gpu: &Gpu, mm: &Matmul, ep: &Epilogue) -> Self {
+        Self::for_shape(gpu.sm_count(), mm, ep)
+    }
+
+    /// [`GemmTile::choose`] for a GPU with `sm_count` multiprocessors.
+    fn for_shape(sm_count: usize, mm: &Matmul, ep: &Epilogue) -> Self {
         match std::env::var("TWOSSP_GEMM_TILE").as_deref() {
             Ok("128") => return GemmTile::N128,
             Ok("256") => return GemmTile::N256,
@@ -198,7 +203,7 @@ impl GemmTile {
         }
         let w_rows = if ep.is_gated() { 2 * mm.n } else { mm.n };
         let wide_blocks = w_rows.div_ceil(256) * mm.m.div_ceil(128);
-        if wide_blocks >= gpu.sm_count() {
+        if wide_blocks >= sm_count {
             GemmTile::N256
         } else {
             GemmTile::N128
@@ -444,7 +449,7 @@ pub fn attention_partial_len(
 }
 
 /// Split-KV plan (tiles per split, splits) for few queries over many keys, when it helps and fits.
-fn attention_split(gpu: &Gpu, p: &AttentionArgs) -> Option<(usize, usize)> {
+fn attention_split(sm_count: usize, p: &AttentionArgs) -> Option<(usize, usize)> {
     let (_, scratch_len) = p.partial?;
     if p.queries > 64 || std::env::var("TWOSSP_ATTENTION_SPLIT").is_ok_and(|v| v == "0") {
         return None;
@@ -454,7 +459,7 @@ fn attention_split(gpu: &Gpu, p: &AttentionArgs) -> Option<(usize, usize)> {
         .window
         .map_or(0, |w| (p.keys - p.queries + 1).saturating_sub(w));
     let n_tiles = (p.keys - key_begin / 64 * 64).div_ceil(64);
-    let wanted = (2 * gpu.sm_count()).div_ceil(p.n_heads).min(n_tiles);
+    let wanted = (2 * sm_count).div_ceil(p.n_heads).min(n_tiles);
     if wanted < 2 {
         return None;
     }
@@ -479,7 +484,7 @@ pub fn attention(gpu: &Gpu, p: &AttentionArgs) -> Result<()> {
         bail!("attention operands must be 16-byte aligned");
     }
     let q_dim = p.n_heads * p.head_dim;
-    let split = attention_split(gpu, p);
+    let split = attention_split(gpu.sm_count(), p);
     let (split_tiles, splits, scratch) = match (split, p.partial) {
         (Some((tiles, splits)), Some((scratch, _))) => (tiles, splits, scratch),
         _ => (0, 1, 0),
@@ -635,4 +640,111 @@ pub fn fill_f32(gpu: &Gpu, out: u64, n: usize, value: f32) -> Result<()> {
         0,
         &args,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epilogue_matches_the_c_struct_layout() {
+        // struct Epilogue in kernels/common.cuh: int, int, 4 x 8-byte fields in between, long long.
+        assert_eq!(std::mem::size_of::<Epilogue>(), 48);
+        assert_eq!(std::mem::offset_of!(Epilogue, bias), 8);
+        assert_eq!(std::mem::offset_of!(Epilogue, out), 16);
+        assert_eq!(std::mem::offset_of!(Epilogue, ldo), 24);
+        assert_eq!(std::mem::offset_of!(Epilogue, sumsq), 32);
+        assert_eq!(std::mem::offset_of!(Epilogue, gate_offset), 40);
+    }
+
+    fn decode(queries: usize, keys: usize, n_heads: usize, window: Option<usize>) -> AttentionArgs {
+        AttentionArgs {
+            q: 0,
+            k: 0,
+            v: 0,
+            out: 0,
+            queries,
+            keys,
+            n_heads,
+            n_kv_heads: 1,
+            head_dim: 128,
+            scale: 1.0,
+            window,
+            partial: Some((0, usize::MAX)),
+        }
+    }
+
+    #[test]
+    fn split_plans_cover_every_key_tile_exactly() {
+        for queries in [1, 3, 64] {
+            for keys in [queries, 64, 65, 200, 2048, 4097] {
+                for window in [None, Some(1), Some(64), Some(700)] {
+                    for heads in [1, 9, 32, 300] {
+                        if keys < queries {
+                            continue;
+                        }
+                        let p = decode(queries, keys, heads, window);
+                        let key_begin =
+                            window.map_or(0, |w| (keys - queries + 1).saturating_sub(w));
+                        let tiles = (keys - key_begin / 64 * 64).div_ceil(64);
+                        if let Some((per_split, splits)) = attention_split(132, &p) {
+                            assert!(splits >= 2 && per_split >= 1, "{p:?}");
+                            assert!(splits * per_split >= tiles, "tiles left out: {p:?}");
+                            assert!((splits - 1) * per_split < tiles, "an empty split: {p:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(attention_split(132, &decode(1, 2048, 32, None)).is_some());
+        assert!(
+            attention_split(132, &decode(65, 2048, 32, None)).is_none(),
+            "prefill is not split"
+        );
+        let no_scratch = AttentionArgs {
+            partial: None,
+            ..decode(1, 2048, 32, None)
+        };
+        assert!(attention_split(132, &no_scratch).is_none());
+        let small_scratch = AttentionArgs {
+            partial: Some((0, 10)),
+            ..decode(1, 2048, 32, None)
+        };
+        assert!(
+            attention_split(132, &small_scratch).is_none(),
+            "must fit the scratch"
+        );
+    }
+
+    #[test]
+    fn wide_gemm_tiles_only_when_they_fill_the_gpu() {
+        let mm = |m, n| Matmul {
+            a: 0,
+            lda: 4096,
+            w: 0,
+            ldw: 4096,
+            m,
+            n,
+            k: 4096,
+        };
+        let plain = Epilogue::store_f32(0, 0);
+        assert_eq!(
+            GemmTile::for_shape(132, &mm(2048, 4096), &plain),
+            GemmTile::N256
+        );
+        assert_eq!(
+            GemmTile::for_shape(132, &mm(128, 4096), &plain),
+            GemmTile::N128
+        );
+        // Gated: the tile spans gate and up rows, twice the neurons' count of W rows.
+        let gated = Epilogue::gated(0, 0, Activation::Silu, 11008);
+        assert_eq!(
+            GemmTile::for_shape(132, &mm(512, 8192), &gated),
+            GemmTile::N256
+        );
+        assert_eq!(
+            GemmTile::for_shape(132, &mm(512, 8192), &plain),
+            GemmTile::N128
+        );
+    }
 }

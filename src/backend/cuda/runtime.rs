@@ -322,3 +322,25 @@ impl Gpu {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Gpu;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!(Gpu::parse_ordinal("cuda"), Some(0));
+        assert_eq!(Gpu::parse_ordinal("cuda:3"), Some(3));
+        assert_eq!(Gpu::parse_ordinal("cuda:x"), None);
+        assert_eq!(Gpu::parse_ordinal("gpu"), None);
+    }
+
+    #[test]
+    fn no_driver_is_an_error_not_a_panic() {
+        if Gpu::available() {
+            return; // covered on machines without a GPU (CI)
+        }
+        let err = Gpu::new(0).err().expect("no GPU here").to_string();
+        assert!(err.contains("no CUDA device"), "{err}");
+    }
+}
