@@ -488,16 +488,15 @@ impl Bench<'_> {
         let a = self.random(m * lin.k, 1)?;
         let w = self.random(rows * lin.k, 2)?;
         let out = g.zeros::<f32>(m * rows)?; // room for either output type, also cuBLAS's 2n gated columns
-        let sumsq = g.zeros::<f32>(lin.n)?;
+        let sumsq = g.zeros::<f32>(kernels::sumsq_rows(m) * lin.n)?;
         let (pa, pw, pc) = (g.ptr(&a, 0), g.ptr(&w, 0), g.ptr(&out, 0));
         let ep = match lin.out {
             Out::Bf16 => Epilogue::store_bf16(pc, lin.n),
             Out::F32 => Epilogue::store_f32(pc, lin.n),
             Out::AddF32 => Epilogue::add_f32(pc, lin.n),
             Out::Gated => Epilogue::gated(pc, lin.n, Activation::Silu, lin.n),
-            Out::GatedSumsq => {
-                Epilogue::gated(pc, lin.n, Activation::Silu, lin.n).with_sumsq(g.ptr(&sumsq, 0))
-            }
+            Out::GatedSumsq => Epilogue::gated(pc, lin.n, Activation::Silu, lin.n)
+                .with_sumsq(g.ptr(&sumsq, 0), lin.n),
         };
         let mm = Matmul {
             a: pa,

@@ -11,7 +11,7 @@ typedef __nv_bfloat16 bf16;
 #define EPI_STORE_F32 0   // out_f32[m, n] = acc + bias
 #define EPI_STORE_BF16 1  // out_bf16[m, n] = acc + bias
 #define EPI_ADD_F32 2     // out_f32[m, n] += acc + bias  (residual add)
-#define EPI_GATED_BF16 3  // out_bf16[m, n] = act(gate + bias) * (up + bias); optional sumsq[n] += value^2
+#define EPI_GATED_BF16 3  // out_bf16[m, n] = act(gate + bias) * (up + bias); optional sums of value^2
 
 #define ACT_SILU 0
 #define ACT_GELU_TANH 1
@@ -23,8 +23,10 @@ struct Epilogue {
     const float* bias;      // per weight row, or null
     void* out;              // f32 or bf16 output
     long long ldo;          // output row stride (elements)
-    float* sumsq;           // gated only: per-neuron sum of squared activations, or null
+    float* sumsq;           // gated only: per-neuron sums of squared activations, or null; one row
+                            // per 64-token slab (GEMM) or a single row (GEMV), written, never added
     long long gate_offset;  // gated only: weight row of neuron 0's "up" projection
+    long long sumsq_ld;     // row stride of sumsq
 };
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -8,7 +8,8 @@
 // lane/4 and lane/4 + 8, columns 2*(lane%4) and +1 of each tile): bias, residual add, or gating.
 // Gated mode: each warp's columns are its neurons' "gate" rows of W followed by the same neurons' "up"
 // rows (ep.gate_offset further), so act(gate) * up and the per-neuron sum of squared activations
-// (stage-1 statistics: a shuffle reduction, then one atomicAdd per neuron and warp) need no extra pass.
+// (stage-1 statistics: a shuffle reduction, then one plain store per neuron and 64-row slab, reduced
+// in a fixed order by accumulate_sqrt, so runs are bit-reproducible) need no extra pass.
 // Requires K % 8 == 0 and 16-byte aligned rows. Measured: benches/cuda_kernels.rs (BENCHMARKS.md §6).
 #include "common.cuh"
 
@@ -144,7 +145,9 @@ __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long 
             s += __shfl_xor_sync(0xffffffffu, s, 4);
             s += __shfl_xor_sync(0xffffffffu, s, 8);
             s += __shfl_xor_sync(0xffffffffu, s, 16);
-            if (ep.sumsq && g == 0 && neuron0 + e < N) atomicAdd(ep.sumsq + neuron0 + e, s);
+            // One writer per (64-row slab, neuron): no atomics, so the statistics are deterministic.
+            if (ep.sumsq && g == 0 && neuron0 + e < N)
+                ep.sumsq[(long long)(blockIdx.y * 2 + wm) * ep.sumsq_ld + neuron0 + e] = s;
         }
     }
 }

@@ -61,11 +61,14 @@ gemv_bf16(const bf16* __restrict__ A, long long lda, const bf16* __restrict__ W,
         return;
     }
     row_dots<true>(A, lda, W + (long long)n * ldw, W + (ep.gate_offset + n) * ldw, M, K, acc, up);
+    float sq = 0.f;
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_M; ++m) {
         if (m < M && lane == m) {
             const float v = epilogue_gated(ep, m, n, acc[m], up[m]);
-            if (ep.sumsq) atomicAdd(ep.sumsq + n, v * v);
+            sq = v * v;
         }
     }
+    sq = warp_sum(sq);  // the M tokens' squares, in a fixed order
+    if (ep.sumsq && lane == 0) ep.sumsq[n] = sq;
 }

@@ -1,7 +1,8 @@
 // Pruning helpers on device buffers:
 //   gather_rows_bf16: dst[i, :] = src[idx[i], :]     (compacts gate/up projections to the kept neurons)
 //   gather_cols_bf16: dst[r, i] = src[r, idx[i]]     (compacts the down projection)
-//   accumulate_sqrt:  scores[j] += sqrt(sumsq[j]); sumsq[j] = 0   (stage 1: per-sample L2 norm, summed)
+//   accumulate_sqrt:  scores[j] += sqrt(sum_r partial[r, j])      (stage 1: per-sample L2 norm, summed;
+//                     the GEMM's per-slab partial sums reduced in a fixed order)
 // Memory-bound.
 #include "common.cuh"
 
@@ -23,9 +24,11 @@ extern "C" __global__ void gather_cols_bf16(const bf16* __restrict__ src, long l
     for (int i = threadIdx.x; i < n_idx; i += blockDim.x) d[i] = s[idx[i]];
 }
 
-extern "C" __global__ void accumulate_sqrt(float* __restrict__ sumsq, double* __restrict__ scores, int n) {
+extern "C" __global__ void accumulate_sqrt(const float* __restrict__ partial, int rows, long long ld,
+                                           double* __restrict__ scores, int n) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    scores[j] += sqrt((double)sumsq[j]);
-    sumsq[j] = 0.f;
+    double s = 0.0;
+    for (int r = 0; r < rows; ++r) s += partial[(long long)r * ld + j];
+    scores[j] += sqrt(s);
 }

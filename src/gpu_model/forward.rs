@@ -152,6 +152,35 @@ impl GpuWorkspace {
     }
 }
 
+/// Stage-1 statistics on the device: per block, the sum over samples of each neuron's L2 norm over
+/// the sample's tokens (f64), plus the scratch the gated GEMM writes its partial sums to.
+pub struct FfnStats {
+    partial: GpuBuffer<f32>,
+    ld: usize,
+    /// Per block, padded width (1 for blocks without an FFN).
+    pub scores: Vec<GpuBuffer<f64>>,
+}
+
+impl FfnStats {
+    /// Zero scores for every FFN of `model`, for samples of up to `max_tokens` tokens.
+    pub fn new(model: &GpuModel, max_tokens: usize) -> Result<Self> {
+        let widths: Vec<usize> = model
+            .blocks
+            .iter()
+            .map(|b| b.ffn.as_ref().map_or(1, |f| f.padded))
+            .collect();
+        let ld = widths.iter().copied().max().unwrap_or(1);
+        Ok(Self {
+            partial: model.gpu.zeros(kernels::sumsq_rows(max_tokens) * ld)?,
+            ld,
+            scores: widths
+                .iter()
+                .map(|&w| model.gpu.zeros(w))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
 /// Where a block's attention reads and appends keys and values.
 struct KvTarget {
     k: u64,
@@ -195,14 +224,14 @@ impl GpuModel {
     }
 
     /// Runs blocks `range` over the first `n` rows of the residual stream. With a cache, the rows
-    /// continue its sequence; `ffn_sumsq[block]` (f32, padded width) collects stage-1 statistics.
+    /// continue its sequence; with `stats`, every FFN adds its neurons' L2 norms over the `n` tokens.
     pub fn run_blocks(
         &self,
         ws: &mut GpuWorkspace,
         n: usize,
         range: std::ops::Range<usize>,
         mut cache: Option<&mut GpuKvCache>,
-        ffn_sumsq: Option<&[GpuBuffer<f32>]>,
+        stats: Option<&FfnStats>,
     ) -> Result<()> {
         let first = cache.as_ref().map_or(0, |c| c.len);
         if first + n > ws.positions || cache.as_ref().is_some_and(|c| first + n > c.capacity) {
@@ -233,8 +262,7 @@ impl GpuModel {
                 self.attention_forward(att, ws, n, &kv)?;
             }
             if let Some(ffn) = &block.ffn {
-                let sumsq = ffn_sumsq.map(|s| self.gpu.ptr(&s[i], 0));
-                self.ffn_forward(ffn, ws, n, sumsq)?;
+                self.ffn_forward(ffn, ws, n, stats.map(|s| (s, i)))?;
             }
         }
         if let Some(c) = cache {
@@ -387,7 +415,7 @@ impl GpuModel {
         ffn: &GpuFfn,
         ws: &mut GpuWorkspace,
         n: usize,
-        sumsq: Option<u64>,
+        stats: Option<(&FfnStats, usize)>,
     ) -> Result<()> {
         let (gpu, hidden) = (&self.gpu, self.config.hidden);
         kernels::rmsnorm_bf16(
@@ -404,9 +432,18 @@ impl GpuModel {
             self.config.activation,
             ffn.padded,
         )
-        .with_bias(self.optional_ptr(&ffn.gate_up_bias))
-        .with_sumsq(sumsq.unwrap_or(0));
-        self.project(&ws.normed, &ffn.gate_up, n, ffn.padded, ep)?;
+        .with_bias(self.optional_ptr(&ffn.gate_up_bias));
+        match stats {
+            None => self.project(&ws.normed, &ffn.gate_up, n, ffn.padded, ep)?,
+            Some((stats, block)) => {
+                let partial = gpu.ptr(&stats.partial, 0);
+                let ep = ep.with_sumsq(partial, stats.ld);
+                self.project(&ws.normed, &ffn.gate_up, n, ffn.padded, ep)?;
+                let scores = gpu.ptr(&stats.scores[block], 0);
+                let rows = kernels::sumsq_rows(n);
+                kernels::accumulate_sqrt(gpu, partial, rows, stats.ld, scores, ffn.padded)?;
+            }
+        }
         self.residual_projection(ws, &ws.act, &ffn.down, &ffn.down_bias, &ffn.post_norm, n)
     }
 

@@ -8,7 +8,7 @@ mod surgery;
 mod synthetic;
 mod upload;
 
-pub use forward::{GpuKvCache, GpuWorkspace};
+pub use forward::{FfnStats, GpuKvCache, GpuWorkspace};
 
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::config::{AttentionSpec, ModelConfig};

@@ -4,8 +4,8 @@
 
 use super::stage2::{greedy_removal, SuffixEvaluator};
 use super::{stage1, validated_plan, PruneOptions, PruneOutcome};
-use crate::backend::cuda::{kernels, GpuBuffer};
-use crate::gpu_model::{GpuModel, GpuWorkspace};
+use crate::backend::cuda::GpuBuffer;
+use crate::gpu_model::{FfnStats, GpuModel, GpuWorkspace};
 use crate::progress;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -81,26 +81,12 @@ pub fn score_neurons(
     samples: &[&[u32]],
 ) -> Result<stage1::NeuronScores> {
     let gpu = &model.gpu;
-    let padded: Vec<usize> = model
-        .blocks
-        .iter()
-        .map(|b| b.ffn.as_ref().map_or(1, |f| f.padded))
-        .collect();
-    let sumsq = padded
-        .iter()
-        .map(|&n| gpu.zeros::<f32>(n))
-        .collect::<Result<Vec<_>>>()?;
-    let scores = padded
-        .iter()
-        .map(|&n| gpu.zeros::<f64>(n))
-        .collect::<Result<Vec<GpuBuffer<f64>>>>()?;
+    let longest = samples.iter().map(|s| s.len()).max().unwrap_or(1);
+    let stats = FfnStats::new(model, longest)?;
     let bar = progress::bar(samples.len() as u64, "stage 1");
     for sample in samples {
         model.embed(ws, sample)?;
-        model.run_blocks(ws, sample.len(), 0..model.blocks.len(), None, Some(&sumsq))?;
-        for ((s, sc), &n) in sumsq.iter().zip(&scores).zip(&padded) {
-            kernels::accumulate_sqrt(gpu, gpu.ptr(s, 0), gpu.ptr(sc, 0), n)?;
-        }
+        model.run_blocks(ws, sample.len(), 0..model.blocks.len(), None, Some(&stats))?;
         gpu.sync()?;
         bar.inc(1);
     }
@@ -109,7 +95,7 @@ pub fn score_neurons(
     model
         .blocks
         .iter()
-        .zip(&scores)
+        .zip(&stats.scores)
         .map(|(b, sc)| {
             let width = b.ffn.as_ref().map_or(0, |f| f.width);
             Ok(gpu.download_prefix(sc, width.max(1))?[..width]

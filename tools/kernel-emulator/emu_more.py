@@ -86,12 +86,15 @@ def gemv_bf16(A, lda, W, ldw, M, N, K, ep, sumsq_order=None):
                             epilogue_store1(ep, m, n, acc[m, lane])
                 continue
             acc, up = row_dots(True, A, lda, W, n * ldw, (ep.gate_offset + n) * ldw, M, K)
+            sq = np.zeros(32, np.float32)
             for m in range(GEMV_MAX_M):
                 for lane in range(32):
                     if m < M and lane == m:
                         v = epilogue_gated1(ep, m, n, acc[m, lane], up[m, lane])
-                        if ep.sumsq is not None:
-                            ep.sumsq[n] = f32(ep.sumsq[n] + f32(v * v))  # atomicAdd
+                        sq[lane] = f32(v * v)
+            sq = warp_sum(sq)
+            if ep.sumsq is not None:  # lane 0 writes row 0
+                ep.sumsq[n] = sq[0]
 
 
 def epilogue_store1(e, m, n, v):

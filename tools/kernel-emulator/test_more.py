@@ -35,7 +35,7 @@ def run_gemv(M, N, K, kind, bias=False, goff=None, act=ACT_SILU, sumsq=True, pad
     else:
         out = np.full(M * ldo, np.nan, np.float32)
     out0 = out.copy()
-    ss = np.zeros(N, np.float32) if gated and sumsq else None
+    ss = np.full(N, np.nan, np.float32) if gated and sumsq else None
     ep = Epilogue(kind, out, ldo, act=act, bias=b, sumsq=ss, gate_offset=goff or 0)
     t = time.time()
     gemv_bf16(A, lda, W, ldw, M, N, K, ep)

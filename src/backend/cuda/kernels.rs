@@ -56,6 +56,7 @@ pub struct Epilogue {
     ldo: i64,
     sumsq: u64,
     gate_offset: i64,
+    sumsq_ld: i64,
 }
 
 unsafe impl cudarc::driver::DeviceRepr for Epilogue {}
@@ -93,9 +94,14 @@ impl Epilogue {
         Self { bias, ..self }
     }
 
-    /// Gated only: accumulates `sum_m act[m, n]^2` into `sumsq[n]` (f32 device address).
-    pub fn with_sumsq(self, sumsq: u64) -> Self {
-        Self { sumsq, ..self }
+    /// Gated only: writes per-neuron sums of squared activations to `partial` (f32 device address),
+    /// one row of stride `ld` per 64-token slab ([`sumsq_rows`] rows), for [`accumulate_sqrt`].
+    pub fn with_sumsq(self, partial: u64, ld: usize) -> Self {
+        Self {
+            sumsq: partial,
+            sumsq_ld: ld as i64,
+            ..self
+        }
     }
 
     fn new(kind: i32, out: u64, ldo: usize) -> Self {
@@ -107,6 +113,7 @@ impl Epilogue {
             ldo: ldo as i64,
             sumsq: 0,
             gate_offset: 0,
+            sumsq_ld: 0,
         }
     }
 
@@ -601,9 +608,32 @@ pub fn gather_cols(gpu: &Gpu, g: &Gather, rows: usize) -> Result<()> {
     )
 }
 
-/// `scores[j] += sqrt(sumsq[j]); sumsq[j] = 0` (f32 sumsq, f64 scores).
-pub fn accumulate_sqrt(gpu: &Gpu, sumsq: u64, scores: u64, n: usize) -> Result<()> {
-    let args = [Arg::Ptr(sumsq), Arg::Ptr(scores), Arg::I32(n as i32)];
+/// Rows of partial sums a gated product of `m` tokens writes through [`Epilogue::with_sumsq`].
+pub fn sumsq_rows(m: usize) -> usize {
+    if m <= GEMV_MAX_ROWS {
+        1
+    } else {
+        2 * m.div_ceil(128)
+    }
+}
+
+/// `scores[j] += sqrt(sum over rows r of partial[r, j])` (f32 partials of stride `ld`, f64 scores),
+/// summed in a fixed order: the same inputs give the same scores bit for bit.
+pub fn accumulate_sqrt(
+    gpu: &Gpu,
+    partial: u64,
+    rows: usize,
+    ld: usize,
+    scores: u64,
+    n: usize,
+) -> Result<()> {
+    let args = [
+        Arg::Ptr(partial),
+        Arg::I32(rows as i32),
+        Arg::I64(ld as i64),
+        Arg::Ptr(scores),
+        Arg::I32(n as i32),
+    ];
     gpu.launch(
         "accumulate_sqrt",
         (n.div_ceil(256) as u32, 1, 1),
@@ -648,13 +678,14 @@ mod tests {
 
     #[test]
     fn epilogue_matches_the_c_struct_layout() {
-        // struct Epilogue in kernels/common.cuh: int, int, 4 x 8-byte fields in between, long long.
-        assert_eq!(std::mem::size_of::<Epilogue>(), 48);
+        // struct Epilogue in kernels/common.cuh: int, int, then six 8-byte fields.
+        assert_eq!(std::mem::size_of::<Epilogue>(), 56);
         assert_eq!(std::mem::offset_of!(Epilogue, bias), 8);
         assert_eq!(std::mem::offset_of!(Epilogue, out), 16);
         assert_eq!(std::mem::offset_of!(Epilogue, ldo), 24);
         assert_eq!(std::mem::offset_of!(Epilogue, sumsq), 32);
         assert_eq!(std::mem::offset_of!(Epilogue, gate_offset), 40);
+        assert_eq!(std::mem::offset_of!(Epilogue, sumsq_ld), 48);
     }
 
     fn decode(queries: usize, keys: usize, n_heads: usize, window: Option<usize>) -> AttentionArgs {
