@@ -340,10 +340,16 @@ mod tests {
         // configs/*.json drive --synthetic-weights in scripts/gpu-check.sh.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let c = ModelConfig::from_file(&dir.join("llama-2-7b.json")).unwrap();
-        assert_eq!((c.hidden, c.vocab, c.n_layers(), c.blocks[0].ffn_width), (4096, 32000, 32, 11008));
+        assert_eq!(
+            (c.hidden, c.vocab, c.n_layers(), c.blocks[0].ffn_width),
+            (4096, 32000, 32, 11008)
+        );
         assert_eq!(c.blocks[0].attention.as_ref().unwrap().head_dim, 128);
         let c = ModelConfig::from_file(&dir.join("smollm2-135m.json")).unwrap();
-        assert_eq!((c.hidden, c.vocab, c.n_layers(), c.blocks[0].ffn_width), (576, 49152, 30, 1536));
+        assert_eq!(
+            (c.hidden, c.vocab, c.n_layers(), c.blocks[0].ffn_width),
+            (576, 49152, 30, 1536)
+        );
         assert!(c.tie_embeddings);
     }
 
