@@ -49,7 +49,6 @@ fi
 cp scripts/gpu-pack-run.sh "$PACK/run.sh"
 cp tools/torch_llama_bench.py tools/gpu_summary.py "$PACK/tools/"
 cp configs/llama-2-7b.json configs/smollm2-135m.json "$PACK/configs/"
-pwd >"$PACK/build_root"
 
 du -ah "$PACK" | sort -k2
 size=$(du -sb "$PACK" | cut -f1)

@@ -14,12 +14,8 @@ cd "$ROOT"
 ENGINE="$PACK/bin/twossp-engine"
 CFG="$PACK/configs/llama-2-7b.json"
 
-# Tests find tests/fixtures through the build-time CARGO_MANIFEST_DIR: link it here if absent.
-BUILD_ROOT="$(cat "$PACK/build_root")"
-if [ "$BUILD_ROOT" != "$ROOT" ] && [ ! -e "$BUILD_ROOT" ]; then
-  mkdir -p "$(dirname "$BUILD_ROOT")" && ln -s "$ROOT" "$BUILD_ROOT" &&
-    echo "note: linked $BUILD_ROOT -> $ROOT (build-time manifest dir)"
-fi
+# Tests find tests/fixtures here (not at the build machine's path baked into the binary).
+export TWOSSP_REPO_ROOT="$ROOT"
 # cudarc loads libcublas/libnvrtc by name: add the CUDA wheels' libraries (not the driver stubs).
 WHEEL_LIBS="$(python3 - 2>/dev/null <<'PY'
 import glob, os, nvidia

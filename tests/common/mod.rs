@@ -5,9 +5,12 @@
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
-/// `tests/fixtures` of this crate.
+/// `tests/fixtures` of this crate (of `TWOSSP_REPO_ROOT` when set: test binaries carried to
+/// another machine, such as the GPU packs of scripts/gpu-check.sh).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let root = std::env::var_os("TWOSSP_REPO_ROOT")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    root.join("tests/fixtures")
 }
 
 /// Every model fixture folder (those holding a reference.json), sorted by name.
