@@ -93,6 +93,24 @@ pub struct GpuModel {
     pub lm_head: Option<GpuMatrix>,
 }
 
+/// Head dims the attention kernels are built for.
+const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+
+/// Refuses, before anything is allocated, a model whose shapes the kernels do not cover.
+pub fn check_supported(config: &ModelConfig) -> anyhow::Result<()> {
+    if !config.hidden.is_multiple_of(8) {
+        anyhow::bail!("the GPU backend needs a hidden size that is a multiple of 8 (this model: {}); use --device cpu", config.hidden);
+    }
+    for (i, block) in config.blocks.iter().enumerate() {
+        if let Some(a) = &block.attention {
+            if !HEAD_DIMS.contains(&a.head_dim) {
+                anyhow::bail!("the GPU attention kernels take head dims 64, 128 or 256 (block {i}: {}); use --device cpu", a.head_dim);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Width rounded up to the device padding.
 pub fn padded_width(width: usize) -> usize {
     width.div_ceil(FFN_PAD) * FFN_PAD
@@ -197,5 +215,20 @@ impl GpuModel {
     /// LM head weights (its own or the tied embeddings).
     pub fn head(&self) -> &GpuMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_outside_the_kernels_are_refused_up_front() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let gpu_shaped = ModelConfig::from_dir(&dir.join("tests/fixtures/gpu_gemma3")).unwrap();
+        assert!(check_supported(&gpu_shaped).is_ok());
+        let tiny = ModelConfig::from_dir(&dir.join("tests/fixtures/llama")).unwrap(); // hidden 36, head dim 8
+        let err = check_supported(&tiny).unwrap_err().to_string();
+        assert!(err.contains("--device cpu"), "{err}");
     }
 }

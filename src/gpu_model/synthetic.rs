@@ -47,6 +47,7 @@ impl Generator<'_> {
 impl GpuModel {
     /// A model of `config`'s shapes with seeded random weights, generated on the device.
     pub fn synthetic(gpu: Arc<Gpu>, config: &ModelConfig, seed: u64) -> Result<Self> {
+        super::check_supported(config)?;
         let (hidden, vocab, arch) = (config.hidden, config.vocab, &config.arch);
         let offset = arch.norm_offset;
         let mut g = Generator {

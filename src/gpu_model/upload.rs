@@ -14,6 +14,7 @@ impl GpuModel {
     /// Loads config.json and the safetensors of `dir` straight to the GPU, block by block.
     pub fn load(gpu: Arc<Gpu>, dir: &Path) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
+        super::check_supported(&config)?;
         let store = TensorStore::open(dir)?;
         let (hidden, vocab) = (config.hidden, config.vocab);
         let context = || format!("cannot load model from {}", dir.display());
@@ -47,6 +48,7 @@ impl GpuModel {
 
     /// Copies `model` to the GPU (bf16 matrices, f32 norms and biases).
     pub fn upload(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        super::check_supported(&model.config)?;
         let cfg = &model.config;
         let blocks = model
             .blocks
