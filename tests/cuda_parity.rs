@@ -1186,16 +1186,11 @@ fn prune_helpers_are_exact() {
 
 // ----------------------------------------------------------------------------- whole-model helpers
 
-/// Why the GPU cannot run a model of this config, if it cannot.
+/// Why the GPU cannot run a model of this config, if it cannot (the library's own up-front check).
 fn gpu_unsupported(cfg: &ModelConfig) -> Option<String> {
-    if !cfg.hidden.is_multiple_of(8) {
-        return Some(format!("hidden {} is not a multiple of 8", cfg.hidden));
-    }
-    cfg.blocks
-        .iter()
-        .filter_map(|b| b.attention.as_ref())
-        .find(|a| ![64, 128, 256].contains(&a.head_dim))
-        .map(|a| format!("head_dim {} is not 64, 128 or 256", a.head_dim))
+    twossp_engine::gpu_model::check_supported(cfg)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// `model` with every matrix rounded to bf16 as `GpuModel::upload` does (norms and biases stay
