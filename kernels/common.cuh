@@ -35,12 +35,6 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 __device__ __forceinline__ float block_sum(float v) {
     __shared__ float partial[32];
@@ -53,24 +47,6 @@ __device__ __forceinline__ float block_sum(float v) {
     if (warp == 0) {
         float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.f;
         w = warp_sum(w);
-        if (lane == 0) total = w;
-    }
-    __syncthreads();
-    return total;
-}
-
-// Max over the block; every thread gets the result.
-__device__ __forceinline__ float block_max(float v) {
-    __shared__ float partial[32];
-    __shared__ float total;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float w = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
-        w = warp_max(w);
         if (lane == 0) total = w;
     }
     __syncthreads();
