@@ -6,7 +6,7 @@ use crate::backend::cpu::ops::RopeTable;
 use crate::backend::cuda::kernels::{
     self, attention_partial_len, AttentionArgs, Epilogue, Matmul, Norm, QkvRope,
 };
-use crate::backend::cuda::{Gpu, GpuBuffer};
+use crate::backend::cuda::GpuBuffer;
 use crate::config::rope::RopeSpec;
 use anyhow::{bail, Result};
 
@@ -447,41 +447,36 @@ impl GpuModel {
         self.residual_projection(ws, &ws.act, &ffn.down, &ffn.down_bias, &ffn.post_norm, n)
     }
 
-    /// Applies the final norm to the first `n` rows (bf16 result kept in the workspace).
-    fn final_norm(&self, ws: &GpuWorkspace, n: usize) -> Result<()> {
-        let gpu = &self.gpu;
-        kernels::rmsnorm_bf16(
-            gpu,
-            gpu.ptr(&ws.x, 0),
-            self.norm(&self.final_norm),
-            n,
-            self.config.hidden,
-            gpu.ptr(&ws.normed, 0),
-        )
+    /// f32 logits of residual-stream rows `first..first + rows` into `ws.logits` (final norm, then
+    /// the LM head; the soft cap is left to the caller).
+    fn head_logits(&self, ws: &GpuWorkspace, first: usize, rows: usize) -> Result<()> {
+        let (gpu, vocab, hidden) = (&self.gpu, self.config.vocab, self.config.hidden);
+        let normed = gpu.ptr(&ws.normed, first * hidden);
+        let x = gpu.ptr(&ws.x, first * hidden);
+        kernels::rmsnorm_bf16(gpu, x, self.norm(&self.final_norm), rows, hidden, normed)?;
+        let mm = Matmul {
+            a: normed,
+            lda: hidden,
+            w: gpu.ptr(&self.head().data, 0),
+            ldw: hidden,
+            m: rows,
+            n: vocab,
+            k: hidden,
+        };
+        kernels::matmul(gpu, &mm, Epilogue::store_f32(gpu.ptr(&ws.logits, 0), vocab))
     }
 
     /// Sum of next-token NLLs of `ids` from the residual stream after the last block.
     pub fn nll_from_hidden(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<f64> {
-        let (gpu, vocab, hidden) = (&self.gpu, self.config.vocab, self.config.hidden);
+        let (gpu, vocab) = (&self.gpu, self.config.vocab);
         let n_pred = ids.len().saturating_sub(1);
         if n_pred == 0 {
             return Ok(0.0);
         }
-        self.final_norm(ws, n_pred)?;
         gpu.write(&ids[1..], &mut ws.ids)?;
-        let head = self.head();
         for start in (0..n_pred).step_by(ws.logit_rows) {
             let rows = ws.logit_rows.min(n_pred - start);
-            let mm = Matmul {
-                a: gpu.ptr(&ws.normed, start * hidden),
-                lda: hidden,
-                w: gpu.ptr(&head.data, 0),
-                ldw: hidden,
-                m: rows,
-                n: vocab,
-                k: hidden,
-            };
-            kernels::matmul(gpu, &mm, Epilogue::store_f32(gpu.ptr(&ws.logits, 0), vocab))?;
+            self.head_logits(ws, start, rows)?;
             let targets = gpu.ptr(&ws.ids, start);
             kernels::row_nll(
                 gpu,
@@ -518,27 +513,12 @@ impl GpuModel {
 
     /// Logits of row `row` of the residual stream (after the final norm and the LM head).
     pub fn row_logits(&self, ws: &mut GpuWorkspace, row: usize) -> Result<Vec<f32>> {
-        let (gpu, vocab, hidden) = (&self.gpu, self.config.vocab, self.config.hidden);
-        self.final_norm(ws, row + 1)?;
-        let mm = Matmul {
-            a: gpu.ptr(&ws.normed, row * hidden),
-            lda: hidden,
-            w: gpu.ptr(&self.head().data, 0),
-            ldw: hidden,
-            m: 1,
-            n: vocab,
-            k: hidden,
-        };
-        kernels::matmul(gpu, &mm, Epilogue::store_f32(gpu.ptr(&ws.logits, 0), vocab))?;
-        let mut logits = gpu.download_prefix(&ws.logits, vocab)?;
+        let vocab = self.config.vocab;
+        self.head_logits(ws, row, 1)?;
+        let mut logits = self.gpu.download_prefix(&ws.logits, vocab)?;
         if let Some(cap) = self.config.final_logit_softcap {
             crate::backend::cpu::ops::soft_cap(&mut logits, cap);
         }
         Ok(logits)
-    }
-
-    /// The device.
-    pub fn device(&self) -> &Gpu {
-        &self.gpu
     }
 }
