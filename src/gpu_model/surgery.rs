@@ -7,6 +7,15 @@ use crate::backend::cuda::{Gpu, GpuBuffer};
 use anyhow::Result;
 
 impl GpuFfn {
+    /// Lays an FFN built at its exact width (`padded == width`) out at the device width: the
+    /// same gather as pruning, keeping every neuron, appends zero neurons. No-op when aligned.
+    pub fn pad(&mut self, gpu: &Gpu) -> Result<()> {
+        if padded_width(self.width) == self.padded {
+            return Ok(());
+        }
+        self.keep_neurons(gpu, &(0..self.width).collect::<Vec<_>>())
+    }
+
     /// Keeps neurons `kept` (indices into the current neurons, ascending) and frees the old buffers.
     pub fn keep_neurons(&mut self, gpu: &Gpu, kept: &[usize]) -> Result<()> {
         let hidden = self.down.rows;

@@ -1,7 +1,7 @@
 //! Random weights of a config's real shapes, generated on the device (for timing a 7B shape without
 //! its checkpoint): matrices uniform with standard deviation 0.02, norms at 1, biases at 0.
 
-use super::{padded_width, GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
+use super::{GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
 use crate::backend::cuda::{kernels, Gpu, GpuBuffer};
 use crate::config::ModelConfig;
 use anyhow::Result;
@@ -83,9 +83,8 @@ impl GpuModel {
             let ffn = if spec.ffn_width == 0 {
                 None
             } else {
-                // Random padding rows would not be zero: generate exact widths, then pad by gathering.
+                // Random padding rows would not be zero: generate exact widths, then pad.
                 let width = spec.ffn_width;
-                let padded = padded_width(width);
                 let mut ffn = GpuFfn {
                     norm: g.norm(hidden, offset)?,
                     gate_up: g.matrix(2 * width, hidden)?,
@@ -99,9 +98,7 @@ impl GpuModel {
                     width,
                     padded: width,
                 };
-                if padded != width {
-                    ffn.keep_neurons(&gpu, &(0..width).collect::<Vec<_>>())?;
-                }
+                ffn.pad(&gpu)?;
                 Some(ffn)
             };
             blocks.push(GpuBlock { attention, ffn });

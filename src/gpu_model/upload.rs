@@ -1,7 +1,7 @@
 //! Building a [`GpuModel`]: streamed from a checkpoint folder one block at a time (the host never
 //! holds the whole model), or copied from a host [`Model`]. Matrices are rounded to bf16 on the way.
 
-use super::{padded_width, GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
+use super::{GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::config::ModelConfig;
 use crate::model::{load_block, load_lm_head, Attention, Block, Ffn, Model};
@@ -112,33 +112,17 @@ fn upload_attention(gpu: &Gpu, a: &Attention) -> Result<GpuAttention> {
 }
 
 fn upload_ffn(gpu: &Gpu, f: &Ffn, hidden: usize) -> Result<GpuFfn> {
-    let (width, padded) = (f.width(), padded_width(f.width()));
-    // gate rows, zero rows up to `padded`, up rows, zero rows.
-    let mut gate_up = vec![0f32; 2 * padded * hidden];
-    gate_up[..width * hidden].copy_from_slice(&f.gate_up.weight[..width * hidden]);
-    gate_up[padded * hidden..(padded + width) * hidden]
-        .copy_from_slice(&f.gate_up.weight[width * hidden..]);
-    let gate_up_bias = f.gate_up.bias.as_ref().map(|b| {
-        let mut padded_bias = vec![0f32; 2 * padded];
-        padded_bias[..width].copy_from_slice(&b[..width]);
-        padded_bias[padded..padded + width].copy_from_slice(&b[width..]);
-        padded_bias
-    });
-    let mut down = vec![0f32; hidden * padded];
-    for (dst, src) in down
-        .chunks_exact_mut(padded)
-        .zip(f.down.weight.chunks_exact(width))
-    {
-        dst[..width].copy_from_slice(src);
-    }
-    Ok(GpuFfn {
+    let width = f.width();
+    let mut ffn = GpuFfn {
         norm: gpu.upload(&f.norm)?,
-        gate_up: matrix(gpu, &gate_up, 2 * padded, hidden)?,
-        gate_up_bias: optional(gpu, &gate_up_bias)?,
-        down: matrix(gpu, &down, hidden, padded)?,
+        gate_up: matrix(gpu, &f.gate_up.weight, 2 * width, hidden)?,
+        gate_up_bias: optional(gpu, &f.gate_up.bias)?,
+        down: matrix(gpu, &f.down.weight, hidden, width)?,
         down_bias: optional(gpu, &f.down.bias)?,
         post_norm: optional(gpu, &f.post_norm)?,
         width,
-        padded,
-    })
+        padded: width,
+    };
+    ffn.pad(gpu)?;
+    Ok(ffn)
 }
