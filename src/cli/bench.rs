@@ -70,17 +70,9 @@ fn measure_synthetic(
     settings: &BenchSettings,
 ) -> Result<(BenchResult, Option<BenchResult>)> {
     use crate::prune::{balance::AttentionBudget, PruneOptions};
-    let Backend::Cuda(gpu) = backend else {
-        anyhow::bail!("--synthetic-weights needs a CUDA device");
+    let Some(mut model) = args.device.synthetic_model(backend)? else {
+        anyhow::bail!("--model or --synthetic-weights is required");
     };
-    let path = args
-        .device
-        .synthetic_weights
-        .as_ref()
-        .expect("synthetic run");
-    let config = crate::config::ModelConfig::from_file(path)?;
-    let mut model =
-        crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
     let dense = model.measure(settings)?;
     let Some(sparsity) = args.sparsity else {
         return Ok((dense, None));
@@ -91,12 +83,9 @@ fn measure_synthetic(
         ffn_multiple_of: None,
         protected_attention: Vec::new(),
     };
-    let windows = super::device::random_windows(
-        1,
-        args.prefill_len,
-        config.vocab,
-        args.device.synthetic_seed,
-    );
+    let vocab = model.config.vocab;
+    let windows =
+        super::device::random_windows(1, args.prefill_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     crate::prune::gpu::run(&mut model, &opts, &refs, &refs)?;
     Ok((model.measure(settings)?, Some(dense)))

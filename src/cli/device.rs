@@ -29,6 +29,21 @@ pub enum Backend {
 }
 
 impl DeviceArgs {
+    /// The `--synthetic-weights` model generated on the GPU, or `None` without the flag.
+    #[cfg(feature = "cuda")]
+    pub fn synthetic_model(&self, backend: &Backend) -> Result<Option<crate::gpu_model::GpuModel>> {
+        let Some(path) = &self.synthetic_weights else {
+            return Ok(None);
+        };
+        let Backend::Cuda(gpu) = backend else {
+            bail!("--synthetic-weights needs a CUDA device (--device cuda)");
+        };
+        let config = crate::config::ModelConfig::from_file(path)?;
+        let model =
+            crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, self.synthetic_seed)?;
+        Ok(Some(model))
+    }
+
     /// Resolves `--device` (and checks `--synthetic-weights` has a GPU to run on).
     pub fn backend(&self) -> Result<Backend> {
         let backend = select_backend(self.device.as_deref())?;

@@ -46,6 +46,14 @@ enum Scorer {
 }
 
 impl Scorer {
+    fn vocab(&self) -> usize {
+        match self {
+            Scorer::Cpu(boxed) => boxed.0.config.vocab,
+            #[cfg(feature = "cuda")]
+            Scorer::Cuda(boxed) => boxed.0.config.vocab,
+        }
+    }
+
     fn window_nll(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
         match self {
             Scorer::Cpu(boxed) => {
@@ -77,12 +85,9 @@ fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
             use crate::gpu_model::{GpuModel, GpuWorkspace};
-            let gpu_model = match (&args.model, &args.device.synthetic_weights) {
+            let gpu_model = match (&args.model, args.device.synthetic_model(backend)?) {
                 (Some(dir), _) => GpuModel::load(gpu.clone(), dir)?,
-                (None, Some(cfg)) => {
-                    let config = crate::config::ModelConfig::from_file(cfg)?;
-                    GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?
-                }
+                (None, Some(synthetic)) => synthetic,
                 (None, None) => anyhow::bail!("--model or --synthetic-weights is required"),
             };
             let ws = GpuWorkspace::new(&gpu_model, args.seq_len, args.seq_len)?;
@@ -108,7 +113,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut scorer = scorer(&args, &backend)?;
     let mut rows = Vec::new();
     if let Some(config) = &args.device.synthetic_weights {
-        let vocab = crate::config::ModelConfig::from_file(config)?.vocab;
+        let vocab = scorer.vocab();
         let n = args.max_windows.unwrap_or(8);
         let windows = random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
         let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
@@ -121,25 +126,24 @@ pub fn run(args: EvalArgs) -> Result<()> {
             result,
         });
     }
-    let tokenizer = match &args.model {
-        Some(dir) if !args.data.is_empty() => Some(Tokenizer::from_dir(dir)?),
-        _ => None,
-    };
-    for file in tokenizer.iter().flat_map(|_| &args.data) {
-        let tokenizer = tokenizer.as_ref().expect("checked above");
-        let corpus = Corpus::load(std::slice::from_ref(file), tokenizer)?;
-        let windows = corpus.windows(args.seq_len, args.max_windows)?;
-        let dataset = file
-            .file_stem()
-            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-        let result = perplexity_with(&windows, &dataset, |w| scorer.window_nll(w))?;
-        rows.push(Row {
-            dataset,
-            file: file.clone(),
-            documents: corpus.n_documents,
-            corpus_tokens: corpus.ids.len(),
-            result,
-        });
+    // --data comes with --model (clap: both conflict with --synthetic-weights).
+    if let Some(dir) = &args.model {
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        for file in &args.data {
+            let corpus = Corpus::load(std::slice::from_ref(file), &tokenizer)?;
+            let windows = corpus.windows(args.seq_len, args.max_windows)?;
+            let dataset = file
+                .file_stem()
+                .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            let result = perplexity_with(&windows, &dataset, |w| scorer.window_nll(w))?;
+            rows.push(Row {
+                dataset,
+                file: file.clone(),
+                documents: corpus.n_documents,
+                corpus_tokens: corpus.ids.len(),
+                result,
+            });
+        }
     }
     if args.json {
         return print_json(&serde_json::json!({

@@ -143,15 +143,12 @@ fn prune_synthetic(
     opts: &PruneOptions,
     config_path: &Path,
 ) -> Result<()> {
-    let Backend::Cuda(gpu) = backend else {
-        bail!("--synthetic-weights needs a CUDA device");
+    let Some(mut model) = args.device.synthetic_model(backend)? else {
+        bail!("--synthetic-weights is required here");
     };
-    let config = crate::config::ModelConfig::from_file(config_path)?;
-    let mut model =
-        crate::gpu_model::GpuModel::synthetic(gpu.clone(), &config, args.device.synthetic_seed)?;
     let n = args.stage1_samples.max(args.stage2_samples);
-    let windows =
-        super::device::random_windows(n, args.seq_len, config.vocab, args.device.synthetic_seed);
+    let vocab = model.config.vocab;
+    let windows = super::device::random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (main_before, total_before) = (model.params_main(), model.params_total());
     let (outcome, memory) = prune::gpu::run(
