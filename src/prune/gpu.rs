@@ -42,11 +42,7 @@ pub fn run(
     let mut ws = GpuWorkspace::new(model, longest, longest)?;
 
     let t1 = Instant::now();
-    let scores = score_neurons(model, &mut ws, stage1_windows)?;
-    let ffn_kept: Vec<Vec<usize>> = scores
-        .iter()
-        .map(|s| stage1::top_k_sorted(s, plan.keep))
-        .collect();
+    let ffn_kept = stage1::kept_neurons(&score_neurons(model, &mut ws, stage1_windows)?, plan.keep);
     let bytes_freed_ffn = model.keep_ffn_neurons(&ffn_kept)?;
     model.gpu.sync()?;
     let seconds_stage1 = t1.elapsed().as_secs_f64();

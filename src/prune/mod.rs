@@ -54,11 +54,7 @@ pub fn run(
     let (counts, plan) = validated_plan(&model.config, opts)?;
 
     let t1 = Instant::now();
-    let scores = stage1::score_neurons(model, stage1_windows)?;
-    let ffn_kept: Vec<Vec<usize>> = scores
-        .iter()
-        .map(|s| stage1::top_k_sorted(s, plan.keep))
-        .collect();
+    let ffn_kept = stage1::kept_neurons(&stage1::score_neurons(model, stage1_windows)?, plan.keep);
     model.keep_ffn_neurons(&ffn_kept);
     let seconds_stage1 = t1.elapsed().as_secs_f64();
 

@@ -57,6 +57,11 @@ pub fn column_l2_norms(act: &[f32], width: usize) -> Vec<f32> {
     out
 }
 
+/// Per block, the `keep` best-scoring neurons (ascending indices): stage 1's decision.
+pub fn kept_neurons(scores: &NeuronScores, keep: usize) -> Vec<Vec<usize>> {
+    scores.iter().map(|s| top_k_sorted(s, keep)).collect()
+}
+
 /// Indices of the `keep` highest scores, ascending (ties keep the lower index).
 pub fn top_k_sorted(scores: &[f32], keep: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
