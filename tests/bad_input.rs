@@ -182,3 +182,26 @@ fn malformed_jsonl_line_is_located() {
 fn unsupported_data_extension() {
     eval_data_fails_with("bad.csv", "a,b\n", "unsupported data file type '.csv'");
 }
+
+#[test]
+fn device_options_are_checked() {
+    let model = base_model();
+    let model = model.to_str().unwrap();
+    let text = common::fixtures().join("text/sample.txt");
+    let text = text.to_str().unwrap();
+    let (code, err) = run_cli(&["eval", "--model", model, "--data", text, "--device", "tpu"]);
+    assert!(code != 0 && err.contains("unknown --device 'tpu'"), "{err}");
+    let (code, err) = run_cli(&["bench", "--model", model, "--sparsity", "0.3"]);
+    assert!(
+        code != 0 && err.contains("--sparsity is for --synthetic-weights"),
+        "{err}"
+    );
+    let (code, err) = run_cli(&[
+        "eval",
+        "--synthetic-weights",
+        "configs/llama-2-7b.json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(code != 0 && err.contains("needs a CUDA device"), "{err}");
+}

@@ -41,7 +41,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// With --synthetic-weights: measure the dense model, prune it in place with 2SSP at this sparsity
     /// (random calibration tokens, one window per stage) and measure it again as the model.
-    #[arg(long, requires = "synthetic_weights")]
+    #[arg(long)]
     pub sparsity: Option<f64>,
     /// Backend and synthetic weights.
     #[command(flatten)]
@@ -105,6 +105,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     anyhow::ensure!(
         args.prefill_len >= 1 && args.prompt_len >= 1,
         "--prefill-len and --prompt-len must be positive"
+    );
+    // clap's `requires` is not enforced across the flattened DeviceArgs: say it here.
+    anyhow::ensure!(
+        args.sparsity.is_none() || args.device.synthetic_weights.is_some(),
+        "--sparsity is for --synthetic-weights (prune a real model with `prune`, then bench it with --baseline)"
     );
     let settings = BenchSettings {
         prefill_len: args.prefill_len,
