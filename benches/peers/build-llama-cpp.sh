@@ -2,19 +2,25 @@
 # Build llama.cpp (peer baseline for benchmarks) from the copy vendored inside
 # the PyPI sdist of llama-cpp-python. Nothing from llama.cpp is committed here:
 # this script downloads the sdist from PyPI, unpacks vendor/llama.cpp and
-# builds a handful of command-line tools with CMake.
+# builds a handful of command-line tools with CMake, then compiles our own
+# tools/llama-logits/llama_logits.cpp against the static libraries it produced.
 #
 # Usage: benches/peers/build-llama-cpp.sh [DEST]
 #   DEST defaults to <repo>/../peers/llama.cpp. Layout produced:
 #     DEST/dl/llama_cpp_python-<ver>.tar.gz   downloaded sdist
 #     DEST/src/                              vendor/llama.cpp from the sdist
-#     DEST/build/bin/llama-*                 binaries
+#     DEST/build/bin/llama-*                 binaries (llama.cpp tools + our llama-logits)
 #     DEST/BUILD-INFO.txt                    version, sha256, cmake flags, build time
 # Environment:
 #   LLAMA_CPP_PYTHON_VERSION  sdist version (default 0.3.36; its sha256 is verified)
 #   JOBS                      parallel build jobs (default 2)
 #   LLAMA_CMAKE_ARGS          extra cmake configure arguments (e.g. "-DGGML_CUDA=ON")
 #   PYTHON                    python interpreter used for pip (default python3)
+#   CXX                       C++ compiler for llama-logits (default g++; CMake also
+#                             reads it on the first configure)
+#   LLAMA_LOGITS_LDFLAGS      extra link flags for llama-logits (the default link line
+#                             covers a CPU-only build; e.g. a CUDA build needs
+#                             "-L/usr/local/cuda/lib64 -lcudart -lcublas -lcuda")
 # Idempotent: download, unpack and configure are skipped when already done;
 # the build step is incremental. GGML_NATIVE=ON tunes the binaries to this CPU:
 # build on the machine that runs the benchmarks.
@@ -32,6 +38,13 @@
 #   (each chunk of 2048 tokens is scored on its second half only; the first token
 #    of every chunk is replaced by BOS when the GGUF has add_bos_token=true.
 #    Disable that with --override-kv tokenizer.ggml.add_bos_token=bool:false)
+#   logits for every position of a token-id list (our tools/llama-logits, linked
+#   statically against the libraries built here; CPU, flash attention on, no BOS
+#   added, one llama_decode; output raw little-endian f32 n_tokens x n_vocab):
+#     $B/llama-logits M.gguf --ids 1,2,3 --out logits.f32 [-t 16] [--ctx N] [--kv-info]
+#     $B/llama-logits M.gguf --ids-file ids.txt --out logits.f32   (ids split by , or space)
+#   (stdout: {"n_tokens":N,"n_vocab":V}; exit 1 bad args/ids, 2 load, 3 context,
+#    4 decode, 5 output I/O; -v shows llama.cpp's log)
 #   f32 model from a quantized GGUF (dequantize):
 #     $B/llama-quantize --allow-requantize M.Q4_1.gguf M.f32.gguf F32
 #   f32 GGUF from an HF folder (needs torch, transformers; config.json must name
@@ -148,6 +161,42 @@ if [ "$FRESH" = 1 ]; then echo "$((END - START))" > "$BUILD/.full-build-seconds"
 for t in "${TARGETS[@]}"; do
   [ -x "$BUILD/bin/$t" ] || { log "missing binary $BUILD/bin/$t"; exit 1; }
 done
+
+# --- llama-logits: our own program (tools/llama-logits) linked statically ---
+# against the libraries built above (libllama.a, libggml*.a). Recompiled only
+# when the binary is older than its source or any of those libraries.
+LOGITS_SRC="$REPO/tools/llama-logits/llama_logits.cpp"
+LOGITS_BIN="$BUILD/bin/llama-logits"
+CXX="${CXX:-g++}"
+LLAMA_LIB="$(find "$BUILD" -name libllama.a -print -quit)"
+[ -n "$LLAMA_LIB" ] || { log "libllama.a not found under $BUILD"; exit 1; }
+mapfile -t GGML_LIBS < <(find "$BUILD" -name 'libggml*.a' | sort)
+[ "${#GGML_LIBS[@]}" -gt 0 ] || { log "no libggml*.a found under $BUILD"; exit 1; }
+LOGITS_STALE=0
+if [ ! -x "$LOGITS_BIN" ]; then
+  LOGITS_STALE=1
+else
+  for dep in "$LOGITS_SRC" "$LLAMA_LIB" "${GGML_LIBS[@]}"; do
+    if [ "$dep" -nt "$LOGITS_BIN" ]; then LOGITS_STALE=1; break; fi
+  done
+fi
+LOGITS_CMD=("$CXX" -O2 -std=c++17 -fopenmp
+  -I"$SRC/include" -I"$SRC/ggml/include"
+  "$LOGITS_SRC" -o "$LOGITS_BIN.tmp"
+  -Wl,--start-group "$LLAMA_LIB" "${GGML_LIBS[@]}" -Wl,--end-group
+  -lpthread -ldl -lm)
+# shellcheck disable=SC2206
+LOGITS_CMD+=(${LLAMA_LOGITS_LDFLAGS:-})
+if [ "$LOGITS_STALE" = 1 ]; then
+  log "compiling llama-logits: ${LOGITS_CMD[*]}"
+  LSTART=$(date +%s)
+  "${LOGITS_CMD[@]}"
+  mv "$LOGITS_BIN.tmp" "$LOGITS_BIN"
+  echo "$(($(date +%s) - LSTART))" > "$BUILD/.llama-logits-seconds"
+else
+  log "llama-logits is up to date"
+fi
+[ -x "$LOGITS_BIN" ] || { log "missing binary $LOGITS_BIN"; exit 1; }
 {
   echo "llama-cpp-python sdist: $VERSION"
   echo "sdist sha256: $SHA"
@@ -156,8 +205,10 @@ done
   echo "cmake flags: ${CMAKE_FLAGS[*]} ${EXTRA[*]:-}"
   echo "full configure+build seconds: $(cat "$BUILD/.full-build-seconds" 2>/dev/null || echo unknown) with -j$JOBS"
   echo "build seconds (this run): $((END - START))"
+  echo "llama-logits: $LOGITS_SRC ($(cat "$BUILD/.llama-logits-seconds" 2>/dev/null || echo unknown) s to compile)"
+  echo "llama-logits compile: ${LOGITS_CMD[*]/%.tmp/}"
   echo "binaries:"
-  for t in "${TARGETS[@]}"; do echo "  $BUILD/bin/$t"; done
+  for t in "${TARGETS[@]}" llama-logits; do echo "  $BUILD/bin/$t"; done
 } > "$DEST/BUILD-INFO.txt.tmp"
 mv "$DEST/BUILD-INFO.txt.tmp" "$DEST/BUILD-INFO.txt"
 cat "$DEST/BUILD-INFO.txt"

@@ -66,14 +66,15 @@ impl Family {
     /// Maps an HF `model_type` onto a family, or explains that it is unsupported.
     pub fn from_model_type(model_type: &str) -> Result<Self> {
         Ok(match model_type {
-            "llama" => Family::Llama,
+            // DeciLM / nemotron-nas (our `decilm` export): Llama blocks with per-block shapes.
+            "llama" | "nemotron-nas" => Family::Llama,
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "phi3" => Family::Phi3,
             "gemma3_text" | "gemma3" => Family::Gemma3,
             other => bail!(
-                "unsupported architecture: model_type '{other}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3_text)"
+                "unsupported architecture: model_type '{other}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3_text, nemotron-nas)"
             ),
         })
     }

@@ -3,3 +3,44 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+/// The backend a command runs on.
+pub enum Backend {
+    /// The CPU reference backend.
+    Cpu,
+    /// A GPU.
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<cuda::Gpu>),
+}
+
+impl Backend {
+    /// Name for reports: `cpu` or the GPU's name.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => format!("cuda ({})", gpu.name()),
+        }
+    }
+
+    /// Perplexity of the checkpoint folder `dir` on `windows`, loaded on this backend.
+    pub fn folder_perplexity(
+        &self,
+        dir: &std::path::Path,
+        windows: &[&[u32]],
+    ) -> anyhow::Result<f64> {
+        use crate::eval::perplexity::perplexity_with;
+        match self {
+            Backend::Cpu => {
+                let model = crate::model::Model::load(dir)?;
+                let mut ws = crate::model::Workspace::default();
+                Ok(perplexity_with(windows, "verify", |w| model.window_nll(w, &mut ws))?.ppl)
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => {
+                let model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
+                model.perplexity(windows)
+            }
+        }
+    }
+}

@@ -19,14 +19,7 @@ pub struct DeviceArgs {
     pub synthetic_seed: u64,
 }
 
-/// The backend a command runs on.
-pub enum Backend {
-    /// The CPU reference backend.
-    Cpu,
-    /// A GPU.
-    #[cfg(feature = "cuda")]
-    Cuda(std::sync::Arc<crate::backend::cuda::Gpu>),
-}
+pub use crate::backend::Backend;
 
 impl DeviceArgs {
     /// The `--synthetic-weights` model generated on the GPU, or `None` without the flag.
@@ -60,17 +53,6 @@ pub fn select_backend(device: Option<&str>) -> Result<Backend> {
         None => default_backend(),
         Some("cpu") => Ok(Backend::Cpu),
         Some(other) => cuda_backend(other),
-    }
-}
-
-impl Backend {
-    /// Name for reports: `cpu` or the GPU's name.
-    pub fn describe(&self) -> String {
-        match self {
-            Backend::Cpu => "cpu".into(),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => format!("cuda ({})", gpu.name()),
-        }
     }
 }
 

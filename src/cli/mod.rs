@@ -3,6 +3,7 @@
 mod bench;
 mod device;
 mod eval;
+mod export;
 mod generate;
 mod import;
 mod output;
@@ -37,6 +38,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// 2SSP structured pruning: FFN neurons (stage 1), then attention submodules (stage 2).
     Prune(prune::PruneArgs),
+    /// Write a model as DeciLM (vLLM, HF), GGUF (llama.cpp) or a native HF folder, verified by reload.
+    Export(export::ExportArgs),
     /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => prune::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

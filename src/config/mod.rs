@@ -81,6 +81,11 @@ pub struct ModelConfig {
     pub final_logit_softcap: Option<f32>,
     /// The decoder blocks.
     pub blocks: Vec<BlockSpec>,
+    /// The blocks as stored on disk, where they differ from `blocks`: exports that keep removed
+    /// attention as zeros (`twossp_zero_attention`) or pad FFNs with zero neurons
+    /// (`twossp_ffn_widths`). Loading reads these shapes, checks the extra weights are zero and
+    /// drops them, so the engine never computes them.
+    pub stored_blocks: Option<Vec<BlockSpec>>,
     /// The original JSON, kept so pruned models can be written back with every field intact.
     pub raw: Value,
 }
@@ -155,6 +160,7 @@ impl ModelConfig {
         for (i, &is_sliding) in sliding.iter().enumerate() {
             let entry = block_configs.as_ref().map(|b| &b[i]);
             let mut kv_heads = n_kv_heads;
+            let mut block_window = None;
             let attention_present = match entry.map(|e| &e["attention"]) {
                 Some(att) if att.is_object() => {
                     if att["replace_with_linear"].as_bool().unwrap_or(false) {
@@ -166,13 +172,17 @@ impl ModelConfig {
                         }
                         kv_heads = n_heads / group as usize;
                     }
+                    block_window = opt_usize(att, "window_length")
+                        .with_context(|| format!("block {i}: invalid attention.window_length"))?;
                     !att["no_op"].as_bool().unwrap_or(false)
                 }
                 _ => true,
             };
             let attention = if attention_present {
                 let rope = rope_for_layer(&raw, family, is_sliding, rotary_dim)?;
-                let window = if is_sliding {
+                let window = if let Some(w) = block_window {
+                    Some(w)
+                } else if is_sliding {
                     Some(window.with_context(|| {
                         format!("block {i} slides but 'sliding_window' is missing")
                     })?)
@@ -200,6 +210,10 @@ impl ModelConfig {
                 ffn_width,
             });
         }
+        let stored_blocks = stored_layout(&raw, &blocks)?;
+        if let Some(stored) = &stored_blocks {
+            blocks = effective_blocks(&raw, stored)?;
+        }
         Ok(Self {
             model_type,
             arch,
@@ -210,14 +224,70 @@ impl ModelConfig {
             tie_embeddings,
             final_logit_softcap,
             blocks,
+            stored_blocks,
             raw,
         })
+    }
+
+    /// Block `i` as stored on disk (differs from `blocks[i]` only for zero-padded exports).
+    pub fn stored_block(&self, i: usize) -> &BlockSpec {
+        self.stored_blocks
+            .as_ref()
+            .map_or(&self.blocks[i], |s| &s[i])
     }
 
     /// Number of decoder blocks.
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
     }
+}
+
+/// Config key listing blocks whose attention weights are stored as zeros (removed attention kept
+/// so that stock loaders accept the folder).
+pub const ZERO_ATTENTION_KEY: &str = "twossp_zero_attention";
+/// Config key listing each block's real FFN width when the stored width is zero-padded.
+pub const FFN_WIDTHS_KEY: &str = "twossp_ffn_widths";
+
+/// The stored blocks when the config declares zero-filled parts, else `None`.
+fn stored_layout(raw: &Value, blocks: &[BlockSpec]) -> Result<Option<Vec<BlockSpec>>> {
+    let declared = !raw[ZERO_ATTENTION_KEY].is_null() || !raw[FFN_WIDTHS_KEY].is_null();
+    Ok(declared.then(|| blocks.to_vec()))
+}
+
+/// The blocks the engine computes: declared zero attention removed, FFNs at their real widths.
+fn effective_blocks(raw: &Value, stored: &[BlockSpec]) -> Result<Vec<BlockSpec>> {
+    let mut blocks = stored.to_vec();
+    if let Some(list) = raw.get(ZERO_ATTENTION_KEY).filter(|v| !v.is_null()) {
+        let list = list
+            .as_array()
+            .with_context(|| format!("'{ZERO_ATTENTION_KEY}' must be a list of block indices"))?;
+        for v in list {
+            let i = v
+                .as_u64()
+                .filter(|&i| (i as usize) < blocks.len())
+                .with_context(|| format!("'{ZERO_ATTENTION_KEY}' holds {v}, not a block index"))?;
+            blocks[i as usize].attention = None;
+        }
+    }
+    if let Some(list) = raw.get(FFN_WIDTHS_KEY).filter(|v| !v.is_null()) {
+        let widths = list
+            .as_array()
+            .filter(|w| w.len() == blocks.len())
+            .with_context(|| format!("'{FFN_WIDTHS_KEY}' must list one width per block"))?;
+        for (i, (b, w)) in blocks.iter_mut().zip(widths).enumerate() {
+            let w = w
+                .as_u64()
+                .filter(|&w| w as usize <= b.ffn_width)
+                .with_context(|| {
+                    format!(
+                        "block {i}: '{FFN_WIDTHS_KEY}' entry {w} exceeds the stored width {}",
+                        b.ffn_width
+                    )
+                })?;
+            b.ffn_width = w as usize;
+        }
+    }
+    Ok(blocks)
 }
 
 fn req_usize(raw: &Value, key: &str) -> Result<usize> {

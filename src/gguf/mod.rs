@@ -5,10 +5,10 @@
 pub mod dequant;
 pub mod hf_config;
 pub mod reader;
-pub mod safetensors_out;
 pub mod tokenizer;
 
 use crate::fsutil::StagedDir;
+use crate::weights::writer;
 use anyhow::{bail, Context, Result};
 use hf_config::{ArchParams, TensorPlan};
 use reader::GgufFile;
@@ -99,14 +99,15 @@ fn write_json(path: &Path, value: &serde_json::Value, pretty: bool) -> Result<()
 
 /// Dequantizes every planned tensor, applies its transform and streams it into `path`.
 fn write_weights(g: &GgufFile, plans: &[TensorPlan], path: &Path) -> Result<()> {
-    let entries: Vec<safetensors_out::Entry> = plans
+    let entries: Vec<writer::Entry> = plans
         .iter()
-        .map(|p| safetensors_out::Entry {
+        .map(|p| writer::Entry {
             name: p.hf_name.clone(),
+            dtype: safetensors::Dtype::F32,
             shape: p.shape.clone(),
         })
         .collect();
-    safetensors_out::write_f32(path, &entries, |i| {
+    writer::write_f32(path, &entries, |i| {
         let p = &plans[i];
         let t = &g.tensors[p.index];
         let n = t.n_elements() as usize;
@@ -114,5 +115,6 @@ fn write_weights(g: &GgufFile, plans: &[TensorPlan], path: &Path) -> Result<()> 
             .with_context(|| format!("dequantizing tensor '{}'", t.name))?;
         hf_config::apply_transform(p.transform, &p.shape, values)
             .with_context(|| format!("tensor '{}'", t.name))
-    })
+    })?;
+    Ok(())
 }

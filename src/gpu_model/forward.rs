@@ -499,6 +499,18 @@ impl GpuModel {
         Ok((self.nll_from_hidden(ws, ids)?, ids.len().saturating_sub(1)))
     }
 
+    /// Perplexity of `windows` (the reference protocol), with a workspace sized for them.
+    pub fn perplexity(&self, windows: &[&[u32]]) -> Result<f64> {
+        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+        let mut ws = GpuWorkspace::new(self, longest, longest)?;
+        Ok(
+            crate::eval::perplexity::perplexity_with(windows, "verify", |w| {
+                self.window_nll(&mut ws, w)
+            })?
+            .ppl,
+        )
+    }
+
     /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
     pub fn forward_cached(
         &self,

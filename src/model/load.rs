@@ -2,9 +2,9 @@
 
 use super::{Attention, Block, Ffn, Linear, Model};
 use crate::arch::ArchTraits;
-use crate::config::{AttentionSpec, ModelConfig};
+use crate::config::{AttentionSpec, ModelConfig, FFN_WIDTHS_KEY, ZERO_ATTENTION_KEY};
 use crate::weights::TensorStore;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 impl Model {
@@ -52,27 +52,54 @@ pub(crate) fn load_lm_head(config: &ModelConfig, store: &TensorStore) -> Result<
     }))
 }
 
-/// Decoder block `i` (f32), mapped from the family's tensor names.
+/// Decoder block `i` (f32), mapped from the family's tensor names. Zero-filled parts a config
+/// declares (attention kept as zeros, zero-padding neurons) are checked to be zero and dropped.
 pub(crate) fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Block> {
-    let spec = &config.blocks[i];
+    let stored = config.stored_block(i);
     let prefix = format!("model.layers.{i}");
     let arch = &config.arch;
-    let attention = spec
+    let mut attention = stored
         .attention
         .as_ref()
         .map(|a| load_attention(arch, store, &prefix, a, config.hidden))
         .transpose()?;
-    let ffn = if spec.ffn_width == 0 {
+    let mut ffn = if stored.ffn_width == 0 {
         None
     } else {
         Some(load_ffn(
             arch,
             store,
             &prefix,
-            spec.ffn_width,
+            stored.ffn_width,
             config.hidden,
         )?)
     };
+    let effective = &config.blocks[i];
+    if effective.attention.is_none() {
+        if let Some(a) = attention.take() {
+            let zero =
+                a.o.weight
+                    .iter()
+                    .chain(a.o.bias.iter().flatten())
+                    .all(|&v| v == 0.0);
+            if !zero {
+                bail!("block {i} is declared without attention ({ZERO_ATTENTION_KEY}) but its o_proj is not zero");
+            }
+        }
+    }
+    if let Some(f) = &mut ffn {
+        let width = effective.ffn_width;
+        if width < f.width() {
+            let padded = f.width();
+            let up_tail = &f.gate_up.weight[(padded + width) * f.gate_up.in_dim..];
+            let down_tail = (0..f.down.out_dim)
+                .flat_map(|r| &f.down.weight[r * padded + width..(r + 1) * padded]);
+            if !up_tail.iter().chain(down_tail).all(|&v| v == 0.0) {
+                bail!("block {i}: the FFN neurons past {width} ({FFN_WIDTHS_KEY}) are not zero padding");
+            }
+            f.keep_neurons(&(0..width).collect::<Vec<_>>());
+        }
+    }
     Ok(Block { attention, ffn })
 }
 

@@ -2,8 +2,11 @@
 //! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model in memory.
 
 pub mod balance;
+pub mod decisions;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod pipeline;
+pub mod report;
 pub mod stage1;
 pub mod stage2;
 

@@ -1,5 +1,7 @@
 //! Memory-mapped safetensors checkpoints (single file or sharded with an index), read as f32.
 
+pub mod writer;
+
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -74,14 +76,7 @@ impl TensorStore {
 
     /// Reads a tensor as f32, checking its shape; bf16/f16 are widened exactly.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let entry = self.entries.get(name).with_context(|| {
-            format!(
-                "missing tensor '{name}' in {}",
-                self.shards
-                    .first()
-                    .map_or(String::new(), |s| s.0.display().to_string())
-            )
-        })?;
+        let entry = self.entry(name)?;
         if entry.shape != shape {
             bail!(
                 "tensor '{name}' has shape {:?}, expected {:?}",
@@ -92,10 +87,74 @@ impl TensorStore {
         let bytes = &self.shards[entry.shard].1[entry.start..entry.end];
         widen(bytes, entry.dtype).with_context(|| format!("tensor '{name}'"))
     }
+
+    /// A tensor's dtype, shape and raw little-endian bytes, straight from the mapped file.
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let entry = self.entry(name)?;
+        Ok(RawTensor {
+            dtype: entry.dtype,
+            shape: &entry.shape,
+            bytes: &self.shards[entry.shard].1[entry.start..entry.end],
+        })
+    }
+
+    /// Tells the kernel the mapped pages of a tensor are no longer needed, so that streaming a
+    /// whole checkpoint through memory keeps the resident set bounded (the file is untouched).
+    pub fn release(&self, name: &str) {
+        let Some(entry) = self.entries.get(name) else {
+            return;
+        };
+        let map = &self.shards[entry.shard].1;
+        let page = 4096;
+        let start = entry.start.div_ceil(page) * page;
+        let end = entry.end / page * page;
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from the
+            // file on the next access, so no borrowed slice ever observes different contents.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
+    /// Names of every tensor in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    fn entry(&self, name: &str) -> Result<&TensorEntry> {
+        self.entries.get(name).with_context(|| {
+            format!(
+                "missing tensor '{name}' in {}",
+                self.shards
+                    .first()
+                    .map_or(String::new(), |s| s.0.display().to_string())
+            )
+        })
+    }
+}
+
+/// One tensor as stored: dtype, shape and bytes borrowed from the mapped file.
+pub struct RawTensor<'a> {
+    /// Storage dtype.
+    pub dtype: Dtype,
+    /// Shape (row-major).
+    pub shape: &'a [usize],
+    /// Little-endian element bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Bytes per element of the float dtypes the engine reads.
+pub fn dtype_size(dtype: Dtype) -> Result<usize> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::BF16 | Dtype::F16 => Ok(2),
+        other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+    }
 }
 
 /// Converts raw little-endian tensor bytes of a float dtype to f32.
-fn widen(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+pub fn widen(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
     const CHUNK: usize = 1 << 16;
     match dtype {
         Dtype::F32 => Ok(bytes
