@@ -10,6 +10,10 @@ The token ids come from the engine's tokenizer (checked separately against llama
 llama-tokenize); HF transformers computes the perplexity of exactly those ids in float32 with the
 reference protocol of SPEC-2SSP.md (non-overlapping windows, mean next-token NLL over seq_len-1
 positions, token-weighted, exp). Run with torch 2.15 / transformers 5.24 on CPU.
+
+Exported models (DeciLM folders written by `prune` / `export`) load with `--trust-remote-code`;
+the script then fails unless transformers reports no missing, unexpected or mismatched keys, and
+records the class it loaded.
 """
 import argparse, json, math, time
 
@@ -27,10 +31,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--trust-remote-code", action="store_true", help="load the folder's own modeling code (DeciLM)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ids = json.load(open(a.ids))["ids"]
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model, info = AutoModelForCausalLM.from_pretrained(
+        a.model, dtype=torch.float32, attn_implementation="sdpa",
+        trust_remote_code=a.trust_remote_code, output_loading_info=True)
+    model.eval()
+    problems = {k: list(v) for k, v in info.items() if v}
+    if problems:
+        raise SystemExit(f"transformers could not load every weight of {a.model}: {problems}")
     total, count, seconds = 0.0, 0, 0.0
     windows = [ids[i * a.seq_len:(i + 1) * a.seq_len] for i in range(a.windows)]
     assert all(len(w) == a.seq_len for w in windows), "not enough tokens"
@@ -48,7 +59,7 @@ def main():
         "name": a.name, "seq_len": a.seq_len, "windows": a.windows, "predicted": count,
         "hf_mean_nll": mean, "hf_ppl": math.exp(mean), "hf_seconds": seconds,
         "hf_tokens_per_s": a.windows * a.seq_len / seconds, "threads": a.threads,
-        "first_ids": ids[:64], "transformers_version": transformers.__version__, "torch_version": torch.__version__,
+        "hf_class": type(model).__name__, "first_ids": ids[:64], "transformers_version": transformers.__version__, "torch_version": torch.__version__,
     }
     json.dump(out, open(a.out, "w"), indent=1)
     print(json.dumps({k: v for k, v in out.items() if k != "first_ids"}))

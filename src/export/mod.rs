@@ -4,6 +4,7 @@
 //! temporary sibling that is renamed into place when complete.
 
 pub mod decilm;
+pub mod gguf;
 pub mod hf;
 pub mod job;
 pub mod plan;
@@ -273,7 +274,33 @@ pub fn write_staged(
             copy_side_files(source, &dir)?;
             (Staged::Dir(staged), jobs.len(), bytes)
         }
-        Format::Gguf => bail!("--format gguf is not available yet"),
+        Format::Gguf => {
+            let staged = StagedFile::create(out, force)?;
+            let arch = gguf::architecture(config, &blocks)?;
+            let jobs = gguf::tensor_jobs(config, store, &blocks)?;
+            let metadata = gguf::metadata(config, &blocks, arch, source, model_dtype)?;
+            let decls = gguf::declarations(&jobs, model_dtype);
+            let writer = crate::gguf::writer::GgufWriter::new(
+                metadata,
+                decls.iter().map(|d| d.0.clone()).collect(),
+            )?;
+            let bar = crate::progress::bar(jobs.len() as u64, "write tensors");
+            writer.write(staged.path(), |i| {
+                bar.inc(1);
+                jobs[i].produce(store, Some(decls[i].1))
+            })?;
+            bar.finish_and_clear();
+            if blocks.iter().any(|b| !b.neurons.len().is_multiple_of(256)) {
+                notes.push(
+                    "FFN widths are not multiples of 256: llama-quantize's K-quants (Q4_K_M...) fall back to \
+                     Q5_0/Q5_1/Q8_0 for ffn_down; prune with --ffn-multiple-of 256 for full K-quant coverage"
+                        .into(),
+                );
+            }
+            let bytes = std::fs::metadata(staged.path())?.len();
+            notes.push(format!("llama.cpp architecture '{arch}'"));
+            (Staged::File(staged), jobs.len(), bytes)
+        }
     };
     let attention_zeroed: Vec<usize> = (0..blocks.len())
         .filter(|&i| blocks[i].attention == AttentionOut::Zero)

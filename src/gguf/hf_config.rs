@@ -21,12 +21,13 @@ impl Arch {
     /// Parses `general.architecture`; unknown names are an error naming them.
     pub fn from_gguf(name: &str) -> Result<Self> {
         Ok(match name {
-            "llama" => Arch::Llama,
+            // llama.cpp's `deci` (DeciLM / nemotron-nas): Llama blocks with per-layer heads and widths.
+            "llama" | "deci" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
             other => bail!(
-                "unsupported GGUF architecture '{other}' (supported: llama, gemma3, qwen2, qwen3)"
+                "unsupported GGUF architecture '{other}' (supported: llama, deci, gemma3, qwen2, qwen3)"
             ),
         })
     }
@@ -75,6 +76,26 @@ pub struct ArchParams {
     pub vocab_size: usize,
     /// The GGUF has no `output.weight`: the LM head is the embedding.
     pub tied: bool,
+    /// Per-layer shapes (heads 0: no attention), from per-layer metadata arrays where present.
+    pub layers: Vec<LayerShape>,
+}
+
+/// One layer's shape as llama.cpp's per-layer hyper-parameters give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Query heads (0: the layer has no attention).
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// FFN width.
+    pub ffn: usize,
+}
+
+impl ArchParams {
+    /// True when layers differ (removed attention or per-layer FFN widths).
+    pub fn heterogeneous(&self) -> bool {
+        self.layers.windows(2).any(|w| w[0] != w[1]) || self.layers.iter().any(|l| l.heads == 0)
+    }
 }
 
 impl ArchParams {
@@ -87,19 +108,54 @@ impl ArchParams {
             let name = key(k);
             match g.get(&name) {
                 Some(v) if v.as_array().is_some() => {
-                    bail!("metadata key '{name}' is a per-layer list; heterogeneous layers are not supported")
+                    bail!("metadata key '{name}' must be a single value, not a per-layer list")
                 }
                 _ => Ok(g.req_u64(&name)? as usize),
             }
         };
         let hidden = scalar("embedding_length")?;
-        let intermediate = scalar("feed_forward_length")?;
         let n_layers = scalar("block_count")?;
-        let n_heads = scalar("attention.head_count")?;
-        let n_kv_heads = match g.get(&key("attention.head_count_kv")) {
-            None => n_heads,
-            Some(_) => scalar("attention.head_count_kv")?,
+        // Any of these may be one value or one per layer (llama.cpp's get_key_or_arr).
+        let per_layer = |k: &str| -> Result<Option<Vec<usize>>> {
+            let name = key(k);
+            match g.get(&name) {
+                None => Ok(None),
+                Some(v) => match v.as_array() {
+                    Some(items) if items.len() == n_layers => items
+                        .iter()
+                        .map(|x| x.as_u64().map(|n| n as usize))
+                        .collect::<Option<Vec<_>>>()
+                        .map(Some)
+                        .with_context(|| format!("metadata key '{name}' holds a non-integer")),
+                    Some(items) => bail!(
+                        "metadata key '{name}' lists {} layers but block_count is {n_layers}",
+                        items.len()
+                    ),
+                    None => Ok(Some(vec![g.req_u64(&name)? as usize; n_layers])),
+                },
+            }
         };
+        let ffn = per_layer("feed_forward_length")?
+            .with_context(|| format!("missing metadata key '{}'", key("feed_forward_length")))?;
+        let heads = per_layer("attention.head_count")?
+            .with_context(|| format!("missing metadata key '{}'", key("attention.head_count")))?;
+        let kv_heads = per_layer("attention.head_count_kv")?.unwrap_or_else(|| heads.clone());
+        let layers: Vec<LayerShape> = (0..n_layers)
+            .map(|i| LayerShape {
+                heads: heads[i],
+                kv_heads: kv_heads[i],
+                ffn: ffn[i],
+            })
+            .collect();
+        if let Some(i) = layers.iter().position(|l| {
+            (l.heads == 0) != (l.kv_heads == 0) || (l.heads > 0 && l.heads % l.kv_heads != 0)
+        }) {
+            bail!("layer {i}: {} heads and {} kv heads are not a valid attention (linear attention is not supported)", heads[i], kv_heads[i]);
+        }
+        let with_attention = layers.iter().find(|l| l.heads > 0);
+        let n_heads = with_attention.map_or(0, |l| l.heads);
+        let n_kv_heads = with_attention.map_or(0, |l| l.kv_heads);
+        let intermediate = ffn.iter().copied().max().unwrap_or(0);
         if hidden == 0
             || n_layers == 0
             || n_heads == 0
@@ -146,6 +202,7 @@ impl ArchParams {
             head_dim,
             vocab_size,
             tied,
+            layers,
         })
     }
 }
@@ -219,12 +276,38 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
                 Some(s) => bail!("attention.scale must be positive, got {s}"),
                 None => p.head_dim as u64,
             };
-            let layer_types: Vec<&str> = (0..p.n_layers)
-                .map(|i| {
-                    if (i + 1) % 6 == 0 {
-                        "full_attention"
-                    } else {
+            // Per-layer flags (sliding_window_pattern as a bool array), a period, or llama.cpp's 6.
+            let pattern_key = key("attention.sliding_window_pattern");
+            let sliding: Vec<bool> = match g.get(&pattern_key) {
+                Some(v) if v.as_array().is_some() => {
+                    let flags: Option<Vec<bool>> = v
+                        .as_array()
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|f| f.as_bool())
+                        .collect();
+                    flags
+                        .filter(|f| f.len() == p.n_layers)
+                        .with_context(|| format!("'{pattern_key}' must hold one bool per layer"))?
+                }
+                Some(v) => {
+                    let period = v
+                        .as_u64()
+                        .filter(|&n| n > 0)
+                        .with_context(|| format!("'{pattern_key}' must be a positive integer"))?;
+                    (0..p.n_layers)
+                        .map(|i| (i as u64 + 1) % period != 0)
+                        .collect()
+                }
+                None => (0..p.n_layers).map(|i| (i + 1) % 6 != 0).collect(),
+            };
+            let layer_types: Vec<&str> = sliding
+                .iter()
+                .map(|&s| {
+                    if s {
                         "sliding_attention"
+                    } else {
+                        "full_attention"
                     }
                 })
                 .collect();
@@ -233,7 +316,8 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
             c.insert("sliding_window".into(), json!(window));
             c.insert("sliding_window_pattern".into(), json!(6));
             c.insert("layer_types".into(), json!(layer_types));
-            c.insert("rope_local_base_freq".into(), json!(10_000.0));
+            let local = g.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0);
+            c.insert("rope_local_base_freq".into(), json!(local));
             c.insert(
                 "final_logit_softcapping".into(),
                 json!(g.opt_f64(&key("final_logit_softcapping"))?),
@@ -244,6 +328,22 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
             );
             c.insert("attention_bias".into(), json!(false));
         }
+    }
+    if p.heterogeneous() {
+        // Per-layer shapes (llama.cpp `deci`) as the engine's block_configs.
+        let blocks: Vec<Value> = p
+            .layers
+            .iter()
+            .map(|l| {
+                let attention = if l.heads == 0 {
+                    json!({"no_op": true, "n_heads_in_group": null})
+                } else {
+                    json!({"no_op": false, "n_heads_in_group": l.heads / l.kv_heads})
+                };
+                json!({"attention": attention, "ffn": {"no_op": l.ffn == 0, "intermediate_size": l.ffn}})
+            })
+            .collect();
+        c.insert("block_configs".into(), Value::Array(blocks));
     }
     c.insert("torch_dtype".into(), json!("float32"));
     c.insert("dtype".into(), json!("float32"));
@@ -310,11 +410,9 @@ pub struct TensorPlan {
 
 /// Maps every GGUF tensor to its HF name, shape and transform, checking shapes and completeness.
 pub fn plan_tensors(p: &ArchParams, tensors: &[TensorInfo]) -> Result<Vec<TensorPlan>> {
-    let q_dim = p.n_heads * p.head_dim;
-    let kv_dim = p.n_kv_heads * p.head_dim;
     let mut plans = Vec::with_capacity(tensors.len());
     for (index, t) in tensors.iter().enumerate() {
-        let (hf_name, expected, transform) = map_one(p, &t.name, q_dim, kv_dim)?;
+        let (hf_name, expected, transform) = map_one(p, &t.name)?;
         let shape = t.torch_shape();
         if shape != expected {
             bail!(
@@ -392,8 +490,16 @@ fn required_names(p: &ArchParams) -> Vec<String> {
         "model.embed_tokens.weight".to_string(),
         "model.norm.weight".to_string(),
     ];
-    for i in 0..p.n_layers {
-        out.extend(per_layer.iter().map(|s| format!("model.layers.{i}.{s}")));
+    for (i, layer) in p.layers.iter().enumerate() {
+        let attention_free = |s: &&&str| {
+            layer.heads > 0 || !(s.starts_with("self_attn.") || **s == "input_layernorm.weight")
+        };
+        out.extend(
+            per_layer
+                .iter()
+                .filter(attention_free)
+                .map(|s| format!("model.layers.{i}.{s}")),
+        );
     }
     if !p.tied {
         out.push("lm_head.weight".into());
@@ -402,12 +508,7 @@ fn required_names(p: &ArchParams) -> Vec<String> {
 }
 
 /// HF name, expected HF shape and transform of one GGUF tensor.
-fn map_one(
-    p: &ArchParams,
-    name: &str,
-    q_dim: usize,
-    kv_dim: usize,
-) -> Result<(String, Vec<usize>, Transform)> {
+fn map_one(p: &ArchParams, name: &str) -> Result<(String, Vec<usize>, Transform)> {
     let h = p.hidden;
     let gemma = p.arch == Arch::Gemma3;
     let norm_fix = |t: Transform| if gemma { Transform::MinusOne } else { t };
@@ -455,6 +556,8 @@ fn map_one(
             p.n_layers
         );
     }
+    let layer = p.layers[i];
+    let (q_dim, kv_dim) = (layer.heads * p.head_dim, layer.kv_heads * p.head_dim);
     let llama = p.arch == Arch::Llama;
     let rope = |n_heads| {
         if llama {
@@ -465,19 +568,19 @@ fn map_one(
     };
     let (hf, shape, transform): (&str, Vec<usize>, Transform) = match (local, p.arch) {
         ("attn_norm.weight", _) => ("input_layernorm.weight", vec![h], norm_fix(Transform::Copy)),
-        ("attn_q.weight", _) => ("self_attn.q_proj.weight", vec![q_dim, h], rope(p.n_heads)),
+        ("attn_q.weight", _) => ("self_attn.q_proj.weight", vec![q_dim, h], rope(layer.heads)),
         ("attn_k.weight", _) => (
             "self_attn.k_proj.weight",
             vec![kv_dim, h],
-            rope(p.n_kv_heads),
+            rope(layer.kv_heads),
         ),
         ("attn_v.weight", _) => ("self_attn.v_proj.weight", vec![kv_dim, h], Transform::Copy),
         ("attn_output.weight", _) => ("self_attn.o_proj.weight", vec![h, q_dim], Transform::Copy),
         ("attn_q.bias", Arch::Qwen2 | Arch::Llama) => {
-            ("self_attn.q_proj.bias", vec![q_dim], rope(p.n_heads))
+            ("self_attn.q_proj.bias", vec![q_dim], rope(layer.heads))
         }
         ("attn_k.bias", Arch::Qwen2 | Arch::Llama) => {
-            ("self_attn.k_proj.bias", vec![kv_dim], rope(p.n_kv_heads))
+            ("self_attn.k_proj.bias", vec![kv_dim], rope(layer.kv_heads))
         }
         ("attn_v.bias", Arch::Qwen2 | Arch::Llama) => {
             ("self_attn.v_proj.bias", vec![kv_dim], Transform::Copy)
@@ -492,21 +595,9 @@ fn map_one(
             vec![p.head_dim],
             norm_fix(Transform::Copy),
         ),
-        ("ffn_gate.weight", _) => (
-            "mlp.gate_proj.weight",
-            vec![p.intermediate, h],
-            Transform::Copy,
-        ),
-        ("ffn_up.weight", _) => (
-            "mlp.up_proj.weight",
-            vec![p.intermediate, h],
-            Transform::Copy,
-        ),
-        ("ffn_down.weight", _) => (
-            "mlp.down_proj.weight",
-            vec![h, p.intermediate],
-            Transform::Copy,
-        ),
+        ("ffn_gate.weight", _) => ("mlp.gate_proj.weight", vec![layer.ffn, h], Transform::Copy),
+        ("ffn_up.weight", _) => ("mlp.up_proj.weight", vec![layer.ffn, h], Transform::Copy),
+        ("ffn_down.weight", _) => ("mlp.down_proj.weight", vec![h, layer.ffn], Transform::Copy),
         ("ffn_norm.weight", Arch::Gemma3) => (
             "pre_feedforward_layernorm.weight",
             vec![h],

@@ -6,9 +6,11 @@ pub mod dequant;
 pub mod hf_config;
 pub mod reader;
 pub mod tokenizer;
+pub mod tokenizer_meta;
+pub mod writer;
 
 use crate::fsutil::StagedDir;
-use crate::weights::writer;
+use crate::weights::writer as safetensors_writer;
 use anyhow::{bail, Context, Result};
 use hf_config::{ArchParams, TensorPlan};
 use reader::GgufFile;
@@ -71,6 +73,8 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
         true,
     )?;
     write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json, false)?;
+    // The original tokenizer metadata, so that a GGUF export later writes it back exactly.
+    tokenizer_meta::write_side_file(&dir.join("tokenizer.gguf"), &g)?;
     write_weights(&g, &plans, &dir.join("model.safetensors"))?;
     staged.commit()?;
 
@@ -99,15 +103,15 @@ fn write_json(path: &Path, value: &serde_json::Value, pretty: bool) -> Result<()
 
 /// Dequantizes every planned tensor, applies its transform and streams it into `path`.
 fn write_weights(g: &GgufFile, plans: &[TensorPlan], path: &Path) -> Result<()> {
-    let entries: Vec<writer::Entry> = plans
+    let entries: Vec<safetensors_writer::Entry> = plans
         .iter()
-        .map(|p| writer::Entry {
+        .map(|p| safetensors_writer::Entry {
             name: p.hf_name.clone(),
             dtype: safetensors::Dtype::F32,
             shape: p.shape.clone(),
         })
         .collect();
-    writer::write_f32(path, &entries, |i| {
+    safetensors_writer::write_f32(path, &entries, |i| {
         let p = &plans[i];
         let t = &g.tensors[p.index];
         let n = t.n_elements() as usize;

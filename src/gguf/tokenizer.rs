@@ -357,7 +357,7 @@ fn byte_level(use_regex: bool) -> Value {
 }
 
 /// The HF pre-tokenizer reproducing llama.cpp's regex splits for `pre`, and whether merges are ignored.
-fn bpe_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
+pub(super) fn bpe_pre_tokenizer(pre: &str) -> Result<(Value, bool)> {
     Ok(match pre {
         // llama.cpp: "\p{N}" then the GPT-2 regex, i.e. every digit is its own word.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {

@@ -7,7 +7,7 @@
 //
 // Usage:
 //   llama-logits MODEL.gguf (--ids 1,2,3 | --ids-file F) --out FILE
-//                [--ctx N] [--ubatch N] [-t N] [--kv-info] [-v]
+//                [--ctx N] [--ubatch N] [-t N] [--kv-f32] [--kv-info] [-v]
 //
 //   --ids LIST      token ids separated by commas and/or whitespace
 //   --ids-file F    file with token ids separated by commas and/or whitespace
@@ -20,11 +20,12 @@
 //                   ubatch has >= 64 queries and an f16 one-chunk kernel below that,
 //                   so logits differ (slightly) between ubatch sizes across 64.
 //   -t N            threads (default 4); used for both n_threads and n_threads_batch
+//   --kv-f32        keep K and V in f32 (default: llama.cpp's f16 cache)
 //   --kv-info       add n_ctx / KV-cache byte counts to the JSON line
 //   -v              keep llama.cpp logging (default: silenced)
 //
 // Fixed settings: CPU only (n_gpu_layers = 0), flash attention ENABLED,
-// F16 K/V cache (llama.cpp default), one sequence (seq_id 0), positions 0..n-1,
+// F16 K/V cache unless --kv-f32 (llama.cpp default), one sequence (seq_id 0), positions 0..n-1,
 // no BOS/EOS added (the ids are used exactly as given).
 //
 // stdout: one JSON line {"n_tokens":N,"n_vocab":V} (plus "n_ctx", "kv_seq_bytes",
@@ -58,7 +59,7 @@ static void log_cb(enum ggml_log_level level, const char * text, void * /*user_d
 static void usage(const char * argv0) {
     fprintf(stderr,
             "usage: %s MODEL.gguf (--ids 1,2,3 | --ids-file F) --out FILE\n"
-            "          [--ctx N] [--ubatch N] [-t N] [--kv-info] [-v]\n"
+            "          [--ctx N] [--ubatch N] [-t N] [--kv-f32] [--kv-info] [-v]\n"
             "writes n_tokens x n_vocab little-endian f32 logits (row-major) to FILE and\n"
             "prints {\"n_tokens\":N,\"n_vocab\":V} on stdout\n",
             argv0);
@@ -123,6 +124,7 @@ int main(int argc, char ** argv) {
     int n_ubatch_arg = 0;
     int n_threads = 4;
     bool kv_info = false;
+    bool kv_f32 = false;
 
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
@@ -157,6 +159,8 @@ int main(int argc, char ** argv) {
             n_threads = parse_pos_int(need("-t"), "-t");
         } else if (a == "--kv-info") {
             kv_info = true;
+        } else if (a == "--kv-f32") {
+            kv_f32 = true;
         } else if (a == "-v" || a == "--verbose") {
             g_verbose = true;
         } else if (a == "-m" || a == "--model") {
@@ -222,6 +226,10 @@ int main(int argc, char ** argv) {
     cparams.n_threads       = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    if (kv_f32) {  // exact comparisons with f32 references: no f16 rounding of K and V
+        cparams.type_k = GGML_TYPE_F32;
+        cparams.type_v = GGML_TYPE_F32;
+    }
     cparams.embeddings      = false;
     cparams.no_perf         = true;
 
