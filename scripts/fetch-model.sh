@@ -16,7 +16,7 @@
 #
 # After extraction, if target/release/twossp-engine exists and has an `import`
 # subcommand, runs `cargo run --release -- import models/X.gguf --out models/X`
-# (skipped when models/X/config.json exists); otherwise prints that command.
+# (skipped when models/X/ holds config.json and tokenizer.gguf); otherwise prints that command.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -118,8 +118,9 @@ fetch_gemma() {
 # import_hf NAME: convert models/NAME.gguf into the HF folder models/NAME
 import_hf() {
   local name="$1"
-  local cmd=(cargo run --release -- import "models/$name.gguf" --out "models/$name")
-  if [ -f "$MODELS/$name/config.json" ]; then
+  local cmd=(cargo run --release -- import "models/$name.gguf" --out "models/$name" --force)
+  # tokenizer.gguf (the original tokenizer metadata, for GGUF exports) marks a current import.
+  if [ -f "$MODELS/$name/config.json" ] && [ -f "$MODELS/$name/tokenizer.gguf" ]; then
     log "models/$name/ already imported"
   elif [ -x target/release/twossp-engine ] &&
     target/release/twossp-engine import --help >/dev/null 2>&1; then

@@ -74,6 +74,22 @@ impl Drop for StagedDir {
     }
 }
 
+/// Refuses an output that exists (without `force`) or that is the input itself.
+pub fn check_output(out: &Path, input: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!(
+            "output {} already exists (use --force to overwrite)",
+            out.display()
+        );
+    }
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), input.canonicalize()) {
+        if a == b {
+            bail!("--out must differ from --model (the input is never modified)");
+        }
+    }
+    Ok(())
+}
+
 /// A file being written next to its final destination; `commit` renames it into place.
 pub struct StagedFile {
     tmp: PathBuf,

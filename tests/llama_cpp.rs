@@ -315,23 +315,9 @@ fn pruned_smollm2_gguf_runs_in_llama_cpp_and_quantizes_to_q4_k_m() {
         imported.to_str().unwrap(),
         "--force",
     ]);
-    let model = Model::load(&imported).unwrap();
-    let text =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/wiki.jsonl"))
-            .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    let ids = Tokenizer::from_dir(&imported)
-        .unwrap()
-        .encode(doc["text"].as_str().unwrap())
-        .unwrap();
-    let ids = &ids[..256];
-    let ours = perplexity(&model.logits(ids).unwrap(), ids, model.config.vocab);
-    let theirs = perplexity(&llama_logits(&bin, &gguf, ids), ids, model.config.vocab);
-    let rel = (theirs - ours).abs() / ours;
-    println!(
-        "SmolLM2 pruned 37.5 % (deci gguf): engine {ours:.5} llama.cpp {theirs:.5} (rel {rel:.2e})"
-    );
-    assert!(rel <= 1e-3, "llama.cpp {theirs} vs engine {ours}");
+    let (ids, theirs) =
+        same_perplexity_real(&bin, &gguf, &imported, "SmolLM2 pruned 37.5 % (deci gguf)");
+    let vocab = Model::load(&imported).unwrap().config.vocab;
     let q = scratch("smollm2-pruned-q4km.gguf");
     let run = Command::new(bin.join("llama-quantize"))
         .arg(&gguf)
@@ -344,7 +330,7 @@ fn pruned_smollm2_gguf_runs_in_llama_cpp_and_quantizes_to_q4_k_m() {
         "llama-quantize: {}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let quantized = perplexity(&llama_logits(&bin, &q, ids), ids, model.config.vocab);
+    let quantized = perplexity(&llama_logits(&bin, &q, &ids), &ids, vocab);
     println!("  Q4_K_M of it in llama.cpp: perplexity {quantized:.4}");
     assert!(quantized.is_finite() && quantized < 4.0 * theirs);
     for p in [&gguf, &report, &q] {
@@ -375,8 +361,9 @@ fn gemma3_exports_to_a_native_gguf_that_llama_cpp_runs() {
     let _ = std::fs::remove_file(&gguf);
 }
 
-/// `same_perplexity` on 256 tokens of the wiki set, bound 1e-3 (real models, f32).
-fn same_perplexity_real(bin: &Path, gguf: &Path, model_dir: &Path, label: &str) {
+/// `same_perplexity` on 256 tokens of the wiki set, bound 1e-3 (real models, f32); returns the
+/// ids and llama.cpp's perplexity.
+fn same_perplexity_real(bin: &Path, gguf: &Path, model_dir: &Path, label: &str) -> (Vec<u32>, f64) {
     let model = Model::load(model_dir).unwrap();
     let text =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/wiki.jsonl"))
@@ -392,4 +379,5 @@ fn same_perplexity_real(bin: &Path, gguf: &Path, model_dir: &Path, label: &str) 
     let rel = (theirs - ours).abs() / ours;
     println!("{label}: engine {ours:.5} llama.cpp {theirs:.5} (rel {rel:.2e})");
     assert!(rel <= 1e-3, "{label}: llama.cpp {theirs} vs engine {ours}");
+    (ids.to_vec(), theirs)
 }

@@ -20,12 +20,9 @@ pub struct ExportArgs {
     /// Output folder (a file for gguf).
     #[arg(long)]
     pub out: PathBuf,
-    /// Weights dtype: auto keeps the checkpoint's (as transformers' dtype="auto"), or f32, f16, bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// DeciLM: the portable ffn_mult profile (FFN widths zero-padded to multiples of 256).
-    #[arg(long)]
-    pub ffn_mult: bool,
+    /// Output dtype and DeciLM profile.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
@@ -46,17 +43,36 @@ pub struct ExportArgs {
     pub device: DeviceArgs,
 }
 
+/// How outputs are written, shared by `export` and `prune`.
+#[derive(Args, Debug)]
+pub struct OutputArgs {
+    /// Weights dtype: auto keeps the checkpoint's (as transformers' dtype="auto"), or f32, f16, bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// DeciLM: the portable ffn_mult profile (FFN widths zero-padded to multiples of 256) for
+    /// TRT-LLM, SGLang, older vLLM and llama.cpp's converter.
+    #[arg(long)]
+    pub ffn_mult: bool,
+}
+
+impl OutputArgs {
+    /// The export options for `format`.
+    pub fn options(&self, format: Format) -> Result<ExportOptions> {
+        Ok(ExportOptions {
+            format,
+            dtype: parse_dtype(&self.dtype)?,
+            ffn_mult: self.ffn_mult,
+        })
+    }
+}
+
 /// Runs `export`.
 pub fn run(args: ExportArgs) -> Result<()> {
     let backend = args.device.backend()?;
     let job = ExportJob {
         model: args.model.clone(),
         out: args.out.clone(),
-        options: ExportOptions {
-            format: args.format,
-            dtype: parse_dtype(&args.dtype)?,
-            ffn_mult: args.ffn_mult,
-        },
+        options: args.output.options(args.format)?,
         force: args.force,
         verify_with: (!args.no_verify).then(|| args.calib.clone()),
         seq_len: args.seq_len,

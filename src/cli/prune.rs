@@ -2,7 +2,7 @@
 
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
-use crate::export::{tensors::parse_dtype, ExportOptions, Format};
+use crate::export::Format;
 use crate::prune::balance::AttentionBudget;
 use crate::prune::pipeline::{self, PruneJob};
 use crate::prune::PruneOptions;
@@ -60,13 +60,9 @@ pub struct PruneArgs {
     /// Output format [default: decilm for Llama, Mistral, Qwen2 and Phi-3; hf for Qwen3 and Gemma-3].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Weights dtype of the output: auto keeps the checkpoint's (as transformers' dtype="auto").
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// DeciLM: the portable ffn_mult profile (FFN widths zero-padded to multiples of 256) for
-    /// TRT-LLM, SGLang, older vLLM and llama.cpp's converter.
-    #[arg(long)]
-    pub ffn_mult: bool,
+    /// Output dtype and DeciLM profile.
+    #[command(flatten)]
+    pub output: super::export::OutputArgs,
     /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
@@ -182,11 +178,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         stage2_samples: args.stage2_samples,
         seed: args.seed,
         format: args.format,
-        export: ExportOptions {
-            format: args.format.unwrap_or(Format::Decilm),
-            dtype: parse_dtype(&args.dtype)?,
-            ffn_mult: args.ffn_mult,
-        },
+        export: args.output.options(args.format.unwrap_or(Format::Decilm))?,
     };
     let report = pipeline::run(&job, &backend)?;
     if args.json {

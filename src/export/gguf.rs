@@ -4,7 +4,7 @@
 //! removed attention as zeros. Tokenizer metadata is copied from the GGUF the model was imported
 //! from (its `tokenizer.gguf` side file), or built from `tokenizer.json`.
 
-use super::plan::{split_block_jobs, AttentionOut, BlockPlan};
+use super::plan::{AttentionOut, BlockPlan};
 use super::tensors::TensorJob;
 use crate::arch::Family;
 use crate::config::rope::RopeScaling;
@@ -107,27 +107,7 @@ pub fn tensor_jobs(
 ) -> Result<Vec<TensorJob>> {
     let gemma = config.arch.family == Family::Gemma3;
     let llama_rope = matches!(config.arch.family, Family::Llama | Family::Mistral);
-    let (hidden, vocab) = (config.hidden, config.vocab);
-    let mut hf_jobs = vec![TensorJob::whole(
-        "model.embed_tokens.weight",
-        "model.embed_tokens.weight",
-        vec![vocab, hidden],
-    )];
-    for (i, plan) in blocks.iter().enumerate() {
-        hf_jobs.extend(split_block_jobs(config, store, i, plan)?);
-    }
-    hf_jobs.push(TensorJob::whole(
-        "model.norm.weight",
-        "model.norm.weight",
-        vec![hidden],
-    ));
-    if store.contains("lm_head.weight") {
-        hf_jobs.push(TensorJob::whole(
-            "lm_head.weight",
-            "lm_head.weight",
-            vec![vocab, hidden],
-        ));
-    }
+    let hf_jobs = super::plan::model_jobs(config, store, blocks, false)?;
     let template = config
         .blocks
         .iter()

@@ -6,11 +6,11 @@ use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::data::Corpus;
 use crate::prune::decisions::Decisions;
-use crate::prune::pipeline::{same_path, verify, DEFAULT_CALIB};
+use crate::prune::pipeline::{verify, DEFAULT_CALIB};
 use crate::prune::report::Verification;
 use crate::tokenizer::Tokenizer;
 use crate::weights::TensorStore;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -44,15 +44,7 @@ pub struct ExportReport {
 
 /// Runs an export on `backend` (which computes the verification perplexities).
 pub fn run(job: &ExportJob, backend: &Backend) -> Result<ExportReport> {
-    if job.out.exists() && !job.force {
-        bail!(
-            "output {} already exists (use --force to overwrite)",
-            job.out.display()
-        );
-    }
-    if same_path(&job.out, &job.model) {
-        bail!("--out must differ from --model (the input is never modified)");
-    }
+    crate::fsutil::check_output(&job.out, &job.model, job.force)?;
     let config = ModelConfig::from_dir(&job.model)?;
     let decisions = Decisions::keep_all(&config);
     super::check(&config, &decisions, &job.options)?;

@@ -114,15 +114,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     if job.stage1_samples == 0 || job.stage2_samples == 0 {
         bail!("--stage1-samples and --stage2-samples must be at least 1");
     }
-    if job.out.exists() && !job.force {
-        bail!(
-            "output {} already exists (use --force to overwrite)",
-            job.out.display()
-        );
-    }
-    if same_path(&job.out, &job.model) {
-        bail!("--out must differ from --model (the input is never modified)");
-    }
+    crate::fsutil::check_output(&job.out, &job.model, job.force)?;
     let config = ModelConfig::from_dir(&job.model)?;
     let format = job.format.unwrap_or_else(|| Format::default_for(&config));
     let export_opts = ExportOptions {
@@ -359,13 +351,5 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
     for i in (1..items.len()).rev() {
         let j = (next() % (i as u64 + 1)) as usize;
         items.swap(i, j);
-    }
-}
-
-/// True when two paths name the same existing location.
-pub fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
     }
 }
