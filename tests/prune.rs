@@ -209,6 +209,18 @@ fn prune_writes_a_folder_that_reloads_with_the_same_perplexity() {
         assert!(report.get(key).is_some(), "report lacks {key}");
     }
     assert_eq!(report["verification"]["identical"], true);
+    // The default output (DeciLM for Llama) needs attention in block 0: protected, and said so.
+    assert_eq!(report["export"]["format"], "decilm");
+    assert!(
+        report["protected_for_format"].is_string(),
+        "{}",
+        report["protected_for_format"]
+    );
+    assert!(report["removed_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b != 0));
     let removed = report["removed_attention"][0].as_u64().unwrap() as usize;
     let model = Model::load(&dir).unwrap();
     assert!(model.blocks[removed].attention.is_none());
@@ -234,6 +246,55 @@ fn prune_writes_a_folder_that_reloads_with_the_same_perplexity() {
         before,
         std::fs::read(dir.join("pruning_report.json")).unwrap()
     );
+}
+
+#[test]
+fn prune_to_native_hf_keeps_removed_attention_as_zeros_without_protecting_block_0() {
+    let (code, err, dir) = prune_cli(
+        "hf",
+        &[
+            "--sparsity",
+            "0.375",
+            "--remove-attention",
+            "2",
+            "--format",
+            "hf",
+            "--force",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("pruning_report.json")).unwrap())
+            .unwrap();
+    assert!(report["protected_for_format"].is_null());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llama");
+    assert!(config.get("block_configs").is_none());
+    let mut zeroed: Vec<u64> = config["twossp_zero_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let mut removed: Vec<u64> = report["removed_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    zeroed.sort_unstable();
+    removed.sort_unstable();
+    assert_eq!(zeroed, removed);
+    let model = Model::load(&dir).unwrap();
+    for &b in &removed {
+        assert!(
+            model.blocks[b as usize].attention.is_none(),
+            "zero attention {b} is computed"
+        );
+    }
+    assert_eq!(report["verification"]["identical"], true);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
