@@ -38,10 +38,16 @@ fn data(name: &str) -> PathBuf {
 
 /// Perplexity of `model_dir` on the first wiki windows equals HF transformers' on the same token ids.
 fn wiki_perplexity_matches_hf(model_dir: &str, fixture: &str) {
+    wiki_perplexity_matches_hf_at(&repo().join("models").join(model_dir), fixture);
+}
+
+/// The engine's wiki perplexity of the model folder `dir` equals HF transformers' (fixture).
+fn wiki_perplexity_matches_hf_at(dir: &std::path::Path, fixture: &str) {
+    let model_dir = dir.file_name().unwrap().to_string_lossy().into_owned();
     let reference = common::reference_json_file(&common::fixtures().join("real").join(fixture));
     let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
     let n_windows = reference["windows"].as_u64().unwrap() as usize;
-    let dir = repo().join("models").join(model_dir);
+    let dir = dir.to_path_buf();
     assert!(
         dir.join("config.json").exists(),
         "{} missing: run scripts/fetch-model.sh all",
@@ -138,6 +144,10 @@ fn smollm2_prunes_end_to_end_and_reloads() {
     );
     assert!(removed.iter().all(|&i| model.blocks[i].attention.is_none()));
     assert!((report["sparsity_achieved"].as_f64().unwrap() - 0.375).abs() < 0.01);
+    // The output is a DeciLM folder; HF transformers (our remote code, tools/real_model_reference.py
+    // --trust-remote-code on this very prune) gives the same perplexity.
+    assert_eq!(report["export"]["format"], "decilm");
+    wiki_perplexity_matches_hf_at(&out, "smollm2-2ssp-decilm-wiki.json");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
