@@ -299,6 +299,19 @@ pub fn write_staged(
             }
             let bytes = std::fs::metadata(staged.path())?.len();
             notes.push(format!("llama.cpp architecture '{arch}'"));
+            let windowed = config
+                .blocks
+                .iter()
+                .filter_map(|b| b.attention.as_ref()?.window)
+                .next();
+            if let (Some(w), true) = (
+                windowed,
+                matches!(arch, "llama" | "deci" | "qwen2" | "qwen3"),
+            ) {
+                notes.push(format!(
+                    "llama.cpp's {arch} graph has no sliding window: outputs differ from this model's past {w} tokens of context"
+                ));
+            }
             (Staged::File(staged), jobs.len(), bytes)
         }
     };
