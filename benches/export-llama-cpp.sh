@@ -18,7 +18,7 @@ OUT="${OUT:-bench-results/export-llama-cpp}"
 mkdir -p "$OUT"
 DENSE=models/SmolLM2-135M-Instruct.Q4_1
 declare -A MODEL=([dense]=$DENSE [0.25]=models/smollm2-2ssp-0.25 [0.375]=models/smollm2-2ssp-0.375 [0.5]=models/smollm2-2ssp-0.5)
-ORDER=(dense 0.25 0.375 0.5)
+read -r -a ORDER <<< "dense ${SPARSITIES:-0.25 0.375 0.5}"
 for set in wiki news books; do
   [ -f "$OUT/$set.txt" ] || python3 -c 'import json,sys; print("\n\n".join(json.loads(l)["text"] for l in open(sys.argv[1])), end="")' \
     "data/$set.jsonl" > "$OUT/$set.txt"
@@ -39,7 +39,7 @@ for k in "${ORDER[@]}"; do
     l=$("$B/llama-perplexity" -m "$OUT/$k.f16.gguf" -f "$OUT/$set.txt" -c 2048 -b 2048 -t "$THREADS" --chunks "$CHUNKS" -fa on 2>&1 \
         | tee "$OUT/$k.$set.ppl.log" | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
     e=$("$E" --threads "$THREADS" eval --model "${MODEL[$k]}" --data "data/$set.jsonl" --max-windows "$CHUNKS" --json \
-        | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)[\"results\"][0][\"ppl\"]:.4f}")')
+        | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["results"][0]["ppl"])')
     row="$row | $l | $e"
   done
   echo "$row |"
@@ -53,7 +53,7 @@ for k in "${ORDER[@]}"; do
   row="| $k"
   for q in f16 q4km; do
     "$B/llama-bench" -m "$OUT/$k.$q.gguf" -p 2048 -n 128 -fa 1 -t "$THREADS" -r 2 -o json > "$OUT/$k.$q.bench.json" 2> /dev/null
-    row="$row | $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" | ".join(f"{x[\"avg_ts\"]:.1f}" for x in r))' "$OUT/$k.$q.bench.json")"
+    row="$row | $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" | ".join("%.1f" % x["avg_ts"] for x in r))' "$OUT/$k.$q.bench.json")"
   done
   mb=$(python3 -c 'import os,sys; print(f"{os.path.getsize(sys.argv[1])/1e6:.1f}")' "$OUT/$k.q4km.gguf")
   kv=$(sed -n 's/.*llama_kv_cache: size = *\([0-9.]*\) MiB.*/\1/p' "$OUT/$k.wiki.ppl.log" | head -1)
@@ -62,7 +62,7 @@ done
 echo
 echo "### the engine's own bench (f32, $THREADS threads): pruned vs dense"
 echo
-for k in 0.25 0.375 0.5; do
+for k in "${ORDER[@]:1}"; do
   echo "sparsity $k:"
   "$E" --threads "$THREADS" bench --model "${MODEL[$k]}" --baseline "$DENSE" | sed 's/^/    /'
 done

@@ -35,6 +35,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    // A reader that went away (`| head`) is an error to report, not a panic.
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write the JSON result to stdout: {e}"))
 }
