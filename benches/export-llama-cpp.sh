@@ -45,9 +45,9 @@ for k in "${ORDER[@]}"; do
   echo "$row |"
 done
 echo
-echo "### llama-bench (t/s, $THREADS threads, -fa 1): prefill 2048 (pp2048) and decode 128 (tg128); KV cache at -c 2048 as llama.cpp reports it"
+echo "### llama-bench (t/s, $THREADS threads, -fa 1): prefill 2048 (pp2048) and decode 128 (tg128); KV cache of 2048 tokens (F16) as llama.cpp's state size reports it (llama-logits --kv-info)"
 echo
-echo "| model | F16 pp2048 | F16 tg128 | Q4_K_M pp2048 | Q4_K_M tg128 | Q4_K_M file MB | KV cache MiB |"
+echo "| model | F16 pp2048 | F16 tg128 | Q4_K_M pp2048 | Q4_K_M tg128 | Q4_K_M file MB | KV cache MB |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for k in "${ORDER[@]}"; do
   row="| $k"
@@ -56,7 +56,9 @@ for k in "${ORDER[@]}"; do
     row="$row | $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" | ".join("%.1f" % x["avg_ts"] for x in r))' "$OUT/$k.$q.bench.json")"
   done
   mb=$(python3 -c 'import os,sys; print(f"{os.path.getsize(sys.argv[1])/1e6:.1f}")' "$OUT/$k.q4km.gguf")
-  kv=$(sed -n 's/.*llama_kv_cache: size = *\([0-9.]*\) MiB.*/\1/p' "$OUT/$k.wiki.ppl.log" | head -1)
+  ids=$(python3 -c 'print(",".join(str(i % 1000 + 1) for i in range(2048)))')
+  kv=$("$B/llama-logits" "$OUT/$k.f16.gguf" --ids "$ids" --out "$OUT/kv.f32" -t "$THREADS" --kv-info \
+       | python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["kv_seq_bytes"] / 1e6))')
   echo "$row | $mb | $kv |"
 done
 echo
