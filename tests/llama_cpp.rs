@@ -80,6 +80,23 @@ fn llama_logits(bin: &Path, gguf: &Path, ids: &[u32]) -> Vec<f32> {
         .collect()
 }
 
+/// `llama-quantize GGUF OUT Q4_K_M`, which must succeed; returns OUT.
+fn quantize_q4_k_m(bin: &Path, gguf: &Path, tag: &str) -> PathBuf {
+    let q = scratch(&format!("{tag}-q4km.gguf"));
+    let run = Command::new(bin.join("llama-quantize"))
+        .arg(gguf)
+        .arg(&q)
+        .arg("Q4_K_M")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "llama-quantize: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    q
+}
+
 /// Perplexity of `ids` given row-major logits (next-token NLL in f64, as the engine's protocol).
 fn perplexity(logits: &[f32], ids: &[u32], vocab: usize) -> f64 {
     let mut nll = 0f64;
@@ -165,18 +182,7 @@ fn deci_gguf_runs_in_llama_cpp_with_the_engines_perplexity() {
     }
     same_perplexity(&bin, &gguf, &src, "hetero_llama (deci, f32)");
     // llama-quantize accepts it (the widths are not multiples of 256: K-quants fall back).
-    let q = scratch("hetero-q4km.gguf");
-    let run = Command::new(bin.join("llama-quantize"))
-        .arg(&gguf)
-        .arg(&q)
-        .arg("Q4_K_M")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "llama-quantize: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let q = quantize_q4_k_m(&bin, &gguf, "hetero");
     let ids = text_ids(&src, 16);
     assert!(llama_logits(&bin, &q, &ids).iter().all(|v| v.is_finite()));
     let _ = std::fs::remove_file(&gguf);
@@ -318,18 +324,7 @@ fn pruned_smollm2_gguf_runs_in_llama_cpp_and_quantizes_to_q4_k_m() {
     let (ids, theirs) =
         same_perplexity_real(&bin, &gguf, &imported, "SmolLM2 pruned 37.5 % (deci gguf)");
     let vocab = Model::load(&imported).unwrap().config.vocab;
-    let q = scratch("smollm2-pruned-q4km.gguf");
-    let run = Command::new(bin.join("llama-quantize"))
-        .arg(&gguf)
-        .arg(&q)
-        .arg("Q4_K_M")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "llama-quantize: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let q = quantize_q4_k_m(&bin, &gguf, "smollm2-pruned");
     let quantized = perplexity(&llama_logits(&bin, &q, &ids), &ids, vocab);
     println!("  Q4_K_M of it in llama.cpp: perplexity {quantized:.4}");
     assert!(quantized.is_finite() && quantized < 4.0 * theirs);
