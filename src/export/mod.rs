@@ -66,15 +66,20 @@ impl Format {
         }
     }
 
-    /// True when the output format's runtimes need attention in block 0 (vLLM's and llama.cpp's
-    /// DeciLM code and HF's cache all index layer 0); formats that keep removed attention as
-    /// zeros do not.
-    pub fn needs_block0_attention(self, config: &ModelConfig) -> bool {
+    /// True when the format leaves removed attention out entirely (DeciLM, `deci` GGUF) instead
+    /// of writing it as zeros. Those runtimes (vLLM's and llama.cpp's DeciLM code, HF's cache)
+    /// index layer 0, so they also need attention in block 0.
+    pub fn omits_removed_attention(self, config: &ModelConfig) -> bool {
         match self {
             Format::Decilm => true,
             Format::Gguf => uses_deci_gguf(config),
             Format::Hf => false,
         }
+    }
+
+    /// True when the output format's runtimes need attention in block 0.
+    pub fn needs_block0_attention(self, config: &ModelConfig) -> bool {
+        self.omits_removed_attention(config)
     }
 }
 
@@ -158,11 +163,7 @@ fn block_plans(
     decisions: &Decisions,
     opts: &ExportOptions,
 ) -> Vec<BlockPlan> {
-    let omit = match opts.format {
-        Format::Decilm => true,
-        Format::Gguf => uses_deci_gguf(config),
-        Format::Hf => false,
-    };
+    let omit = opts.format.omits_removed_attention(config);
     let removed =
         |i: usize| config.blocks[i].attention.is_none() || decisions.removed_attention.contains(&i);
     let uniform = decisions.ffn_kept.iter().map(Vec::len).max().unwrap_or(0);
