@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 #[cfg(feature = "cuda")]
 pub mod gpu_model;
+pub mod limits;
 pub mod model;
 pub mod progress;
 pub mod prune;

@@ -205,3 +205,92 @@ fn device_options_are_checked() {
     ]);
     assert!(code != 0 && err.contains("needs a CUDA device"), "{err}");
 }
+
+/// The fixture's config.json with `field` set to `value` (a JSON literal).
+fn with_config_field(tag: &str, field: &str, value: &str) -> PathBuf {
+    let dir = common::scratch_copy(&base_model(), tag);
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[field] = serde_json::from_str(value).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn absurd_sizes_in_config_are_named_not_allocated() {
+    // Each of these once sized an allocation before any tensor was looked at (88 GB for the layers).
+    for field in [
+        "num_hidden_layers",
+        "hidden_size",
+        "vocab_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "sliding_window",
+    ] {
+        for value in ["1000000000", "18446744073709551615"] {
+            let dir = with_config_field(&format!("absurd-{field}"), field, value);
+            eval_fails_with(
+                &dir,
+                &format!("'{field}' is {value}, larger than any real model's"),
+            );
+        }
+    }
+}
+
+#[test]
+fn absurd_ffn_width_in_block_configs_is_named() {
+    let dir = with_config_field(
+        "absurd-block-ffn",
+        "block_configs",
+        r#"[{"ffn": {"intermediate_size": 99999999999}}, {}, {}]"#,
+    );
+    eval_fails_with(&dir, "'intermediate_size' is 99999999999");
+    let dir = with_config_field(
+        "absurd-block-mult",
+        "block_configs",
+        r#"[{"ffn": {"ffn_mult": 1e300}}, {}, {}]"#,
+    );
+    eval_fails_with(&dir, "gives an FFN width outside 0..=1048576");
+}
+
+#[test]
+fn config_layer_count_must_match_the_tensors() {
+    let dir = with_config_field("layers-more", "num_hidden_layers", "7");
+    eval_fails_with(
+        &dir,
+        "config.json declares num_hidden_layers = 7 but the weights hold 3 blocks",
+    );
+    let dir = with_config_field("layers-fewer", "num_hidden_layers", "2");
+    eval_fails_with(
+        &dir,
+        "config.json declares num_hidden_layers = 2 but the weights hold 3 blocks",
+    );
+}
+
+#[test]
+fn config_vocab_must_match_the_embedding() {
+    let dir = with_config_field("vocab-mismatch", "vocab_size", "5000");
+    eval_fails_with(
+        &dir,
+        "config.json declares vocab_size = 5000 and hidden_size = 36 but model.embed_tokens.weight has shape [317, 36]",
+    );
+}
+
+#[test]
+fn absurd_seq_len_is_refused_before_allocating() {
+    let text = common::fixtures().join("text/sample.txt");
+    let (code, err) = run_cli(&[
+        "eval",
+        "--model",
+        base_model().to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--seq-len",
+        "100000000000",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--seq-len"), "{err}");
+}

@@ -784,3 +784,23 @@ fn qwen2_import_keeps_q_rows_and_writes_biases() {
     let toks = tk.encode("hello 12", false).unwrap().get_tokens().to_vec();
     assert_eq!(toks, ["hello", "Ġ", "1", "2"]);
 }
+
+#[test]
+fn absurd_block_count_is_named_not_allocated() {
+    for key in [
+        "llama.block_count",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+    ] {
+        let mut g = tiny_llama();
+        g.kv(key, Kv::U32(4_000_000_000));
+        let err = import_err("absurd", &g.bytes());
+        assert!(
+            err.contains(&format!(
+                "'{key}' is 4000000000, larger than any real model's"
+            )),
+            "{key}: {err}"
+        );
+    }
+}

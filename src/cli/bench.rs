@@ -102,6 +102,16 @@ fn measure_synthetic(
 
 /// Runs `bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    crate::limits::check_positions(&[
+        ("--prefill-len", args.prefill_len),
+        ("--prompt-len", args.prompt_len),
+        ("--decode-tokens", args.decode_tokens),
+        ("--context", args.context),
+        (
+            "--prompt-len + --decode-tokens",
+            args.prompt_len.saturating_add(args.decode_tokens),
+        ),
+    ])?;
     anyhow::ensure!(
         args.prefill_len >= 1 && args.prompt_len >= 1,
         "--prefill-len and --prompt-len must be positive"

@@ -109,6 +109,7 @@ struct Row {
 
 /// Runs `eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    crate::limits::check_positions(&[("--seq-len", args.seq_len)])?;
     let backend = args.device.backend()?;
     let mut scorer = scorer(&args, &backend)?;
     let mut rows = Vec::new();

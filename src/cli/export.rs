@@ -68,6 +68,7 @@ impl OutputArgs {
 
 /// Runs `export`.
 pub fn run(args: ExportArgs) -> Result<()> {
+    crate::limits::check_positions(&[("--seq-len", args.seq_len)])?;
     let backend = args.device.backend()?;
     let job = ExportJob {
         model: args.model.clone(),

@@ -56,6 +56,7 @@ fn generate_on(
 
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
+    crate::limits::check_positions(&[("--max-new-tokens", args.max_new_tokens)])?;
     let backend = select_backend(args.device.as_deref())?;
     let config = ModelConfig::from_dir(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;

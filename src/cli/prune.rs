@@ -148,6 +148,7 @@ fn prune_synthetic(_: &PruneArgs, _: &Backend, _: &PruneOptions, _: &Path) -> Re
 
 /// Runs `prune`.
 pub fn run(args: PruneArgs) -> Result<()> {
+    crate::limits::check_positions(&[("--seq-len", args.seq_len)])?;
     let backend = args.device.backend()?;
     let opts = PruneOptions {
         sparsity: args.sparsity,

@@ -8,6 +8,9 @@
 pub mod rope;
 
 use crate::arch::{is_sliding_layer_type, ArchTraits, Family};
+use crate::limits::{
+    bounded, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
+};
 use anyhow::{bail, Context, Result};
 use rope::RopeSpec;
 use serde_json::Value;
@@ -119,12 +122,13 @@ impl ModelConfig {
             .to_string();
         let family = Family::from_model_type(&model_type)?;
         let arch = family.traits(&raw);
-        let hidden = req_usize(&raw, "hidden_size")?;
-        let vocab = req_usize(&raw, "vocab_size")?;
-        let n_layers = req_usize(&raw, "num_hidden_layers")?;
-        let n_heads = req_usize(&raw, "num_attention_heads")?;
-        let n_kv_heads = opt_usize(&raw, "num_key_value_heads")?.unwrap_or(n_heads);
-        let head_dim = opt_usize(&raw, "head_dim")?.unwrap_or(hidden / n_heads.max(1));
+        let hidden = req_usize(&raw, "hidden_size", MAX_HIDDEN)?;
+        let vocab = req_usize(&raw, "vocab_size", MAX_VOCAB)?;
+        let n_layers = req_usize(&raw, "num_hidden_layers", MAX_LAYERS)?;
+        let n_heads = req_usize(&raw, "num_attention_heads", MAX_HEADS)?;
+        let n_kv_heads = opt_usize(&raw, "num_key_value_heads", MAX_HEADS)?.unwrap_or(n_heads);
+        let head_dim =
+            opt_usize(&raw, "head_dim", MAX_HEAD_DIM)?.unwrap_or(hidden / n_heads.max(1));
         let norm_eps = raw["rms_norm_eps"]
             .as_f64()
             .context("missing numeric 'rms_norm_eps'")? as f32;
@@ -137,15 +141,18 @@ impl ModelConfig {
         if !raw["attn_logit_softcapping"].is_null() {
             bail!("attn_logit_softcapping is not supported");
         }
+        if hidden == 0 || vocab == 0 || head_dim == 0 {
+            bail!("hidden_size ({hidden}), vocab_size ({vocab}) and head_dim ({head_dim}) must be positive");
+        }
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             bail!("num_attention_heads ({n_heads}) must be a positive multiple of num_key_value_heads ({n_kv_heads})");
         }
 
         let sliding = sliding_layers(&raw, family, n_layers)?;
-        let window = opt_usize(&raw, "sliding_window")?;
+        let window = opt_usize(&raw, "sliding_window", MAX_CONTEXT)?;
         let rotary_dim = rotary_dim(&raw, head_dim)?;
         let scale = family.attention_scale(&raw, head_dim);
-        let default_ffn = opt_usize(&raw, "intermediate_size")?;
+        let default_ffn = opt_usize(&raw, "intermediate_size", MAX_FFN)?;
         let block_configs = match &raw["block_configs"] {
             Value::Null => None,
             Value::Array(items) if items.len() == n_layers => Some(items.clone()),
@@ -172,7 +179,7 @@ impl ModelConfig {
                         }
                         kv_heads = n_heads / group as usize;
                     }
-                    block_window = opt_usize(att, "window_length")
+                    block_window = opt_usize(att, "window_length", MAX_CONTEXT)
                         .with_context(|| format!("block {i}: invalid attention.window_length"))?;
                     !att["no_op"].as_bool().unwrap_or(false)
                 }
@@ -290,17 +297,20 @@ fn effective_blocks(raw: &Value, stored: &[BlockSpec]) -> Result<Vec<BlockSpec>>
     Ok(blocks)
 }
 
-fn req_usize(raw: &Value, key: &str) -> Result<usize> {
-    opt_usize(raw, key)?.with_context(|| format!("missing '{key}'"))
+fn req_usize(raw: &Value, key: &str, max: u64) -> Result<usize> {
+    opt_usize(raw, key, max)?.with_context(|| format!("missing '{key}'"))
 }
 
-fn opt_usize(raw: &Value, key: &str) -> Result<Option<usize>> {
+/// An optional non-negative integer field, at most `max` (see [`crate::limits`]).
+fn opt_usize(raw: &Value, key: &str, max: u64) -> Result<Option<usize>> {
     match &raw[key] {
         Value::Null => Ok(None),
-        v => v
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .with_context(|| format!("'{key}' must be a non-negative integer, got {v}")),
+        v => {
+            let n = v
+                .as_u64()
+                .with_context(|| format!("'{key}' must be a non-negative integer, got {v}"))?;
+            bounded(key, n, max).map(Some)
+        }
     }
 }
 
@@ -384,14 +394,17 @@ fn ffn_width_of(ffn: &Value, hidden: usize) -> Result<usize> {
     if ffn["replace_with_linear"].as_bool().unwrap_or(false) {
         bail!("ffn.replace_with_linear is not supported");
     }
-    if let Some(width) = ffn["intermediate_size"].as_u64() {
-        return Ok(width as usize);
+    if let Some(width) = opt_usize(ffn, "intermediate_size", MAX_FFN)? {
+        return Ok(width);
     }
     let mult = ffn["ffn_mult"]
         .as_f64()
         .context("needs 'intermediate_size' or 'ffn_mult'")?;
-    let raw_width = (2.0 * mult * hidden as f64 / 3.0) as usize;
-    Ok(raw_width.div_ceil(256) * 256)
+    let raw_width = 2.0 * mult * hidden as f64 / 3.0;
+    if !(raw_width >= 0.0 && raw_width <= MAX_FFN as f64) {
+        bail!("'ffn_mult' {mult} gives an FFN width outside 0..={MAX_FFN}");
+    }
+    Ok((raw_width as usize).div_ceil(256) * 256)
 }
 
 #[cfg(test)]

@@ -236,6 +236,7 @@ pub fn write_staged(
     opts: &ExportOptions,
 ) -> Result<(Staged, ExportSummary)> {
     check(config, decisions, opts)?;
+    crate::model::check_config_against_tensors(config, store)?;
     let start = Instant::now();
     let blocks = block_plans(config, decisions, opts);
     let exact: Vec<usize> = decisions.ffn_kept.iter().map(Vec::len).collect();

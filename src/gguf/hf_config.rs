@@ -1,6 +1,7 @@
 //! GGUF architecture metadata → Hugging Face `config.json`, and GGUF → HF tensor names/layouts.
 
-use super::reader::{GgufFile, TensorInfo};
+use super::reader::{GgufFile, MetaValue, TensorInfo};
+use crate::limits::{bounded, MAX_FFN, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
@@ -104,42 +105,50 @@ impl ArchParams {
         let gguf_arch = g.req_str("general.architecture")?.to_string();
         let arch = Arch::from_gguf(&gguf_arch)?;
         let key = |k: &str| format!("{gguf_arch}.{k}");
-        let scalar = |k: &str| -> Result<usize> {
+        let scalar = |k: &str| -> Result<u64> {
             let name = key(k);
             match g.get(&name) {
                 Some(v) if v.as_array().is_some() => {
                     bail!("metadata key '{name}' must be a single value, not a per-layer list")
                 }
-                _ => Ok(g.req_u64(&name)? as usize),
+                _ => Ok(g.req_u64(&name)?),
             }
         };
-        let hidden = scalar("embedding_length")?;
-        let n_layers = scalar("block_count")?;
+        let hidden = bounded(
+            &key("embedding_length"),
+            scalar("embedding_length")?,
+            MAX_HIDDEN,
+        )?;
+        let n_layers = bounded(&key("block_count"), scalar("block_count")?, MAX_LAYERS)?;
         // Any of these may be one value or one per layer (llama.cpp's get_key_or_arr).
-        let per_layer = |k: &str| -> Result<Option<Vec<usize>>> {
+        let per_layer = |k: &str, max: u64| -> Result<Option<Vec<usize>>> {
             let name = key(k);
+            let one = |x: &MetaValue| -> Result<usize> {
+                let n = x
+                    .as_u64()
+                    .with_context(|| format!("metadata key '{name}' holds a non-integer"))?;
+                bounded(&name, n, max)
+            };
             match g.get(&name) {
                 None => Ok(None),
                 Some(v) => match v.as_array() {
-                    Some(items) if items.len() == n_layers => items
-                        .iter()
-                        .map(|x| x.as_u64().map(|n| n as usize))
-                        .collect::<Option<Vec<_>>>()
-                        .map(Some)
-                        .with_context(|| format!("metadata key '{name}' holds a non-integer")),
+                    Some(items) if items.len() == n_layers => {
+                        items.iter().map(one).collect::<Result<Vec<_>>>().map(Some)
+                    }
                     Some(items) => bail!(
                         "metadata key '{name}' lists {} layers but block_count is {n_layers}",
                         items.len()
                     ),
-                    None => Ok(Some(vec![g.req_u64(&name)? as usize; n_layers])),
+                    None => Ok(Some(vec![one(v)?; n_layers])),
                 },
             }
         };
-        let ffn = per_layer("feed_forward_length")?
+        let ffn = per_layer("feed_forward_length", MAX_FFN)?
             .with_context(|| format!("missing metadata key '{}'", key("feed_forward_length")))?;
-        let heads = per_layer("attention.head_count")?
+        let heads = per_layer("attention.head_count", MAX_HEADS)?
             .with_context(|| format!("missing metadata key '{}'", key("attention.head_count")))?;
-        let kv_heads = per_layer("attention.head_count_kv")?.unwrap_or_else(|| heads.clone());
+        let kv_heads =
+            per_layer("attention.head_count_kv", MAX_HEADS)?.unwrap_or_else(|| heads.clone());
         let layers: Vec<LayerShape> = (0..n_layers)
             .map(|i| LayerShape {
                 heads: heads[i],
@@ -165,7 +174,7 @@ impl ArchParams {
             bail!("invalid shape metadata: hidden {hidden}, blocks {n_layers}, heads {n_heads}, kv heads {n_kv_heads}");
         }
         let head_dim = match g.opt_u64(&key("attention.key_length"))? {
-            Some(k) => k as usize,
+            Some(k) => bounded(&key("attention.key_length"), k, MAX_HEAD_DIM)?,
             None => hidden / n_heads,
         };
         if let Some(v) = g.opt_u64(&key("attention.value_length"))? {

@@ -22,6 +22,7 @@
 use super::reader::{GgufFile, MetaValue};
 use super::tokenizer::bpe_pre_tokenizer;
 use super::writer::{write_gguf, GgufArray, GgufValue};
+use crate::limits::MAX_VOCAB;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -45,9 +46,6 @@ pub mod token_type {
     /// A byte-fallback token `<0xXX>`.
     pub const BYTE: i32 = 6;
 }
-
-/// Largest vocabulary accepted (ids stay exact in f32 scores; guards allocations against corrupt files).
-const MAX_VOCAB: usize = 1 << 24;
 
 /// Score llama.cpp's converters give added (control and user-defined) tokens.
 const ADDED_SCORE: f32 = -1000.0;
@@ -547,7 +545,7 @@ impl HfVocab {
         if n == 0 {
             bail!("{where_}: the vocabulary is empty");
         }
-        if n > MAX_VOCAB {
+        if n as u64 > MAX_VOCAB {
             bail!("{where_}: a vocabulary of {n} tokens (largest id or config.json vocab_size) is implausibly large (at most {MAX_VOCAB})");
         }
 

@@ -16,6 +16,7 @@ impl GpuModel {
         let config = ModelConfig::from_dir(dir)?;
         super::check_supported(&config)?;
         let store = TensorStore::open(dir)?;
+        crate::model::check_config_against_tensors(&config, &store)?;
         let (hidden, vocab) = (config.hidden, config.vocab);
         let context = || format!("cannot load model from {}", dir.display());
         let bar = crate::progress::bar(config.n_layers() as u64, "load to GPU");

@@ -18,6 +18,7 @@ impl Model {
 
     /// Builds the model from a config and its tensors.
     pub fn from_store(config: ModelConfig, store: &TensorStore) -> Result<Self> {
+        check_config_against_tensors(&config, store)?;
         let (hidden, vocab) = (config.hidden, config.vocab);
         let embed = store.f32("model.embed_tokens.weight", &[vocab, hidden])?;
         let blocks = (0..config.n_layers())
@@ -37,6 +38,28 @@ impl Model {
             storage_dtype,
         })
     }
+}
+
+/// Refuses a config whose block count or embedding shape disagrees with the tensors present,
+/// naming the config field, before any weight is read.
+pub fn check_config_against_tensors(config: &ModelConfig, store: &TensorStore) -> Result<()> {
+    let present = store.layer_count();
+    if present != config.n_layers() {
+        bail!(
+            "config.json declares num_hidden_layers = {} but the weights hold {present} blocks (model.layers.0..{present})",
+            config.n_layers()
+        );
+    }
+    if let Some(shape) = store.shape("model.embed_tokens.weight") {
+        if shape != [config.vocab, config.hidden] {
+            bail!(
+                "config.json declares vocab_size = {} and hidden_size = {} but model.embed_tokens.weight has shape {shape:?}",
+                config.vocab,
+                config.hidden
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The separate LM head, or `None` when tied to the embeddings.

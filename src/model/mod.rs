@@ -4,6 +4,7 @@ mod forward;
 mod kv_cache;
 mod load;
 
+pub use load::check_config_against_tensors;
 #[cfg(feature = "cuda")]
 pub(crate) use load::{load_block, load_lm_head};
 mod surgery;

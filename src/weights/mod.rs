@@ -117,6 +117,26 @@ impl TensorStore {
         }
     }
 
+    /// Decoder blocks the tensors describe: the largest N of `model.layers.N.*`, plus one.
+    pub fn layer_count(&self) -> usize {
+        self.names()
+            .filter_map(|n| {
+                n.strip_prefix("model.layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
     /// Names of every tensor in the checkpoint.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
