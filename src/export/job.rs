@@ -44,7 +44,7 @@ pub struct ExportReport {
 
 /// Runs an export on `backend` (which computes the verification perplexities).
 pub fn run(job: &ExportJob, backend: &Backend) -> Result<ExportReport> {
-    crate::fsutil::check_output(&job.out, &job.model, job.force)?;
+    let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
     let config = ModelConfig::from_dir(&job.model)?;
     let decisions = Decisions::keep_all(&config);
     super::check(&config, &decisions, &job.options)?;
@@ -66,15 +66,8 @@ pub fn run(job: &ExportJob, backend: &Backend) -> Result<ExportReport> {
         None => None,
     };
     let store = TensorStore::open(&job.model)?;
-    let (staged, summary) = super::write_staged(
-        &job.model,
-        &config,
-        &store,
-        &decisions,
-        &job.out,
-        job.force,
-        &job.options,
-    )?;
+    let (staged, summary) =
+        super::write_staged(&job.model, &config, &store, &decisions, claim, &job.options)?;
     drop(store);
     let verification = match &tokens {
         Some(window) => {

@@ -12,7 +12,7 @@ pub mod tensors;
 
 use crate::arch::Family;
 use crate::config::ModelConfig;
-use crate::fsutil::{StagedDir, StagedFile};
+use crate::fsutil::{OutputClaim, OutputKind, Staged};
 use crate::prune::decisions::Decisions;
 use crate::weights::{writer, TensorStore};
 use anyhow::{bail, Context, Result};
@@ -189,32 +189,6 @@ fn block_plans(
         .collect()
 }
 
-/// A staged output (folder or single file), renamed into place by [`Staged::commit`].
-pub enum Staged {
-    /// A folder (DeciLM, HF).
-    Dir(StagedDir),
-    /// One file (GGUF).
-    File(StagedFile),
-}
-
-impl Staged {
-    /// The temporary path being written.
-    pub fn path(&self) -> &Path {
-        match self {
-            Staged::Dir(d) => d.path(),
-            Staged::File(f) => f.path(),
-        }
-    }
-
-    /// Moves the finished output into place.
-    pub fn commit(self) -> Result<()> {
-        match self {
-            Staged::Dir(d) => d.commit(),
-            Staged::File(f) => f.commit(),
-        }
-    }
-}
-
 /// The name of a dtype as HF configs write it.
 pub fn dtype_config_name(dtype: Dtype) -> &'static str {
     match dtype {
@@ -231,12 +205,12 @@ pub fn write_staged(
     config: &ModelConfig,
     store: &TensorStore,
     decisions: &Decisions,
-    out: &Path,
-    force: bool,
+    claim: OutputClaim,
     opts: &ExportOptions,
 ) -> Result<(Staged, ExportSummary)> {
     check(config, decisions, opts)?;
     crate::model::check_config_against_tensors(config, store)?;
+    let out = claim.dest().to_path_buf();
     let start = Instant::now();
     let blocks = block_plans(config, decisions, opts);
     let exact: Vec<usize> = decisions.ffn_kept.iter().map(Vec::len).collect();
@@ -249,7 +223,7 @@ pub fn write_staged(
     let mut notes = Vec::new();
     let (staged, n_tensors, weight_bytes) = match opts.format {
         Format::Decilm | Format::Hf => {
-            let staged = StagedDir::create(out, force)?;
+            let staged = Staged::create(claim, OutputKind::Dir)?;
             let dir = staged.path().to_path_buf();
             let (config_value, fused) = if opts.format == Format::Decilm {
                 std::fs::write(
@@ -274,10 +248,10 @@ pub fn write_staged(
             let text = serde_json::to_string_pretty(&config_value)? + "\n";
             std::fs::write(dir.join("config.json"), text).context("cannot write config.json")?;
             copy_side_files(source, &dir)?;
-            (Staged::Dir(staged), jobs.len(), bytes)
+            (staged, jobs.len(), bytes)
         }
         Format::Gguf => {
-            let staged = StagedFile::create(out, force)?;
+            let staged = Staged::create(claim, OutputKind::File)?;
             let arch = gguf::architecture(config, &blocks)?;
             let jobs = gguf::tensor_jobs(config, store, &blocks)?;
             let metadata = gguf::metadata(config, &blocks, arch, source, model_dtype)?;
@@ -314,7 +288,7 @@ pub fn write_staged(
                     "llama.cpp's {arch} graph has no sliding window: outputs differ from this model's past {w} tokens of context"
                 ));
             }
-            (Staged::File(staged), jobs.len(), bytes)
+            (staged, jobs.len(), bytes)
         }
     };
     let attention_zeroed: Vec<usize> = (0..blocks.len())
@@ -331,7 +305,7 @@ pub fn write_staged(
     }
     let summary = ExportSummary {
         format: opts.format,
-        path: out.to_path_buf(),
+        path: out,
         dtype: dtype_name.into(),
         tensors: n_tensors,
         weight_bytes,
@@ -409,7 +383,7 @@ pub fn reload_perplexity(
                     .unwrap_or_default(),
                 std::process::id()
             ));
-            let cleanup = crate::fsutil::RemoveOnDrop(tmp.clone());
+            let cleanup = crate::fsutil::RemoveOnDrop::new(tmp.clone());
             crate::gguf::import(output, &tmp, true)?;
             let ppl = backend.folder_perplexity(&tmp, windows);
             drop(cleanup);

@@ -9,7 +9,7 @@ pub mod tokenizer;
 pub mod tokenizer_meta;
 pub mod writer;
 
-use crate::fsutil::StagedDir;
+use crate::fsutil::{OutputClaim, OutputKind, Staged};
 use crate::weights::writer as safetensors_writer;
 use anyhow::{bail, Context, Result};
 use hf_config::{ArchParams, TensorPlan};
@@ -35,6 +35,7 @@ pub struct ImportSummary {
 
 /// Reads a GGUF file and writes an HF checkpoint folder (config.json, model.safetensors in f32, tokenizer.json, tokenizer_config.json).
 pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
+    let claim = OutputClaim::acquire(out, force)?;
     let g = GgufFile::open(src)?;
     for t in &g.tensors {
         if !t.ggml_type.is_supported() {
@@ -47,7 +48,7 @@ pub fn import(src: &Path, out: &Path, force: bool) -> Result<ImportSummary> {
     }
     let params = ArchParams::read(&g)?;
     let plans = hf_config::plan_tensors(&params, &g.tensors)?;
-    let staged = StagedDir::create(out, force)?;
+    let staged = Staged::create(claim, OutputKind::Dir)?;
 
     let ctx = g.opt_u64(&format!("{}.context_length", params.gguf_arch))?;
     let tok = tokenizer::build(&g, ctx)?;

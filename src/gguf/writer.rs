@@ -597,6 +597,9 @@ impl GgufWriter {
                 );
             }
             w.write_all(&bytes).map_err(io)?;
+            if i == 0 {
+                crate::fsutil::stall_point("tensor");
+            }
             let end = offset + n_bytes;
             let pad = (end.next_multiple_of(self.alignment) - end) as usize;
             write_zeros(&mut w, pad).map_err(io)?;

@@ -114,9 +114,16 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     if job.stage1_samples == 0 || job.stage2_samples == 0 {
         bail!("--stage1-samples and --stage2-samples must be at least 1");
     }
-    crate::fsutil::check_output(&job.out, &job.model, job.force)?;
+    let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
     let config = ModelConfig::from_dir(&job.model)?;
     let format = job.format.unwrap_or_else(|| Format::default_for(&config));
+    let beside = report_path_beside(&job.out);
+    if format == Format::Gguf && beside.exists() && !job.force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            beside.display()
+        );
+    }
     let export_opts = ExportOptions {
         format,
         ..job.export.clone()
@@ -170,15 +177,8 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
 
     let t_save = Instant::now();
     let store = TensorStore::open(&job.model)?;
-    let (staged, summary) = export::write_staged(
-        &job.model,
-        &config,
-        &store,
-        &decisions,
-        &job.out,
-        job.force,
-        &export_opts,
-    )?;
+    let (staged, summary) =
+        export::write_staged(&job.model, &config, &store, &decisions, claim, &export_opts)?;
     drop(store);
     let seconds_save = t_save.elapsed().as_secs_f64();
     let verification = match run.ppl_in_memory {
@@ -268,13 +268,6 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     };
     let text = serde_json::to_string_pretty(&report)?;
     if format == Format::Gguf {
-        let beside = report_path_beside(&job.out);
-        if beside.exists() && !job.force {
-            bail!(
-                "{} already exists (use --force to overwrite)",
-                beside.display()
-            );
-        }
         staged.commit()?;
         crate::fsutil::write_atomic(&beside, text.as_bytes())?;
     } else {

@@ -65,6 +65,9 @@ pub fn write(
             );
         }
         io(w.write_all(&bytes))?;
+        if i == 0 {
+            crate::fsutil::stall_point("tensor");
+        }
     }
     io(w.flush())?;
     w.into_inner()
