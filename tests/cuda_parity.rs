@@ -1478,9 +1478,9 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
             .iter()
             .map(|b| b.attention.as_ref().map_or(0, |a| a.device_bytes()))
             .collect();
-        let (out, freed) = prune::gpu::run(&mut gm, &opts, s1, s2).unwrap();
+        let (out, freed) = prune::gpu::run(&mut gm, &opts, s1, s2, None).unwrap();
         let mut cpu_pruned = cpu0.clone();
-        let cpu_out = prune::run(&mut cpu_pruned, &opts, s1, s2).unwrap();
+        let cpu_out = prune::run(&mut cpu_pruned, &opts, s1, s2, None).unwrap();
         checks.truth(
             format!("{name} plan {:?} equals the CPU's", out.plan),
             out.plan == cpu_out.plan,

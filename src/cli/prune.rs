@@ -69,6 +69,14 @@ pub struct PruneArgs {
     /// Skip reloading the saved folder and checking its perplexity.
     #[arg(long)]
     pub no_verify: bool,
+    /// Keep stage-1 scores and stage-2 progress here, so a killed run resumes and a run at
+    /// another sparsity on the same calibration skips stage 1
+    /// [default: $TWOSSP_CACHE_DIR, else $XDG_CACHE_HOME/twossp-engine, else ~/.cache/twossp-engine].
+    #[arg(long, conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compute everything and keep nothing for later runs.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +106,7 @@ fn prune_synthetic(
         opts,
         &refs[..args.stage1_samples],
         &refs[..args.stage2_samples],
+        None,
     )?;
     let report = serde_json::json!({
         "method": "2SSP", "synthetic_weights": config_path, "backend": backend.describe(),
@@ -146,6 +155,25 @@ fn prune_synthetic(_: &PruneArgs, _: &Backend, _: &PruneOptions, _: &Path) -> Re
     bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
+/// "stage-1 scores, 2 stage-2 removals" / "nothing" / "cache off".
+fn reused_summary(r: &crate::prune::cache::Reused) -> String {
+    if r.cache_dir.is_none() {
+        return "cache off".into();
+    }
+    let mut parts = Vec::new();
+    if r.stage1_scores {
+        parts.push("stage-1 scores".to_string());
+    }
+    if r.stage2_removals > 0 {
+        parts.push(format!("{} stage-2 removals", r.stage2_removals));
+    }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Runs `prune`.
 pub fn run(args: PruneArgs) -> Result<()> {
     crate::limits::check_positions(&[("--seq-len", args.seq_len)])?;
@@ -180,6 +208,13 @@ pub fn run(args: PruneArgs) -> Result<()> {
         seed: args.seed,
         format: args.format,
         export: args.output.options(args.format.unwrap_or(Format::Decilm))?,
+        cache_root: if args.no_cache {
+            None
+        } else {
+            args.cache_dir
+                .clone()
+                .or_else(crate::prune::cache::default_root)
+        },
     };
     let report = pipeline::run(&job, &backend)?;
     if args.json {
@@ -246,6 +281,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 report.seconds.stage1, report.seconds.stage2
             ),
         ],
+        vec!["reused from cache".into(), reused_summary(&report.reused)],
         vec![
             "block evals stage2 (reuse / full)".into(),
             format!(

@@ -243,6 +243,11 @@ impl ModelConfig {
             .map_or(&self.blocks[i], |s| &s[i])
     }
 
+    /// FFN width of every block.
+    pub fn ffn_widths(&self) -> Vec<usize> {
+        self.blocks.iter().map(|b| b.ffn_width).collect()
+    }
+
     /// Number of decoder blocks.
     pub fn n_layers(&self) -> usize {
         self.blocks.len()

@@ -3,6 +3,7 @@
 //! every block's input on the device. The FFNs are compacted and removed attention buffers freed in place.
 
 use super::stage2::{greedy_removal, SuffixEvaluator};
+use super::cache::PruneCache;
 use super::{stage1, validated_plan, PruneOptions, PruneOutcome};
 use crate::backend::cuda::GpuBuffer;
 use crate::gpu_model::{FfnStats, GpuModel, GpuWorkspace};
@@ -30,6 +31,7 @@ pub fn run(
     opts: &PruneOptions,
     stage1_windows: &[&[u32]],
     stage2_windows: &[&[u32]],
+    cache: Option<&PruneCache>,
 ) -> Result<(PruneOutcome, FreedMemory)> {
     let (counts, plan) = validated_plan(&model.config, opts)?;
     let bytes_before = model.device_bytes();
@@ -42,14 +44,26 @@ pub fn run(
     let mut ws = GpuWorkspace::new(model, longest, longest)?;
 
     let t1 = Instant::now();
-    let ffn_kept = stage1::kept_neurons(&score_neurons(model, &mut ws, stage1_windows)?, plan.keep);
+    let widths = model.config.ffn_widths();
+    let (scores, scores_reused) = PruneCache::scores_or(cache, stage1_windows, &widths, || {
+        score_neurons(model, &mut ws, stage1_windows)
+    })?;
+    let ffn_kept = stage1::kept_neurons(&scores, plan.keep);
     let bytes_freed_ffn = model.keep_ffn_neurons(&ffn_kept)?;
     model.gpu.sync()?;
     let seconds_stage1 = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
     let mut eval = GpuEvaluator::new(model, ws, stage2_windows)?;
-    let stage2 = greedy_removal(&mut eval, plan.n_attn, &opts.protected_attention)?;
+    let journal =
+        cache.map(|c| c.stage2_journal(&ffn_kept, stage2_windows, &opts.protected_attention));
+    let stage2 = greedy_removal(
+        &mut eval,
+        plan.n_attn,
+        &opts.protected_attention,
+        journal.as_ref(),
+    )?;
+    let reused = super::cache::Reused::of(cache, scores_reused, &stage2);
     let bytes_freed_attention = eval.freed;
     model.gpu.sync()?;
     let seconds_stage2 = t2.elapsed().as_secs_f64();
@@ -66,6 +80,7 @@ pub fn run(
         stage2,
         seconds_stage1,
         seconds_stage2,
+        reused,
     };
     Ok((outcome, memory))
 }

@@ -2,6 +2,7 @@
 //! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model in memory.
 
 pub mod balance;
+pub mod cache;
 pub mod decisions;
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -14,6 +15,7 @@ use crate::config::ModelConfig;
 use crate::model::Model;
 use anyhow::{bail, Result};
 use balance::{AttentionBudget, ParamCounts, PruningPlan};
+use cache::PruneCache;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -45,30 +47,42 @@ pub struct PruneOutcome {
     pub seconds_stage1: f64,
     /// Seconds spent in stage 2.
     pub seconds_stage2: f64,
+    /// What was taken from the cache instead of computed.
+    pub reused: cache::Reused,
 }
 
-/// Prunes `model` in place: scores on `stage1_windows` (dense), then greedy attention removal on `stage2_windows`.
+/// Prunes `model` in place: scores on `stage1_windows` (dense), then greedy attention removal on
+/// `stage2_windows`; with a `cache`, finished work of earlier runs is reused and new work kept.
 pub fn run(
     model: &mut Model,
     opts: &PruneOptions,
     stage1_windows: &[&[u32]],
     stage2_windows: &[&[u32]],
+    cache: Option<&PruneCache>,
 ) -> Result<PruneOutcome> {
     let (counts, plan) = validated_plan(&model.config, opts)?;
 
     let t1 = Instant::now();
-    let ffn_kept = stage1::kept_neurons(&stage1::score_neurons(model, stage1_windows)?, plan.keep);
+    let (scores, scores_reused) =
+        PruneCache::scores_or(cache, stage1_windows, &model.config.ffn_widths(), || {
+            stage1::score_neurons(model, stage1_windows)
+        })?;
+    let ffn_kept = stage1::kept_neurons(&scores, plan.keep);
     model.keep_ffn_neurons(&ffn_kept);
     let seconds_stage1 = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
+    let journal =
+        cache.map(|c| c.stage2_journal(&ffn_kept, stage2_windows, &opts.protected_attention));
     let stage2 = stage2::remove_attention_greedy(
         model,
         stage2_windows,
         plan.n_attn,
         &opts.protected_attention,
+        journal.as_ref(),
     )?;
     let seconds_stage2 = t2.elapsed().as_secs_f64();
+    let reused = cache::Reused::of(cache, scores_reused, &stage2);
     Ok(PruneOutcome {
         plan,
         counts,
@@ -76,6 +90,7 @@ pub fn run(
         stage2,
         seconds_stage1,
         seconds_stage2,
+        reused,
     })
 }
 

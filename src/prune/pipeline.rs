@@ -3,6 +3,7 @@
 
 use super::decisions::Decisions;
 use super::report::{Balance, Calibration, CalibrationFile, PruningReport, Seconds, Verification};
+use super::cache::PruneCache;
 use super::{PruneOptions, PruneOutcome};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
@@ -45,6 +46,8 @@ pub struct PruneJob {
     pub format: Option<Format>,
     /// Output dtype and DeciLM profile (its `format` is ignored; see `format`).
     pub export: ExportOptions,
+    /// Root of the resumable-work cache (`None`: compute everything, keep nothing).
+    pub cache_root: Option<PathBuf>,
 }
 
 /// What a backend's 2SSP run returns.
@@ -65,12 +68,13 @@ fn prune_on(
     stage1: &[&[u32]],
     stage2: &[&[u32]],
     verify: bool,
+    cache: Option<&PruneCache>,
 ) -> Result<BackendRun> {
     match backend {
         Backend::Cpu => {
             let mut model = crate::model::Model::load(dir)?;
             let params_before = (model.params_main(), model.params_total());
-            let outcome = super::run(&mut model, opts, stage1, stage2)?;
+            let outcome = super::run(&mut model, opts, stage1, stage2, cache)?;
             let ppl_in_memory = verify
                 .then(|| {
                     let mut ws = crate::model::Workspace::default();
@@ -92,7 +96,7 @@ fn prune_on(
         Backend::Cuda(gpu) => {
             let mut model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
             let params_before = (model.params_main(), model.params_total());
-            let (outcome, memory) = super::gpu::run(&mut model, opts, stage1, stage2)?;
+            let (outcome, memory) = super::gpu::run(&mut model, opts, stage1, stage2, cache)?;
             let ppl_in_memory = verify.then(|| model.perplexity(stage2)).transpose()?;
             Ok(BackendRun {
                 outcome,
@@ -167,7 +171,25 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     let stage1 = &windows[..job.stage1_samples];
     let stage2 = &windows[..job.stage2_samples];
     super::validated_plan(&config, &options)?; // refuse before loading weights
-    let run = prune_on(backend, &job.model, &options, stage1, stage2, job.verify)?;
+    let cache = job
+        .cache_root
+        .as_deref()
+        .and_then(|root| match PruneCache::open(root, &job.model, &backend.describe()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("note: {e:#}; this run will not be resumable");
+                None
+            }
+        });
+    let run = prune_on(
+        backend,
+        &job.model,
+        &options,
+        stage1,
+        stage2,
+        job.verify,
+        cache.as_ref(),
+    )?;
     let outcome = &run.outcome;
     let decisions = Decisions {
         method: "2SSP".into(),
@@ -265,6 +287,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         source_model: job.model.clone(),
         decisions,
         export: summary,
+        reused: outcome.reused.clone(),
     };
     let text = serde_json::to_string_pretty(&report)?;
     if format == Format::Gguf {

@@ -51,6 +51,8 @@ pub struct PruningReport {
     pub balance: Balance,
     /// Calibration data and how it was used.
     pub calibration: Calibration,
+    /// Work taken from the resumable-work cache instead of computed (and the cache folder).
+    pub reused: super::cache::Reused,
     /// Stage-2 block evaluations with suffix reuse.
     pub block_evals_stage2: u64,
     /// Stage-2 block evaluations the reference's full recomputation needs.

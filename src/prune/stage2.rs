@@ -3,6 +3,7 @@
 //! The hidden state entering every block is cached, so a candidate `i` only recomputes blocks `i..L`
 //! (the reference recomputes all `L` blocks per candidate); the decisions are the same.
 
+use super::cache::{Stage2Journal, Stage2Progress};
 use crate::model::{Model, Workspace};
 use crate::progress;
 use anyhow::{bail, Result};
@@ -21,6 +22,8 @@ pub struct Stage2Outcome {
     pub block_evals: u64,
     /// Block evaluations the reference's full recomputation would need.
     pub block_evals_reference: u64,
+    /// Leading removals replayed from a previous run's journal instead of searched.
+    pub replayed: usize,
 }
 
 /// What the greedy search needs from a model: perplexity with one attention bypassed, and removal.
@@ -40,10 +43,13 @@ pub trait SuffixEvaluator {
 }
 
 /// Removes `n_attn` attention submodules greedily (lowest perplexity first, ties to the lowest index).
+/// With a `journal`, the removals a previous run recorded are replayed and each new step is
+/// recorded as soon as it is decided.
 pub fn greedy_removal(
     eval: &mut impl SuffixEvaluator,
     n_attn: usize,
     protected: &[usize],
+    journal: Option<&Stage2Journal>,
 ) -> Result<Stage2Outcome> {
     let (n_layers, n_windows) = (eval.n_blocks(), eval.n_windows());
     let candidates = |e: &dyn Fn(usize) -> bool| -> Vec<usize> {
@@ -55,17 +61,45 @@ pub fn greedy_removal(
     if available < n_attn {
         bail!("cannot remove {n_attn} attention submodules: only {available} are removable");
     }
-    let ppl_before = eval.ppl_without(None)?;
+    let prior = journal
+        .and_then(Stage2Journal::load)
+        .filter(|p| replayable(p, n_layers, protected, &|i| eval.has_attention(i)));
     let mut outcome = Stage2Outcome {
         removed: Vec::new(),
         ppl_after: Vec::new(),
-        ppl_before,
-        block_evals: (n_layers * n_windows) as u64,
+        ppl_before: 0.0,
+        block_evals: 0,
         block_evals_reference: 0,
+        replayed: 0,
     };
-    let total_candidates: usize = (0..n_attn).map(|s| available - s).sum();
+    let mut progress = match prior {
+        Some(p) => p,
+        None => {
+            outcome.block_evals = (n_layers * n_windows) as u64;
+            let p = Stage2Progress {
+                ppl_before: eval.ppl_without(None)?,
+                ..Default::default()
+            };
+            if let Some(j) = journal {
+                j.record(&p);
+            }
+            p
+        }
+    };
+    outcome.ppl_before = progress.ppl_before;
+    progress.removed.truncate(n_attn);
+    progress.ppl_after.truncate(n_attn);
+    for (&chosen, &ppl) in progress.removed.iter().zip(&progress.ppl_after) {
+        eval.remove(chosen)?;
+        outcome.removed.push(chosen);
+        outcome.ppl_after.push(ppl);
+        outcome.block_evals += ((n_layers - chosen) * n_windows) as u64;
+        outcome.replayed += 1;
+    }
+    let searched = outcome.replayed..n_attn;
+    let total_candidates: usize = searched.clone().map(|s| available - s).sum();
     let bar = progress::bar(total_candidates as u64, "stage 2");
-    for _ in 0..n_attn {
+    for _ in searched {
         let mut best: Option<(usize, f64)> = None;
         for i in candidates(&|i| eval.has_attention(i)) {
             let ppl = eval.ppl_without(Some(i))?;
@@ -81,9 +115,35 @@ pub fn greedy_removal(
         outcome.removed.push(chosen);
         outcome.ppl_after.push(ppl);
         outcome.block_evals += ((n_layers - chosen) * n_windows) as u64;
+        if let Some(j) = journal {
+            progress.removed.push(chosen);
+            progress.ppl_after.push(ppl);
+            j.record(&progress);
+        }
+        crate::fsutil::stall_point("stage2-step");
     }
     bar.finish_and_clear();
     Ok(outcome)
+}
+
+/// Whether a recorded search can be replayed on this model: distinct, removable blocks, one
+/// perplexity each (anything else means the journal is damaged and is ignored).
+fn replayable(
+    p: &Stage2Progress,
+    n_layers: usize,
+    protected: &[usize],
+    has_attention: &dyn Fn(usize) -> bool,
+) -> bool {
+    let mut seen = vec![false; n_layers];
+    p.removed.len() == p.ppl_after.len()
+        && p.ppl_before.is_finite()
+        && p.removed.iter().all(|&i| {
+            let fresh = i < n_layers && !seen[i] && !protected.contains(&i) && has_attention(i);
+            if fresh {
+                seen[i] = true;
+            }
+            fresh
+        })
 }
 
 /// Removes `n_attn` attention submodules greedily from a model on the CPU.
@@ -92,6 +152,7 @@ pub fn remove_attention_greedy(
     windows: &[&[u32]],
     n_attn: usize,
     protected: &[usize],
+    journal: Option<&Stage2Journal>,
 ) -> Result<Stage2Outcome> {
     let mut ws = Workspace::default();
     let inputs = windows
@@ -104,7 +165,7 @@ pub fn remove_attention_greedy(
         inputs,
         ws,
     };
-    greedy_removal(&mut eval, n_attn, protected)
+    greedy_removal(&mut eval, n_attn, protected, journal)
 }
 
 /// The CPU model with the cached residual stream entering each block of each window.
