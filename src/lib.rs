@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
 #[cfg(feature = "cuda")]

@@ -15,7 +15,13 @@ impl Tokenizer {
         if !path.exists() {
             anyhow::bail!("missing {}", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        // Parsed to a JSON value first: the tokenizers crate panics (instead of returning an
+        // error) on some syntax errors inside its decoder section (found by fuzzing).
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{} is not valid JSON: {e}", path.display()))?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value)
             .map_err(|e| anyhow!("cannot load {}: {e}", path.display()))?;
         Ok(Self { inner })
     }

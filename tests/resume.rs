@@ -22,10 +22,24 @@ fn prune_cmd(out: &Path, sparsity: &str, extra: &[&str]) -> Command {
         .arg("prune")
         .arg("--model")
         .arg(common::fixtures().join("llama"))
-        .args(["--sparsity", sparsity, "--format", "hf", "--no-verify", "--json"])
+        .args([
+            "--sparsity",
+            sparsity,
+            "--format",
+            "hf",
+            "--no-verify",
+            "--json",
+        ])
         .arg("--calib")
         .arg(common::fixtures().join("text/sample.txt"))
-        .args(["--seq-len", "32", "--stage1-samples", "4", "--stage2-samples", "2"])
+        .args([
+            "--seq-len",
+            "32",
+            "--stage1-samples",
+            "4",
+            "--stage2-samples",
+            "2",
+        ])
         .arg("--out")
         .arg(out)
         .args(extra);
@@ -80,7 +94,12 @@ fn another_sparsity_reuses_stage1_and_decides_the_same() {
 fn a_run_killed_in_stage2_resumes_where_it_stopped() {
     let dir = scratch("kill");
     let cache = dir.join("cache");
-    let flags = ["--cache-dir", cache.to_str().unwrap(), "--remove-attention", "3"];
+    let flags = [
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--remove-attention",
+        "3",
+    ];
     let mut child = prune_cmd(&dir.join("out"), "0.5", &flags)
         .env("TWOSSP_TEST_STALL", "stage2-step:60")
         .stdout(Stdio::null())
@@ -95,10 +114,12 @@ fn a_run_killed_in_stage2_resumes_where_it_stopped() {
             .and_then(|mut models| models.next())
             .and_then(|m| std::fs::read_dir(m.unwrap().path()).ok())
             .and_then(|files| {
-                files
-                    .flatten()
-                    .map(|f| f.path())
-                    .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("stage2-"))
+                files.flatten().map(|f| f.path()).find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("stage2-")
+                })
             });
         if let Some(p) = found {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
@@ -107,7 +128,10 @@ fn a_run_killed_in_stage2_resumes_where_it_stopped() {
             }
         }
         assert!(child.try_wait().unwrap().is_none(), "prune ended early");
-        assert!(start.elapsed() < Duration::from_secs(60), "no journal appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no journal appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     child.kill().unwrap();

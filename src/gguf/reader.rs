@@ -143,6 +143,22 @@ impl GgufFile {
         })
     }
 
+    /// Parses a GGUF image held in memory (copied into an anonymous map; fuzzing and tests).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).context("cannot map memory")?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().context("cannot map memory")?;
+        let (version, metadata, tensors, alignment) = parse(&map[..bytes.len()])?;
+        Ok(Self {
+            map,
+            version,
+            metadata,
+            tensors,
+            alignment,
+        })
+    }
+
     /// The raw bytes of a tensor (bounds were checked when parsing).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         &self.map[t.offset as usize..(t.offset + t.n_bytes) as usize]

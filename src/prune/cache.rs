@@ -31,7 +31,11 @@ pub struct Reused {
 
 impl Reused {
     /// What a run with `cache` reused: the scores (when `scores`) and the replayed removals.
-    pub fn of(cache: Option<&PruneCache>, scores: bool, stage2: &super::stage2::Stage2Outcome) -> Self {
+    pub fn of(
+        cache: Option<&PruneCache>,
+        scores: bool,
+        stage2: &super::stage2::Stage2Outcome,
+    ) -> Self {
         Self {
             stage1_scores: scores,
             stage2_removals: stage2.replayed,
@@ -109,14 +113,15 @@ impl PruneCache {
     pub fn scores(&self, windows: &[&[u32]], widths: &[usize]) -> Option<NeuronScores> {
         let bytes = std::fs::read(self.scores_path(windows)).ok()?;
         let scores = decode_scores(&bytes)?;
-        let same = scores.len() == widths.len()
-            && scores.iter().zip(widths).all(|(s, &w)| s.len() == w);
+        let same =
+            scores.len() == widths.len() && scores.iter().zip(widths).all(|(s, &w)| s.len() == w);
         same.then_some(scores)
     }
 
     /// Keeps stage-1 scores for `windows` (a failure to write is only reported).
     pub fn record_scores(&self, windows: &[&[u32]], scores: &NeuronScores) {
-        if let Err(e) = crate::fsutil::write_atomic(&self.scores_path(windows), &encode_scores(scores))
+        if let Err(e) =
+            crate::fsutil::write_atomic(&self.scores_path(windows), &encode_scores(scores))
         {
             warn_unwritable(&e);
         }
@@ -163,7 +168,9 @@ impl PruneCache {
             h.update((p as u64).to_le_bytes());
         }
         Stage2Journal {
-            path: self.dir.join(format!("stage2-{}.json", &hex(&h.finalize())[..24])),
+            path: self
+                .dir
+                .join(format!("stage2-{}.json", &hex(&h.finalize())[..24])),
         }
     }
 
@@ -180,13 +187,21 @@ impl PruneCache {
 /// Reports, once per process, that the cache cannot be written.
 fn warn_unwritable(e: &anyhow::Error) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| eprintln!("note: the pruning cache cannot be written ({e:#}); this run will not be resumable"));
+    WARNED.call_once(|| {
+        eprintln!(
+            "note: the pruning cache cannot be written ({e:#}); this run will not be resumable"
+        )
+    });
 }
 
 /// The default cache root: `$TWOSSP_CACHE_DIR`, else `$XDG_CACHE_HOME/twossp-engine`, else
 /// `~/.cache/twossp-engine` (as Hugging Face's hub cache).
 pub fn default_root() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("TWOSSP_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("twossp-engine")))
         .or_else(|| env("HOME").map(|d| d.join(".cache/twossp-engine")))
@@ -201,7 +216,10 @@ fn model_fingerprint(dir: &Path, backend: &str) -> Result<String> {
     h.update(CACHE_VERSION.as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(backend.as_bytes());
-    if let Some(exe) = std::env::current_exe().ok().and_then(|p| std::fs::metadata(p).ok()) {
+    if let Some(exe) = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::fs::metadata(p).ok())
+    {
         h.update(exe.len().to_le_bytes());
         hash_mtime(&mut h, &exe);
     }
@@ -238,7 +256,10 @@ fn safetensors_header(path: &Path) -> Option<Vec<u8>> {
 }
 
 fn hash_mtime(h: &mut Sha256, meta: &std::fs::Metadata) {
-    if let Ok(d) = meta.modified().map(|t| t.duration_since(std::time::UNIX_EPOCH)) {
+    if let Ok(d) = meta
+        .modified()
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH))
+    {
         h.update(d.unwrap_or_default().as_nanos().to_le_bytes());
     }
 }
@@ -270,7 +291,9 @@ fn encode_scores(scores: &NeuronScores) -> Vec<u8> {
 fn decode_scores(bytes: &[u8]) -> Option<NeuronScores> {
     let rest = bytes.strip_prefix(SCORES_MAGIC)?;
     let word = |b: &[u8], i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(b.get(i * 8..i * 8 + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
     };
     let n = word(rest, 0)? as usize;
     if n > crate::limits::MAX_LAYERS as usize {

@@ -2,8 +2,8 @@
 //! Stage 1 accumulates per-neuron squared activations in the gated GEMM's epilogue; stage 2 keeps
 //! every block's input on the device. The FFNs are compacted and removed attention buffers freed in place.
 
-use super::stage2::{greedy_removal, SuffixEvaluator};
 use super::cache::PruneCache;
+use super::stage2::{greedy_removal, SuffixEvaluator};
 use super::{stage1, validated_plan, PruneOptions, PruneOutcome};
 use crate::backend::cuda::GpuBuffer;
 use crate::gpu_model::{FfnStats, GpuModel, GpuWorkspace};

@@ -1,9 +1,9 @@
 //! The whole `prune` job as one library call: calibrate, prune on a backend, write the decisions
 //! applied to the memory-mapped source in the chosen format, reload and verify, report.
 
+use super::cache::PruneCache;
 use super::decisions::Decisions;
 use super::report::{Balance, Calibration, CalibrationFile, PruningReport, Seconds, Verification};
-use super::cache::PruneCache;
 use super::{PruneOptions, PruneOutcome};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
@@ -171,16 +171,15 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     let stage1 = &windows[..job.stage1_samples];
     let stage2 = &windows[..job.stage2_samples];
     super::validated_plan(&config, &options)?; // refuse before loading weights
-    let cache = job
-        .cache_root
-        .as_deref()
-        .and_then(|root| match PruneCache::open(root, &job.model, &backend.describe()) {
+    let cache = job.cache_root.as_deref().and_then(|root| {
+        match PruneCache::open(root, &job.model, &backend.describe()) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("note: {e:#}; this run will not be resumable");
                 None
             }
-        });
+        }
+    });
     let run = prune_on(
         backend,
         &job.model,
