@@ -132,15 +132,8 @@ impl GgufFile {
         // SAFETY: the map is read-only; the importer does not modify the file while it is mapped.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        let (version, metadata, tensors, alignment) =
-            parse(&map).with_context(|| format!("invalid GGUF file {}", path.display()))?;
-        Ok(Self {
-            map,
-            version,
-            metadata,
-            tensors,
-            alignment,
-        })
+        let len = map.len();
+        Self::from_map(map, len).with_context(|| format!("invalid GGUF file {}", path.display()))
     }
 
     /// Parses a GGUF image held in memory (copied into an anonymous map; fuzzing and tests).
@@ -149,7 +142,12 @@ impl GgufFile {
             memmap2::MmapMut::map_anon(bytes.len().max(1)).context("cannot map memory")?;
         anon[..bytes.len()].copy_from_slice(bytes);
         let map = anon.make_read_only().context("cannot map memory")?;
-        let (version, metadata, tensors, alignment) = parse(&map[..bytes.len()])?;
+        Self::from_map(map, bytes.len())
+    }
+
+    /// Parses the first `len` bytes of `map` (an anonymous map is never empty, a file's may be).
+    fn from_map(map: Mmap, len: usize) -> Result<Self> {
+        let (version, metadata, tensors, alignment) = parse(&map[..len])?;
         Ok(Self {
             map,
             version,
