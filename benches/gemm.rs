@@ -151,6 +151,125 @@ fn measure_peak(lanes: u64) -> (f64, f64) {
     (single, all)
 }
 
+/// Single-thread GFLOP/s of back-to-back `TDPBF16PS` on four independent accumulator tiles (the
+/// AMX peak), best of 25 tries; the caller made sure the tiles are usable.
+#[cfg(target_arch = "x86_64")]
+fn amx_peak_single() -> f64 {
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+    let mut cfg = Config([0; 64]);
+    cfg.0[0] = 1;
+    for t in 0..8 {
+        cfg.0[16 + 2 * t] = 64;
+        cfg.0[48 + t] = 16;
+    }
+    let iters = 200_000u64;
+    let mut best = 0.0f64;
+    for _ in 0..25 {
+        let t = Instant::now();
+        // SAFETY: tiles granted (bf16_kernel() is Amx); the config describes tiles 0-7.
+        unsafe {
+            std::arch::asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr());
+            std::arch::asm!(
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7"
+            );
+            for _ in 0..black_box(iters) {
+                std::arch::asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                );
+            }
+            std::arch::asm!("tilerelease");
+        }
+        let flops = (iters * 4 * 16 * 16 * 32 * 2) as f64;
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// The SmolLM2 linear layers with bf16 weights through the bf16 kernel this CPU dispatches to, as
+/// GFLOP/s and % of that kernel's peak (the AMX tile loop; the widening path is f32 arithmetic).
+fn bf16_linears(budget: Duration, filter: &str, quick: bool) {
+    use twossp_engine::backend::cpu::{bf16_kernel, Bf16Kernel};
+    let kernel = bf16_kernel();
+    println!();
+    #[cfg(target_arch = "x86_64")]
+    let peak = (kernel == Bf16Kernel::Amx).then(|| {
+        let single = amx_peak_single();
+        let threads = rayon::current_num_threads();
+        println!(
+            "peak, AMX TDPBF16PS loop: {single:.1} GFLOP/s on one thread -> {:.1} GFLOP/s for {threads} threads",
+            single * threads as f64
+        );
+        single * threads as f64
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let peak: Option<f64> = None;
+    println!(
+        "bf16 kernel: {} (TWOSSP_BF16_KERNEL=widen forces the exact widening path)",
+        kernel.name()
+    );
+    println!(
+        "{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {:>7}",
+        "bf16 linear y = x·wᵀ", "m", "n", "k", "best ms", "GFLOP/s", "% peak"
+    );
+    let shapes = [
+        ("q/o proj", 576, 576),
+        ("k/v proj", 192, 576),
+        ("mlp gate/up", 1536, 576),
+        ("mlp down", 576, 1536),
+        ("lm head", 49152, 576),
+        ("7B mlp gate/up", 11008, 4096),
+        ("7B mlp down", 4096, 11008),
+    ];
+    for m in [2048usize, 1] {
+        for &(name, n, k) in &shapes {
+            if !name.contains(filter) || (quick && n * k > 30_000_000 && m > 1) {
+                continue;
+            }
+            let x = fill(m * k, 1);
+            let w: Vec<half::bf16> = fill(n * k, 2)
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect();
+            let mut y = vec![0.0f32; m * n];
+            let (t, runs) = best_of(budget, || {
+                linear(black_box(&x), black_box(&w[..]), None, &mut y, m, n, k)
+            });
+            black_box(&y);
+            let gflops = 2.0 * (m * n * k) as f64 / t.as_secs_f64() / 1e9;
+            let pct = match (m, peak) {
+                (1, _) | (_, None) => "-".to_string(),
+                (_, Some(p)) => format!("{:.1}%", 100.0 * gflops / p),
+            };
+            let note = if m == 1 {
+                format!(
+                    "  ({:.1} GB/s of weights, {runs} runs)",
+                    (n * k * 2) as f64 / t.as_secs_f64() / 1e9
+                )
+            } else {
+                format!("  ({runs} runs)")
+            };
+            println!(
+                "{:<28} {:>7} {:>6} {:>6} {:>11.3} {:>9.1} {:>7}{note}",
+                name,
+                m,
+                n,
+                k,
+                t.as_secs_f64() * 1e3,
+                gflops,
+                pct
+            );
+        }
+    }
+}
+
 fn main() {
     let budget = Duration::from_secs_f64(
         std::env::var("BENCH_SECS")
@@ -251,6 +370,8 @@ fn main() {
             pct(gflops)
         );
     }
+
+    bf16_linears(budget, &filter, quick);
 
     println!();
     println!(

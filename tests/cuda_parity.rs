@@ -1196,8 +1196,9 @@ fn gpu_unsupported(cfg: &ModelConfig) -> Option<String> {
 /// `model` with every matrix rounded to bf16 as `GpuModel::upload` does (norms and biases stay
 /// f32): the CPU reference for the device model.
 fn bf16_weights(model: &Model) -> Model {
-    fn round(w: &mut [f32]) {
-        w.iter_mut().for_each(|v| *v = from_bf16(to_bf16(*v)));
+    fn round(w: &mut twossp_engine::model::Weights) {
+        let rounded = w.to_f32().iter().map(|&v| from_bf16(to_bf16(v))).collect();
+        *w = twossp_engine::model::Weights::F32(rounded);
     }
     let mut m = model.clone();
     round(&mut m.embed);

@@ -8,7 +8,8 @@ Usage (venv with torch + transformers):
 
 The token ids come from the engine's tokenizer (checked separately against llama.cpp's
 llama-tokenize); HF transformers computes the perplexity of exactly those ids in float32 with the
-reference protocol of SPEC-2SSP.md (non-overlapping windows, mean next-token NLL over seq_len-1
+reference protocol of SPEC-2SSP.md (`--dtype bfloat16`: in bf16, as transformers runs a bf16
+checkpoint; non-overlapping windows, mean next-token NLL over seq_len-1
 positions, token-weighted, exp). Run with torch 2.15 / transformers 5.24 on CPU.
 
 Exported models (DeciLM folders written by `prune` / `export`) load with `--trust-remote-code`;
@@ -31,12 +32,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute dtype (bfloat16: every op in bf16 as transformers runs a bf16 checkpoint)")
     ap.add_argument("--trust-remote-code", action="store_true", help="load the folder's own modeling code (DeciLM)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ids = json.load(open(a.ids))["ids"]
     model, info = AutoModelForCausalLM.from_pretrained(
-        a.model, dtype=torch.float32, attn_implementation="sdpa",
+        a.model, dtype=getattr(torch, a.dtype), attn_implementation="sdpa",
         trust_remote_code=a.trust_remote_code, output_loading_info=True)
     model.eval()
     problems = {k: list(v) for k, v in info.items() if v}
@@ -58,7 +61,7 @@ def main():
     out = {
         "name": a.name, "seq_len": a.seq_len, "windows": a.windows, "predicted": count,
         "hf_mean_nll": mean, "hf_ppl": math.exp(mean), "hf_seconds": seconds,
-        "hf_tokens_per_s": a.windows * a.seq_len / seconds, "threads": a.threads,
+        "hf_tokens_per_s": a.windows * a.seq_len / seconds, "threads": a.threads, "dtype": a.dtype,
         "hf_class": type(model).__name__, "first_ids": ids[:64], "transformers_version": transformers.__version__, "torch_version": torch.__version__,
     }
     json.dump(out, open(a.out, "w"), indent=1)

@@ -55,7 +55,7 @@ fn measure_on(
     settings: &BenchSettings,
 ) -> Result<BenchResult> {
     match backend {
-        Backend::Cpu => measure(&Model::load(dir)?, settings),
+        Backend::Cpu(dtype) => measure(&Model::load_as(dir, *dtype)?, settings),
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => crate::gpu_model::GpuModel::load(gpu.clone(), dir)?.measure(settings),
     }

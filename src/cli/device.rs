@@ -1,5 +1,6 @@
 //! `--device` and `--synthetic-weights`: where a command computes and what model it uses.
 
+use crate::weights::Precision;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -17,6 +18,28 @@ pub struct DeviceArgs {
     /// Seed of the synthetic weights and token ids.
     #[arg(long, default_value_t = 0)]
     pub synthetic_seed: u64,
+    /// Precision of the matrices.
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+}
+
+/// `--dtype`, shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct DtypeArg {
+    /// Precision the CPU keeps the weight matrices in: auto (as the checkpoint stores them, like
+    /// transformers' dtype="auto"), f32 (the exact reference), bf16 or f16. The arithmetic is f32
+    /// either way; 16-bit weights halve the memory and the bytes each product streams. The CUDA
+    /// backend always keeps bf16.
+    #[arg(long = "dtype", default_value = "auto", value_parser = parse_dtype, value_name = "DTYPE")]
+    pub choice: DtypeChoice,
+}
+
+/// A parsed `--dtype`: `None` is `auto`.
+#[derive(Clone, Copy, Debug)]
+pub struct DtypeChoice(pub Option<Precision>);
+
+fn parse_dtype(s: &str) -> Result<DtypeChoice> {
+    Precision::parse_choice(s).map(DtypeChoice)
 }
 
 pub use crate::backend::Backend;
@@ -39,21 +62,30 @@ impl DeviceArgs {
 
     /// Resolves `--device` (and checks `--synthetic-weights` has a GPU to run on).
     pub fn backend(&self) -> Result<Backend> {
-        let backend = select_backend(self.device.as_deref())?;
-        if self.synthetic_weights.is_some() && matches!(backend, Backend::Cpu) {
+        let backend = select_backend(self.device.as_deref(), self.dtype.choice)?;
+        if self.synthetic_weights.is_some() && matches!(backend, Backend::Cpu(_)) {
             bail!("--synthetic-weights needs a CUDA device (--device cuda)");
         }
         Ok(backend)
     }
 }
 
-/// The backend a `--device` value names (`None`: the default).
-pub fn select_backend(device: Option<&str>) -> Result<Backend> {
-    match device {
-        None => default_backend(),
-        Some("cpu") => Ok(Backend::Cpu),
-        Some(other) => cuda_backend(other),
+/// The backend a `--device` value names (`None`: the default), keeping matrices at `dtype`.
+pub fn select_backend(device: Option<&str>, dtype: DtypeChoice) -> Result<Backend> {
+    let backend = match device {
+        None => default_backend(dtype.0)?,
+        Some("cpu") => Backend::Cpu(dtype.0),
+        Some(other) => cuda_backend(other)?,
+    };
+    if let (false, Some(p @ (Precision::F32 | Precision::F16))) =
+        (matches!(backend, Backend::Cpu(_)), dtype.0)
+    {
+        bail!(
+            "--dtype {} runs on the CPU only: the CUDA backend keeps its matrices in bf16 (use --device cpu, or --dtype auto/bf16)",
+            p.name()
+        );
     }
+    Ok(backend)
 }
 
 /// `n` windows of `len` random token ids below `vocab` (for synthetic models), seeded.
@@ -69,18 +101,19 @@ pub fn random_windows(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<
 }
 
 #[cfg(feature = "cuda")]
-fn default_backend() -> Result<Backend> {
+fn default_backend(dtype: Option<Precision>) -> Result<Backend> {
     use crate::backend::cuda::Gpu;
-    if Gpu::available() {
+    // An explicit f32/f16 choice is a CPU-only computation: it keeps the default on the CPU.
+    if Gpu::available() && !matches!(dtype, Some(Precision::F32 | Precision::F16)) {
         Ok(Backend::Cuda(std::sync::Arc::new(Gpu::new(0)?)))
     } else {
-        Ok(Backend::Cpu)
+        Ok(Backend::Cpu(dtype))
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn default_backend() -> Result<Backend> {
-    Ok(Backend::Cpu)
+fn default_backend(dtype: Option<Precision>) -> Result<Backend> {
+    Ok(Backend::Cpu(dtype))
 }
 
 #[cfg(feature = "cuda")]

@@ -54,6 +54,15 @@ impl Scorer {
         }
     }
 
+    /// The matrix precision and the kernels that compute with it (for reports).
+    fn kernels(&self) -> String {
+        match self {
+            Scorer::Cpu(boxed) => crate::backend::cpu::kernels_for(boxed.0.precision()),
+            #[cfg(feature = "cuda")]
+            Scorer::Cuda(_) => "bf16 weights, CUDA kernels".into(),
+        }
+    }
+
     fn window_nll(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
         match self {
             Scorer::Cpu(boxed) => {
@@ -72,13 +81,13 @@ impl Scorer {
 /// The model of `args` on `backend`.
 fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
     match backend {
-        Backend::Cpu => {
+        Backend::Cpu(dtype) => {
             let dir = args
                 .model
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
             Ok(Scorer::Cpu(Box::new((
-                Model::load(dir)?,
+                Model::load_as(dir, *dtype)?,
                 Workspace::default(),
             ))))
         }
@@ -149,9 +158,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.json {
         return print_json(&serde_json::json!({
             "model": args.model, "synthetic_weights": args.device.synthetic_weights,
-            "backend": backend.describe(), "results": rows,
+            "backend": backend.describe(), "kernels": scorer.kernels(), "results": rows,
         }));
     }
+    eprintln!("kernels: {}", scorer.kernels());
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

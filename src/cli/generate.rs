@@ -28,6 +28,9 @@ pub struct GenerateArgs {
     /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Precision of the matrices.
+    #[command(flatten)]
+    pub dtype: super::device::DtypeArg,
 }
 
 /// Greedy generation on `backend` (on a GPU: bf16 weights and KV cache).
@@ -39,7 +42,7 @@ fn generate_on(
     stop: &[u32],
 ) -> Result<Generation> {
     match backend {
-        Backend::Cpu => greedy(&Model::load(dir)?, prompt, max_new, stop),
+        Backend::Cpu(dtype) => greedy(&Model::load_as(dir, *dtype)?, prompt, max_new, stop),
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
             use crate::gpu_model::{GpuKvCache, GpuModel, GpuWorkspace};
@@ -57,7 +60,7 @@ fn generate_on(
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     crate::limits::check_positions(&[("--max-new-tokens", args.max_new_tokens)])?;
-    let backend = select_backend(args.device.as_deref())?;
+    let backend = select_backend(args.device.as_deref(), args.dtype.choice)?;
     let config = ModelConfig::from_dir(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let prompt = tokenizer.encode_with_special(&args.prompt)?;

@@ -4,7 +4,7 @@
 use super::{GpuAttention, GpuBlock, GpuFfn, GpuMatrix, GpuModel};
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::config::ModelConfig;
-use crate::model::{load_block, load_lm_head, Attention, Block, Ffn, Model};
+use crate::model::{load_block, load_lm_head, Attention, Block, Ffn, Model, Precision, Weights};
 use crate::weights::TensorStore;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -22,15 +22,19 @@ impl GpuModel {
         let bar = crate::progress::bar(config.n_layers() as u64, "load to GPU");
         let mut blocks = Vec::with_capacity(config.n_layers());
         for i in 0..config.n_layers() {
-            let block = load_block(&config, &store, i).with_context(context)?;
+            let block = load_block(&config, &store, i, Precision::F32).with_context(context)?;
             blocks.push(upload_block(&gpu, &block, hidden)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
         let embed = store
-            .f32("model.embed_tokens.weight", &[vocab, hidden])
+            .weights(
+                "model.embed_tokens.weight",
+                &[vocab, hidden],
+                Precision::F32,
+            )
             .with_context(context)?;
-        let lm_head = load_lm_head(&config, &store).with_context(context)?;
+        let lm_head = load_lm_head(&config, &store, Precision::F32).with_context(context)?;
         Ok(Self {
             embed: matrix(&gpu, &embed, vocab, hidden)?,
             final_norm: gpu.upload(
@@ -86,9 +90,9 @@ fn upload_block(gpu: &Gpu, b: &Block, hidden: usize) -> Result<GpuBlock> {
     })
 }
 
-fn matrix(gpu: &Gpu, weight: &[f32], rows: usize, cols: usize) -> Result<GpuMatrix> {
+fn matrix(gpu: &Gpu, weight: &Weights, rows: usize, cols: usize) -> Result<GpuMatrix> {
     Ok(GpuMatrix {
-        data: gpu.upload_bf16(weight)?,
+        data: gpu.upload_bf16(&weight.to_f32())?,
         rows,
         cols,
     })

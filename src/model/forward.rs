@@ -3,7 +3,6 @@
 use super::kv_cache::{KvCache, LayerCache};
 use super::{Attention, Ffn, Model};
 use crate::backend::cpu::attention::{causal_attention, AttentionShape};
-use crate::backend::cpu::gemm::linear;
 use crate::backend::cpu::ops::{self, RopeTable};
 use crate::config::rope::RopeSpec;
 use crate::config::ModelConfig;
@@ -75,7 +74,8 @@ impl Model {
         x.par_chunks_mut(hidden)
             .zip(ids.par_iter())
             .for_each(|(row, &id)| {
-                row.copy_from_slice(&self.embed[id as usize * hidden..][..hidden]);
+                let start = id as usize * hidden;
+                self.embed.widen_range_into(start..start + hidden, row);
                 if let Some(s) = scale {
                     row.iter_mut().for_each(|v| *v *= s);
                 }
@@ -139,15 +139,8 @@ impl Model {
     fn head_rows(&self, hidden_states: &[f32], out: &mut [f32]) {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let rows = hidden_states.len() / hidden;
-        linear(
-            hidden_states,
-            self.head_weight(),
-            None,
-            out,
-            rows,
-            vocab,
-            hidden,
-        );
+        self.head_weight()
+            .linear(hidden_states, None, out, rows, vocab, hidden);
         if let Some(cap) = self.config.final_logit_softcap {
             ops::soft_cap(out, cap);
         }

@@ -1,6 +1,6 @@
 //! Loading a [`Model`] from an HF checkpoint folder, mapping each family's tensor names.
 
-use super::{Attention, Block, Ffn, Linear, Model};
+use super::{Attention, Block, Ffn, Linear, Model, Precision, Weights};
 use crate::arch::ArchTraits;
 use crate::config::{AttentionSpec, ModelConfig, FFN_WIDTHS_KEY, ZERO_ATTENTION_KEY};
 use crate::weights::TensorStore;
@@ -8,24 +8,42 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 impl Model {
-    /// Loads config.json and the safetensors weights of `dir`.
+    /// Loads config.json and the safetensors weights of `dir` as f32 (the exact reference).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_as(dir, Some(Precision::F32))
+    }
+
+    /// Loads `dir` with its matrices at `precision` (`None`: as the checkpoint stores them).
+    pub fn load_as(dir: &Path, precision: Option<Precision>) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let store = TensorStore::open(dir)?;
-        Self::from_store(config, &store)
+        let precision = match precision {
+            Some(p) => p,
+            None => store.native_precision()?,
+        };
+        Self::from_store_as(config, &store, precision)
             .with_context(|| format!("cannot load model from {}", dir.display()))
     }
 
-    /// Builds the model from a config and its tensors.
+    /// Builds the model from a config and its tensors, in f32.
     pub fn from_store(config: ModelConfig, store: &TensorStore) -> Result<Self> {
+        Self::from_store_as(config, store, Precision::F32)
+    }
+
+    /// Builds the model from a config and its tensors, matrices at `precision`.
+    pub fn from_store_as(
+        config: ModelConfig,
+        store: &TensorStore,
+        precision: Precision,
+    ) -> Result<Self> {
         check_config_against_tensors(&config, store)?;
         let (hidden, vocab) = (config.hidden, config.vocab);
-        let embed = store.f32("model.embed_tokens.weight", &[vocab, hidden])?;
+        let embed = store.weights("model.embed_tokens.weight", &[vocab, hidden], precision)?;
         let blocks = (0..config.n_layers())
-            .map(|i| load_block(&config, store, i))
+            .map(|i| load_block(&config, store, i, precision))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = store.f32("model.norm.weight", &[hidden])?;
-        let lm_head = load_lm_head(&config, store)?;
+        let lm_head = load_lm_head(&config, store, precision)?;
         let storage_dtype = store
             .dtype("model.embed_tokens.weight")
             .unwrap_or(safetensors::Dtype::F32);
@@ -63,28 +81,38 @@ pub fn check_config_against_tensors(config: &ModelConfig, store: &TensorStore) -
 }
 
 /// The separate LM head, or `None` when tied to the embeddings.
-pub(crate) fn load_lm_head(config: &ModelConfig, store: &TensorStore) -> Result<Option<Linear>> {
+pub(crate) fn load_lm_head(
+    config: &ModelConfig,
+    store: &TensorStore,
+    precision: Precision,
+) -> Result<Option<Linear>> {
     if config.tie_embeddings && !store.contains("lm_head.weight") {
         return Ok(None);
     }
     Ok(Some(Linear {
-        weight: store.f32("lm_head.weight", &[config.vocab, config.hidden])?,
+        weight: store.weights("lm_head.weight", &[config.vocab, config.hidden], precision)?,
         bias: None,
         out_dim: config.vocab,
         in_dim: config.hidden,
     }))
 }
 
-/// Decoder block `i` (f32), mapped from the family's tensor names. Zero-filled parts a config
-/// declares (attention kept as zeros, zero-padding neurons) are checked to be zero and dropped.
-pub(crate) fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) -> Result<Block> {
+/// Decoder block `i` (matrices at `precision`), mapped from the family's tensor names. Zero-filled
+/// parts a config declares (attention kept as zeros, zero-padding neurons) are checked to be zero
+/// and dropped.
+pub(crate) fn load_block(
+    config: &ModelConfig,
+    store: &TensorStore,
+    i: usize,
+    precision: Precision,
+) -> Result<Block> {
     let stored = config.stored_block(i);
     let prefix = format!("model.layers.{i}");
     let arch = &config.arch;
     let mut attention = stored
         .attention
         .as_ref()
-        .map(|a| load_attention(arch, store, &prefix, a, config.hidden))
+        .map(|a| load_attention(arch, store, &prefix, a, config.hidden, precision))
         .transpose()?;
     let mut ffn = if stored.ffn_width == 0 {
         None
@@ -95,16 +123,14 @@ pub(crate) fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) ->
             &prefix,
             stored.ffn_width,
             config.hidden,
+            precision,
         )?)
     };
     let effective = &config.blocks[i];
     if effective.attention.is_none() {
         if let Some(a) = attention.take() {
-            let zero =
-                a.o.weight
-                    .iter()
-                    .chain(a.o.bias.iter().flatten())
-                    .all(|&v| v == 0.0);
+            let zero = a.o.weight.all_zero(0..a.o.weight.len())
+                && a.o.bias.iter().flatten().all(|&v| v == 0.0);
             if !zero {
                 bail!("block {i} is declared without attention ({ZERO_ATTENTION_KEY}) but its o_proj is not zero");
             }
@@ -114,10 +140,11 @@ pub(crate) fn load_block(config: &ModelConfig, store: &TensorStore, i: usize) ->
         let width = effective.ffn_width;
         if width < f.width() {
             let padded = f.width();
-            let up_tail = &f.gate_up.weight[(padded + width) * f.gate_up.in_dim..];
-            let down_tail = (0..f.down.out_dim)
-                .flat_map(|r| &f.down.weight[r * padded + width..(r + 1) * padded]);
-            if !up_tail.iter().chain(down_tail).all(|&v| v == 0.0) {
+            let up = &f.gate_up.weight;
+            let up_zero = up.all_zero((padded + width) * f.gate_up.in_dim..up.len());
+            let down_zero = (0..f.down.out_dim)
+                .all(|r| f.down.weight.all_zero(r * padded + width..(r + 1) * padded));
+            if !(up_zero && down_zero) {
                 bail!("block {i}: the FFN neurons past {width} ({FFN_WIDTHS_KEY}) are not zero padding");
             }
             f.keep_neurons(&(0..width).collect::<Vec<_>>());
@@ -132,29 +159,31 @@ fn load_attention(
     prefix: &str,
     spec: &AttentionSpec,
     hidden: usize,
+    precision: Precision,
 ) -> Result<Attention> {
+    let load_linear =
+        |name: &str, out: usize, bias: bool| load_linear(store, name, out, hidden, bias, precision);
     let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
     let qkv_rows = q_dim + 2 * kv_dim;
     let p = format!("{prefix}.self_attn");
     let qkv = if arch.fused_qkv {
-        load_linear(
-            store,
-            &format!("{p}.qkv_proj"),
-            qkv_rows,
-            hidden,
-            arch.qkv_bias,
-        )?
+        load_linear(&format!("{p}.qkv_proj"), qkv_rows, arch.qkv_bias)?
     } else {
         let parts = ["q_proj", "k_proj", "v_proj"]
             .iter()
             .zip([q_dim, kv_dim, kv_dim])
-            .map(|(name, rows)| {
-                load_linear(store, &format!("{p}.{name}"), rows, hidden, arch.qkv_bias)
-            })
+            .map(|(name, rows)| load_linear(&format!("{p}.{name}"), rows, arch.qkv_bias))
             .collect::<Result<Vec<_>>>()?;
         concat_rows(&parts)
     };
-    let o = load_linear(store, &format!("{p}.o_proj"), hidden, q_dim, arch.o_bias)?;
+    let o = self::load_linear(
+        store,
+        &format!("{p}.o_proj"),
+        hidden,
+        q_dim,
+        arch.o_bias,
+        precision,
+    )?;
     let head_norm = |name: &str| -> Result<Option<Vec<f32>>> {
         arch.qk_norm
             .then(|| store.f32(&format!("{p}.{name}.weight"), &[spec.head_dim]))
@@ -186,26 +215,17 @@ fn load_ffn(
     prefix: &str,
     width: usize,
     hidden: usize,
+    precision: Precision,
 ) -> Result<Ffn> {
     let p = format!("{prefix}.mlp");
+    let load_linear =
+        |name: &str, out: usize, bias: bool| load_linear(store, name, out, hidden, bias, precision);
     let gate_up = if arch.fused_gate_up {
-        load_linear(
-            store,
-            &format!("{p}.gate_up_proj"),
-            2 * width,
-            hidden,
-            arch.mlp_bias,
-        )?
+        load_linear(&format!("{p}.gate_up_proj"), 2 * width, arch.mlp_bias)?
     } else {
         concat_rows(&[
-            load_linear(
-                store,
-                &format!("{p}.gate_proj"),
-                width,
-                hidden,
-                arch.mlp_bias,
-            )?,
-            load_linear(store, &format!("{p}.up_proj"), width, hidden, arch.mlp_bias)?,
+            load_linear(&format!("{p}.gate_proj"), width, arch.mlp_bias)?,
+            load_linear(&format!("{p}.up_proj"), width, arch.mlp_bias)?,
         ])
     };
     let (norm_name, post_norm) = if arch.sandwich_norms {
@@ -222,12 +242,13 @@ fn load_ffn(
     Ok(Ffn {
         norm: store.f32(&format!("{prefix}.{norm_name}.weight"), &[hidden])?,
         gate_up,
-        down: load_linear(
+        down: self::load_linear(
             store,
             &format!("{p}.down_proj"),
             hidden,
             width,
             arch.mlp_bias,
+            precision,
         )?,
         post_norm,
     })
@@ -239,9 +260,10 @@ fn load_linear(
     out_dim: usize,
     in_dim: usize,
     bias: bool,
+    precision: Precision,
 ) -> Result<Linear> {
     Ok(Linear {
-        weight: store.f32(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        weight: store.weights(&format!("{name}.weight"), &[out_dim, in_dim], precision)?,
         bias: bias
             .then(|| store.f32(&format!("{name}.bias"), &[out_dim]))
             .transpose()?,
@@ -254,10 +276,7 @@ fn load_linear(
 fn concat_rows(parts: &[Linear]) -> Linear {
     let in_dim = parts[0].in_dim;
     let out_dim = parts.iter().map(|p| p.out_dim).sum();
-    let weight = parts
-        .iter()
-        .flat_map(|p| p.weight.iter().copied())
-        .collect();
+    let weight = Weights::concat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>());
     let bias = parts[0].bias.is_some().then(|| {
         parts
             .iter()

@@ -1,4 +1,5 @@
-//! The model in memory: f32 weights laid out per block, loaded from an HF checkpoint folder.
+//! The model in memory: weights laid out per block (f32, or 16-bit as the checkpoint stores them),
+//! loaded from an HF checkpoint folder.
 
 mod forward;
 mod kv_cache;
@@ -13,12 +14,13 @@ pub use forward::{FfnObserver, Workspace};
 pub use kv_cache::{KvCache, LayerCache};
 
 use crate::config::{AttentionSpec, ModelConfig};
+pub use crate::weights::{Precision, Weights};
 
 /// A linear layer `y = x W^T + b` with `W` row-major `[out_dim, in_dim]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// Weight rows, one per output feature.
-    pub weight: Vec<f32>,
+    pub weight: Weights,
     /// Optional bias per output feature.
     pub bias: Option<Vec<f32>>,
     /// Output features.
@@ -81,7 +83,7 @@ pub struct Model {
     /// Configuration the weights follow.
     pub config: ModelConfig,
     /// Token embeddings `[vocab, hidden]`.
-    pub embed: Vec<f32>,
+    pub embed: Weights,
     /// Decoder blocks.
     pub blocks: Vec<Block>,
     /// Final RMSNorm.
@@ -95,15 +97,8 @@ pub struct Model {
 impl Linear {
     /// `y = x W^T + b` for `n` rows of `x`.
     pub fn apply(&self, x: &[f32], y: &mut [f32], n: usize) {
-        crate::backend::cpu::gemm::linear(
-            x,
-            &self.weight,
-            self.bias.as_deref(),
-            y,
-            n,
-            self.out_dim,
-            self.in_dim,
-        );
+        self.weight
+            .linear(x, self.bias.as_deref(), y, n, self.out_dim, self.in_dim);
     }
 
     /// Number of parameters (weights and bias).
@@ -146,7 +141,32 @@ impl Model {
     }
 
     /// LM head weight `[vocab, hidden]`: its own or the tied embeddings.
-    pub fn head_weight(&self) -> &[f32] {
+    pub fn head_weight(&self) -> &Weights {
         self.lm_head.as_ref().map_or(&self.embed, |h| &h.weight)
+    }
+
+    /// The precision the matrices are kept in.
+    pub fn precision(&self) -> Precision {
+        self.embed.precision()
+    }
+
+    /// Every weight matrix: embeddings, the untied LM head and each block's projections.
+    pub fn matrices(&self) -> impl Iterator<Item = &Weights> {
+        let projections = self.blocks.iter().flat_map(|b| {
+            let a = b.attention.iter().flat_map(|a| [&a.qkv, &a.o]);
+            let f = b.ffn.iter().flat_map(|f| [&f.gate_up, &f.down]);
+            a.chain(f).map(|l| &l.weight)
+        });
+        std::iter::once(&self.embed)
+            .chain(self.lm_head.iter().map(|h| &h.weight))
+            .chain(projections)
+    }
+
+    /// Bytes of all weights as kept in memory (matrices at their precision, norms and biases f32).
+    pub fn weight_bytes(&self) -> u64 {
+        let (bytes, elems) = self
+            .matrices()
+            .fold((0, 0), |(b, e), w| (b + w.n_bytes(), e + w.len() as u64));
+        bytes + 4 * (self.params_total() - elems)
     }
 }

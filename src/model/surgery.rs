@@ -6,10 +6,7 @@ impl Linear {
     /// Keeps only the output rows `rows` (in order), with their biases.
     fn select_rows(&self, rows: &[usize]) -> Linear {
         let k = self.in_dim;
-        let weight = rows
-            .iter()
-            .flat_map(|&r| self.weight[r * k..(r + 1) * k].iter().copied())
-            .collect();
+        let weight = self.weight.select_rows(rows, k);
         let bias = self
             .bias
             .as_ref()
@@ -25,9 +22,7 @@ impl Linear {
     /// Keeps only the input columns `cols` (in order).
     fn select_cols(&self, cols: &[usize]) -> Linear {
         let k = self.in_dim;
-        let weight = (0..self.out_dim)
-            .flat_map(|r| cols.iter().map(move |&c| self.weight[r * k + c]))
-            .collect();
+        let weight = self.weight.select_cols(self.out_dim, k, cols);
         Linear {
             weight,
             bias: self.bias.clone(),

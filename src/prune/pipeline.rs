@@ -58,6 +58,8 @@ struct BackendRun {
     /// Perplexity of the pruned model in memory on the stage-2 windows (when verifying).
     ppl_in_memory: Option<f64>,
     device_memory: Option<serde_json::Value>,
+    /// Precision of the matrices while pruning.
+    precision: crate::weights::Precision,
 }
 
 /// Runs 2SSP on `backend` and keeps only the decisions (the model in memory is dropped).
@@ -71,8 +73,8 @@ fn prune_on(
     cache: Option<&PruneCache>,
 ) -> Result<BackendRun> {
     match backend {
-        Backend::Cpu => {
-            let mut model = crate::model::Model::load(dir)?;
+        Backend::Cpu(dtype) => {
+            let mut model = crate::model::Model::load_as(dir, *dtype)?;
             let params_before = (model.params_main(), model.params_total());
             let outcome = super::run(&mut model, opts, stage1, stage2, cache)?;
             let ppl_in_memory = verify
@@ -90,6 +92,7 @@ fn prune_on(
                 params_after: (model.params_main(), model.params_total()),
                 ppl_in_memory,
                 device_memory: None,
+                precision: model.precision(),
             })
         }
         #[cfg(feature = "cuda")]
@@ -104,6 +107,7 @@ fn prune_on(
                 params_after: (model.params_main(), model.params_total()),
                 ppl_in_memory,
                 device_memory: Some(serde_json::to_value(memory)?),
+                precision: crate::weights::Precision::Bf16,
             })
         }
     }
@@ -171,8 +175,14 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     let stage1 = &windows[..job.stage1_samples];
     let stage2 = &windows[..job.stage2_samples];
     super::validated_plan(&config, &options)?; // refuse before loading weights
+                                               // The scores depend on the precision the matrices are kept in: it is part of the cache key.
+    let computed_on = format!(
+        "{} {}",
+        backend.describe(),
+        backend.precision_for(&job.model)?.name()
+    );
     let cache = job.cache_root.as_deref().and_then(|root| {
-        match PruneCache::open(root, &job.model, &backend.describe()) {
+        match PruneCache::open(root, &job.model, &computed_on) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("note: {e:#}; this run will not be resumable");
@@ -279,6 +289,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         weight_bytes: summary.weight_bytes,
         verification,
         backend: backend.describe(),
+        dtype: run.precision.name().into(),
         device_memory: run.device_memory.clone(),
         threads: rayon::current_num_threads(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
@@ -329,7 +340,8 @@ pub fn verify(
         Some(d) if d != safetensors::Dtype::F32 => CONVERTED_PPL_BOUND,
         _ => 0.0,
     };
-    if !identical && relative_difference > bound {
+    // Written so that a NaN perplexity (on either side) fails.
+    if !ppl_reloaded.is_finite() || !(identical || relative_difference <= bound) {
         bail!(
             "verification failed: the written model gives perplexity {ppl_reloaded} but the model in memory gives {ppl_in_memory}"
         );

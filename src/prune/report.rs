@@ -65,6 +65,8 @@ pub struct PruningReport {
     pub verification: Option<Verification>,
     /// Backend that pruned.
     pub backend: String,
+    /// Precision the matrices were kept in while pruning (`--dtype`, resolved): f32, bf16 or f16.
+    pub dtype: String,
     /// GPU memory released by the in-place pruning (GPU runs).
     pub device_memory: Option<serde_json::Value>,
     /// CPU worker threads.

@@ -1,6 +1,10 @@
-//! Memory-mapped safetensors checkpoints (single file or sharded with an index), read as f32.
+//! Memory-mapped safetensors checkpoints (single file or sharded with an index), read as f32 or
+//! kept at their own 16-bit precision.
 
+mod matrix;
 pub mod writer;
+
+pub use matrix::{Precision, Weights};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -86,6 +90,30 @@ impl TensorStore {
         }
         let bytes = &self.shards[entry.shard].1[entry.start..entry.end];
         widen(bytes, entry.dtype).with_context(|| format!("tensor '{name}'"))
+    }
+
+    /// A matrix at `precision`, checking its shape; its mapped pages are released afterwards, so
+    /// the process holds the model once (in the returned copy), not twice.
+    pub fn weights(&self, name: &str, shape: &[usize], precision: Precision) -> Result<Weights> {
+        let raw = self.raw(name)?;
+        if raw.shape != shape {
+            bail!(
+                "tensor '{name}' has shape {:?}, expected {:?}",
+                raw.shape,
+                shape
+            );
+        }
+        let w = Weights::from_raw(&raw, precision).with_context(|| format!("tensor '{name}'"))?;
+        self.release(name);
+        Ok(w)
+    }
+
+    /// The precision `--dtype auto` resolves to: the dtype the embeddings are stored in.
+    pub fn native_precision(&self) -> Result<Precision> {
+        Precision::of_stored(
+            self.dtype("model.embed_tokens.weight")
+                .unwrap_or(Dtype::F32),
+        )
     }
 
     /// A tensor's dtype, shape and raw little-endian bytes, straight from the mapped file.

@@ -51,3 +51,38 @@ fn detect_isa() -> Isa {
     let _ = cap;
     Isa::Portable
 }
+
+/// How products with bf16 weights are computed (prefill-sized; decode always streams the weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// Intel AMX tiles (`TDPBF16PS`): activations rounded to bf16, f32 accumulation.
+    Amx,
+    /// The weights widened to f32 as they are packed: f32 math on the bf16 weights, exactly.
+    Widen,
+}
+
+impl Bf16Kernel {
+    /// Name as in `TWOSSP_BF16_KERNEL` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Widen => "widen",
+        }
+    }
+}
+
+/// The bf16 kernel this CPU runs; detected on first use, then cached.
+///
+/// `TWOSSP_BF16_KERNEL=widen` forces the exact widening path (comparisons, tests); `amx` (the
+/// default where the CPU and OS allow the tiles) falls back to `widen` elsewhere.
+pub fn bf16_kernel() -> Bf16Kernel {
+    static CACHE: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
+    *CACHE.get_or_init(|| {
+        let cap = std::env::var("TWOSSP_BF16_KERNEL").unwrap_or_default();
+        if cap != "widen" && super::gemm::amx_available() {
+            Bf16Kernel::Amx
+        } else {
+            Bf16Kernel::Widen
+        }
+    })
+}

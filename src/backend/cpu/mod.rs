@@ -4,6 +4,25 @@ pub mod attention;
 pub mod gemm;
 mod isa;
 pub mod ops;
+pub use isa::{bf16_kernel, Bf16Kernel};
 mod out_ptr;
 #[cfg(test)]
 mod test_util;
+
+/// The precision of the matrices and the kernels that multiply by them on this CPU, for reports:
+/// e.g. `bf16 weights: AMX tiles (decode: widened, avx512)`.
+pub fn kernels_for(precision: crate::weights::Precision) -> String {
+    use crate::weights::Precision;
+    let f32_kernels = match isa::detected_isa() {
+        isa::Isa::Avx512 => "AVX-512 12x32",
+        isa::Isa::Avx2Fma => "AVX2 6x16",
+        isa::Isa::Portable => "portable 6x16",
+    };
+    match (precision, bf16_kernel()) {
+        (Precision::F32, _) => format!("f32 weights: {f32_kernels}"),
+        (Precision::Bf16, Bf16Kernel::Amx) => {
+            format!("bf16 weights: AMX tiles (decode: widened to f32, {f32_kernels})")
+        }
+        (p, _) => format!("{} weights widened to f32: {f32_kernels}", p.name()),
+    }
+}

@@ -1,6 +1,7 @@
 //! The GEMV-style path for small `m` (decode): streams `b` once, no packing.
 
-use super::{for_each_task, split_range, Product, GEMV_M_MAX};
+use super::pack::{with_buf, W_BUF};
+use super::{for_each_task, split_range, Elem, Product, GEMV_M_MAX};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
 
@@ -11,24 +12,25 @@ const GEMV_ROWS_PER_TASK: usize = 256;
 const GEMV_PREFETCH: usize = 1024;
 
 /// Dispatches the GEMV path to the `gemv_rows` instance for the `m` (<= 8) rows of `a`.
-pub(super) fn gemv_path(isa: Isa, p: Product, c: &mut [f32], parallel: bool) {
+pub(super) fn gemv_path<B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32], parallel: bool) {
     match p.m {
-        1 => gemv_rows::<1>(isa, p, c, parallel),
-        2 => gemv_rows::<2>(isa, p, c, parallel),
-        3 => gemv_rows::<3>(isa, p, c, parallel),
-        4 => gemv_rows::<4>(isa, p, c, parallel),
-        5 => gemv_rows::<5>(isa, p, c, parallel),
-        6 => gemv_rows::<6>(isa, p, c, parallel),
-        7 => gemv_rows::<7>(isa, p, c, parallel),
-        8 => gemv_rows::<8>(isa, p, c, parallel),
+        1 => gemv_rows::<1, B>(isa, p, c, parallel),
+        2 => gemv_rows::<2, B>(isa, p, c, parallel),
+        3 => gemv_rows::<3, B>(isa, p, c, parallel),
+        4 => gemv_rows::<4, B>(isa, p, c, parallel),
+        5 => gemv_rows::<5, B>(isa, p, c, parallel),
+        6 => gemv_rows::<6, B>(isa, p, c, parallel),
+        7 => gemv_rows::<7, B>(isa, p, c, parallel),
+        8 => gemv_rows::<8, B>(isa, p, c, parallel),
         _ => unreachable!("the GEMV path takes at most {GEMV_M_MAX} rows"),
     }
 }
 
 /// `c[M x n] (+)= a[M x k] · bᵀ (+ bias)` (`M` = `p.m`): each row of `b` is read once, front to
 /// back (the rows of `b` follow each other, so the whole of `b` is one sequential stream for the
-/// prefetchers), and multiplied by the `M` rows of `a`, which stay in L1.
-fn gemv_rows<const M: usize>(isa: Isa, p: Product, c: &mut [f32], parallel: bool) {
+/// prefetchers), and multiplied by the `M` rows of `a`, which stay in L1. A 16-bit row of `b` is
+/// widened into an L1-resident f32 buffer first (half the bytes from memory, the same arithmetic).
+fn gemv_rows<const M: usize, B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32], parallel: bool) {
     let c_ptr = OutPtr(c.as_mut_ptr());
     let threads = if parallel {
         rayon::current_num_threads()
@@ -38,23 +40,33 @@ fn gemv_rows<const M: usize>(isa: Isa, p: Product, c: &mut [f32], parallel: bool
     let tasks = p.n.div_ceil(GEMV_ROWS_PER_TASK).max((4 * threads).min(p.n));
     let xs: [&[f32]; M] = std::array::from_fn(|i| &p.a[i * p.lda..i * p.lda + p.k]);
     for_each_task(parallel, tasks, |t| {
-        let (j0, j1) = split_range(p.n, tasks, t);
-        for j in j0..j1 {
-            let dots = dot_rows::<M>(isa, &xs, &p.b[j * p.ldb..j * p.ldb + p.k]);
-            let add = p.bias.map_or(0.0, |bb| bb[j]);
-            for (i, &dot) in dots.iter().enumerate() {
-                // SAFETY: i < m and j < n, inside c (checked in gemm_nt); column j belongs to this
-                // task only.
-                unsafe {
-                    let dst = c_ptr.get().add(i * p.ldc + j);
-                    *dst = if p.accumulate {
-                        *dst + dot + add
-                    } else {
-                        dot + add
-                    };
+        with_buf(&W_BUF, p.k, |wide| {
+            let (j0, j1) = split_range(p.n, tasks, t);
+            for j in j0..j1 {
+                let row = &p.b[j * p.ldb..j * p.ldb + p.k];
+                let w = match Elem::as_f32(row) {
+                    Some(w) => w,
+                    None => {
+                        Elem::widen_into(row, wide);
+                        &*wide
+                    }
+                };
+                let dots = dot_rows::<M>(isa, &xs, w);
+                let add = p.bias.map_or(0.0, |bb| bb[j]);
+                for (i, &dot) in dots.iter().enumerate() {
+                    // SAFETY: i < m and j < n, inside c (checked in gemm_nt); column j belongs to this
+                    // task only.
+                    unsafe {
+                        let dst = c_ptr.get().add(i * p.ldc + j);
+                        *dst = if p.accumulate {
+                            *dst + dot + add
+                        } else {
+                            dot + add
+                        };
+                    }
                 }
             }
-        }
+        })
     });
 }
 

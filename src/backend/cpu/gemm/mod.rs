@@ -30,19 +30,25 @@
 //! streams `b` once, front to back (software-prefetched), multiplying each of its rows by the rows
 //! of `a` held in L1, in parallel over `n` when `b` is large enough to repay the threads.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+mod elem;
 mod gemv;
 mod microkernel;
 mod pack;
 mod packed;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bf16;
 
+pub use elem::Elem;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use microkernel::ukr_avx512;
 pub(crate) use microkernel::{micro_kernel, MicroKernel, MR, MR512, NR, NR512};
 pub(crate) use pack::pack_panel;
 
-use super::isa::{detected_isa, Isa};
+use super::isa::{bf16_kernel, detected_isa, Bf16Kernel, Isa};
 use gemv::gemv_path;
 use packed::{packed_path, BLOCKING_12X32, BLOCKING_6X16};
 use rayon::prelude::*;
@@ -57,12 +63,12 @@ const PAR_MIN_FLOPS: usize = 1 << 20;
 const GEMV_PAR_MIN_ELEMS: usize = 1 << 20;
 
 /// One product `c[m x n] (+)= a[m x k] · b[n x k]^T (+ bias[n])`: the operands, row-major with
-/// leading dimensions (row strides), and the shape; the output `c` is passed separately.
-#[derive(Clone, Copy)]
-pub(crate) struct Product<'a> {
+/// leading dimensions (row strides), and the shape; the output `c` is passed separately. `b` (the
+/// weights) may be stored as f32, bf16 or f16; `a`, `c` and the arithmetic are f32.
+pub(crate) struct Product<'a, B: Elem = f32> {
     a: &'a [f32],
     lda: usize,
-    b: &'a [f32],
+    b: &'a [B],
     ldb: usize,
     ldc: usize,
     m: usize,
@@ -73,11 +79,18 @@ pub(crate) struct Product<'a> {
     bias: Option<&'a [f32]>,
 }
 
-impl<'a> Product<'a> {
+impl<B: Elem> Clone for Product<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Elem> Copy for Product<'_, B> {}
+
+impl<'a, B: Elem> Product<'a, B> {
     /// `y[m x n] = x[m x k] · w[n x k]^T (+ bias)` with every operand contiguous.
     fn dense(
         x: &'a [f32],
-        w: &'a [f32],
+        w: &'a [B],
         bias: Option<&'a [f32]>,
         m: usize,
         n: usize,
@@ -98,10 +111,11 @@ impl<'a> Product<'a> {
     }
 }
 
-/// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major, contiguous.
-pub fn linear(
+/// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major,
+/// contiguous; `w` is f32, bf16 or f16 (widened exactly, so the result is the f32 product's).
+pub fn linear<W: Elem>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     bias: Option<&[f32]>,
     y: &mut [f32],
     m: usize,
@@ -148,7 +162,12 @@ pub fn matmul_nt(
 }
 
 /// Checks shapes and dispatches to the GEMV-style or the packed path.
-pub(crate) fn gemm_nt(isa: Isa, p: Product, c: &mut [f32]) {
+pub(crate) fn gemm_nt<B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32]) {
+    gemm_with(isa, bf16_kernel(), p, c)
+}
+
+/// [`gemm_nt`] with the bf16 kernel `bk` for products of bf16 weights.
+fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
     let Product {
         a,
         lda,
@@ -202,11 +221,37 @@ pub(crate) fn gemm_nt(isa: Isa, p: Product, c: &mut [f32]) {
         return gemv_path(isa, p, c, parallel);
     }
     let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && threads > 1;
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(b), Bf16Kernel::Amx) = (B::as_bf16(b), bk) {
+        let p = Product {
+            a,
+            lda,
+            b,
+            ldb,
+            ldc,
+            m,
+            n,
+            k,
+            accumulate,
+            bias,
+        };
+        return amx::gemm(p, c, parallel);
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => packed_path::<MR512, NR512>(isa, ukr_avx512, BLOCKING_12X32, p, c, parallel),
-        _ => packed_path::<MR, NR>(isa, micro_kernel(isa), BLOCKING_6X16, p, c, parallel),
+        Isa::Avx512 => {
+            packed_path::<MR512, NR512, B>(isa, ukr_avx512, BLOCKING_12X32, p, c, parallel)
+        }
+        _ => packed_path::<MR, NR, B>(isa, micro_kernel(isa), BLOCKING_6X16, p, c, parallel),
     }
+}
+
+/// True when the AMX bf16 kernel can run here (CPU, OS permission).
+pub(crate) fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// Runs `f(0..count)`, in parallel on the rayon pool or in order on this thread.

@@ -1,5 +1,6 @@
 //! Packing of GEMM operands into micro-panels, and the per-thread buffers that hold them.
 
+use super::elem::Elem;
 use crate::backend::cpu::isa::Isa;
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -24,6 +25,8 @@ impl PackBuf {
 thread_local! {
     pub(super) static A_BUF: RefCell<PackBuf> = RefCell::new(PackBuf::default());
     pub(super) static B_BUF: RefCell<PackBuf> = RefCell::new(PackBuf::default());
+    /// 16-bit weights widened to f32 just before they are packed or streamed.
+    pub(super) static W_BUF: RefCell<PackBuf> = RefCell::new(PackBuf::default());
 }
 
 /// Lends this thread's buffer `key` (or, if it is already lent further up the stack, a fresh one).
@@ -39,10 +42,35 @@ pub(super) fn with_buf<R>(
 }
 
 /// Packs `rows` (<= R) rows of a k-contiguous matrix starting at row `r0`, columns `p0..p0 + kc`,
-/// as `dst[p * R + r]`; rows `rows..R` are zero.
+/// as `dst[p * R + r]` in f32; rows `rows..R` are zero. 16-bit elements are widened first.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_panel<const R: usize>(
+    isa: Isa,
+    src: &[impl Elem],
+    ld: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    if let Some(src) = Elem::as_f32(src) {
+        return pack_panel_f32::<R>(isa, src, ld, r0, rows, p0, kc, dst);
+    }
+    with_buf(&W_BUF, rows * kc, |wide| {
+        for (r, row) in wide.chunks_exact_mut(kc.max(1)).take(rows).enumerate() {
+            let start = (r0 + r) * ld + p0;
+            Elem::widen_into(&src[start..start + kc], &mut row[..kc]);
+        }
+        pack_panel_f32::<R>(isa, wide, kc, 0, rows, 0, kc, dst);
+    });
+}
+
+/// [`pack_panel`] of f32 elements.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn pack_panel_f32<const R: usize>(
     isa: Isa,
     src: &[f32],
     ld: usize,

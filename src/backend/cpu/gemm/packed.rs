@@ -2,7 +2,7 @@
 
 use super::microkernel::{MicroKernel, MR512, NR512};
 use super::pack::{pack_panel, with_buf, A_BUF, B_BUF};
-use super::{for_each_task, split_range, Product};
+use super::{for_each_task, split_range, Elem, Product};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
 use rayon::prelude::*;
@@ -38,11 +38,11 @@ pub(super) const BLOCKING_12X32: Blocking = Blocking {
 };
 
 /// The packed, blocked GEMM with an `MR_ x NR_` micro-kernel `ukr`.
-pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
+pub(super) fn packed_path<const MR_: usize, const NR_: usize, B: Elem>(
     isa: Isa,
     ukr: MicroKernel,
     blk: Blocking,
-    p: Product,
+    p: Product<B>,
     c: &mut [f32],
     parallel: bool,
 ) {
@@ -65,12 +65,12 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
             let j_end = (j_begin + strip).min(n);
             // SAFETY: the strips' columns are disjoint; c's size was checked by gemm_nt.
             unsafe {
-                packed_cols::<MR_, NR_>(isa, ukr, blk, p, c_ptr, c_len, j_begin, j_end, false)
+                packed_cols::<MR_, NR_, B>(isa, ukr, blk, p, c_ptr, c_len, j_begin, j_end, false)
             };
         });
     } else {
         // SAFETY: c (all columns) is borrowed mutably for this call; its size was checked by gemm_nt.
-        unsafe { packed_cols::<MR_, NR_>(isa, ukr, blk, p, c_ptr, c_len, 0, n, parallel) };
+        unsafe { packed_cols::<MR_, NR_, B>(isa, ukr, blk, p, c_ptr, c_len, 0, n, parallel) };
     }
 }
 
@@ -80,11 +80,11 @@ pub(super) fn packed_path<const MR_: usize, const NR_: usize>(
 /// `c_ptr` points to `c_len >= (p.m - 1) * p.ldc + p.n` floats, and nothing else accesses columns
 /// `j_begin..j_end` of its rows `0..p.m` during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn packed_cols<const MR_: usize, const NR_: usize>(
+unsafe fn packed_cols<const MR_: usize, const NR_: usize, B: Elem>(
     isa: Isa,
     ukr: MicroKernel,
     blk: Blocking,
-    p: Product,
+    p: Product<B>,
     c_ptr: OutPtr,
     c_len: usize,
     j_begin: usize,

@@ -5,7 +5,7 @@ use crate::backend::cpu::test_util::fill;
 
 /// Reference product in f64; also returns, per element, the magnitude scale
 /// `sum_p |a||b| + |bias| + |c_old|` that rounding errors are relative to.
-fn naive(prod: Product, c: &mut [f32]) -> Vec<f32> {
+pub(super) fn naive(prod: Product, c: &mut [f32]) -> Vec<f32> {
     let mut scale = vec![0.0f32; c.len()];
     for i in 0..prod.m {
         for j in 0..prod.n {
@@ -32,7 +32,7 @@ fn naive(prod: Product, c: &mut [f32]) -> Vec<f32> {
 }
 
 /// `|got - want| <= 1e-5 * scale` element-wise (relative to the magnitudes summed).
-fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
+pub(super) fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
     assert_eq!(got.len(), want.len());
     for (idx, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
         let err = (g - w).abs();
@@ -43,7 +43,7 @@ fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
     }
 }
 
-const SHAPES: &[(usize, usize, usize)] = &[
+pub(super) const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (7, 13, 5),
     (37, 65, 129),
@@ -152,7 +152,7 @@ fn linear_with_bias_and_public_matmul() {
 #[test]
 fn k_zero_and_empty() {
     let mut c = vec![1.0f32; 6];
-    let p = Product {
+    let p: Product = Product {
         a: &[],
         lda: 0,
         b: &[],

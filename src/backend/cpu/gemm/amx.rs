@@ -1,0 +1,352 @@
+//! bf16 products on Intel AMX tiles (`TDPBF16PS`: bf16 operands, f32 accumulation).
+//!
+//! The weights are the tiles' A operand and are read where they lie: a tile is 16 weight rows of
+//! 32 consecutive `k` (64 bytes each), loaded with the row length as stride, so bf16 weights are
+//! never copied or repacked (only a strip past `n`'s last multiple of 32, or a `k` tail, is copied
+//! into a zero-padded buffer). The activations, rounded to bf16 (nearest even), are packed once per
+//! product into the B operand's pair-interleaved layout (a tile is 16 k-pairs x 16 rows). Each C
+//! tile accumulates 16 outputs x 16 activation rows over all of `k` and is then written into `c`
+//! transposed, with the bias. Register blocking: 2 x 2 C tiles (tmm0-3) from two weight tiles
+//! (tmm4-5) and two activation tiles (tmm6-7), i.e. 32 weight rows x 32 activation rows.
+//!
+//! Linux hands out the tile state only on request: [`available`] asks once per process
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`) after checking CPUID and XCR0.
+
+use super::{for_each_task, split_range, Product};
+use crate::backend::cpu::out_ptr::OutPtr;
+use half::bf16;
+use rayon::prelude::*;
+use std::arch::asm;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows of a tile, and f32 columns of a C tile.
+const TILE: usize = 16;
+/// bf16 elements per tile row (64 bytes).
+const TK: usize = 32;
+/// Weight rows per register block (two A tiles).
+const STRIP: usize = 2 * TILE;
+/// Activation rows per register block (two B tiles).
+const MPAIR: usize = 2 * TILE;
+/// Bytes of packed activations a task's m-block may span (kept in L2 while the strips stream).
+const M_BLOCK_BYTES: usize = 1 << 20;
+
+/// The 64-byte tile configuration `LDTILECFG` reads (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Eight 16 x 64-byte tiles: every tile this kernel uses has the full shape.
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// True when this CPU has AMX-BF16 and the OS lets this process use the tiles (asked once).
+pub(crate) fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(request_tiles)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tiles() -> bool {
+    use std::arch::x86_64::{__cpuid_count, _xgetbv};
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: CPUID is always available on x86-64; XGETBV only runs when CPUID says OSXSAVE.
+    unsafe {
+        let leaf1 = __cpuid_count(1, 0);
+        if leaf1.ecx & (1 << 27) == 0 || __cpuid_count(0, 0).eax < 7 {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves the tile state.
+        if !(amx_bf16 && amx_tile) || _xgetbv(0) & (0b11 << 17) != 0b11 << 17 {
+            return false;
+        }
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn request_tiles() -> bool {
+    false
+}
+
+thread_local! {
+    /// The packed activations of the product this thread is running.
+    static X_BUF: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// A zero-padded copy of a weight strip (the `n` tail) or of its `k` tail.
+    static W_PAD: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lends this thread's buffer `key` resized to `len` (zeroed), or a fresh one when it is in use.
+fn with_zeroed<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            v.resize(len, T::default());
+            f(&mut v)
+        }
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
+}
+
+/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN), as PyTorch's `.to(torch.bfloat16)`.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        (b + 0x7fff + ((b >> 16) & 1)) >> 16
+    }
+}
+
+/// `c (+)= a · bᵀ (+ bias)` on AMX tiles, `a` rounded to bf16. The caller checked the shapes and
+/// that [`available`] is true.
+pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
+    let kp = p.k.next_multiple_of(TK);
+    let pairs = kp / 2;
+    let groups = p.m.next_multiple_of(MPAIR) / TILE;
+    with_zeroed(&X_BUF, groups * TILE * pairs, |xp| {
+        pack_activations(&p, xp, pairs, parallel);
+        compute(&p, xp, c, parallel);
+    });
+}
+
+/// Packs `a` as bf16 k-pairs: group `g` of 16 rows is `[pair q][row]`, so the 16 x 16 block of
+/// pairs `16 kb..16 kb + 16` is the B tile of k-block `kb`. Rows past `m` and pairs past `k` stay 0.
+fn pack_activations(p: &Product<bf16>, xp: &mut [u32], pairs: usize, parallel: bool) {
+    let pack_group = |(g, dst): (usize, &mut [u32])| {
+        for r in 0..TILE {
+            let row = g * TILE + r;
+            if row >= p.m {
+                break;
+            }
+            let src = &p.a[row * p.lda..row * p.lda + p.k];
+            let (full, tail) = src.split_at(p.k & !1);
+            for (q, two) in full.chunks_exact(2).enumerate() {
+                dst[q * TILE + r] = bf16_bits(two[0]) | bf16_bits(two[1]) << 16;
+            }
+            if let [last] = tail {
+                dst[(p.k / 2) * TILE + r] = bf16_bits(*last);
+            }
+        }
+    };
+    if parallel {
+        xp.par_chunks_mut(pairs * TILE)
+            .enumerate()
+            .for_each(pack_group);
+    } else {
+        xp.chunks_mut(pairs * TILE).enumerate().for_each(pack_group);
+    }
+}
+
+/// Runs the register blocks over all strips of weights and blocks of activation rows.
+fn compute(p: &Product<bf16>, xp: &[u32], c: &mut [f32], parallel: bool) {
+    let kp = p.k.next_multiple_of(TK);
+    let strips = p.n.div_ceil(STRIP);
+    let m_padded = p.m.next_multiple_of(MPAIR);
+    let m_block = (M_BLOCK_BYTES / (2 * kp))
+        .next_multiple_of(MPAIR)
+        .min(m_padded);
+    let m_blocks = m_padded.div_ceil(m_block);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let strip_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, strips);
+    let c_ptr = OutPtr(c.as_mut_ptr());
+    for_each_task(parallel, m_blocks * strip_chunks, |t| {
+        let (mb, chunk) = (t / strip_chunks, t % strip_chunks);
+        let rows = mb * m_block..((mb + 1) * m_block).min(m_padded);
+        let (s0, s1) = split_range(strips, strip_chunks, chunk);
+        // SAFETY: the tile state was granted (`available`), CONFIG describes tiles 0-7, and every
+        // task writes only its own rows x strips of `c` (checked by gemm_nt).
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            for s in s0..s1 {
+                run_strip(p, xp, c_ptr, s, rows.clone());
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    });
+}
+
+/// Weight rows `32 s..32 s + 32` against the activation rows `rows`.
+///
+/// # Safety
+/// Tiles configured with [`CONFIG`]; no other task writes these rows and columns of `c`.
+unsafe fn run_strip(
+    p: &Product<bf16>,
+    xp: &[u32],
+    c: OutPtr,
+    s: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let kp = p.k.next_multiple_of(TK);
+    let j0 = s * STRIP;
+    let w_bits = p.b.as_ptr() as *const u16;
+    if j0 + STRIP <= p.n {
+        // Full k-blocks straight from the weights; a k tail from a zero-padded 32 x 32 copy.
+        let k_full = p.k / TK;
+        let ldb = p.ldb;
+        let tail_len = if p.k % TK != 0 { STRIP * TK } else { 0 };
+        with_zeroed(&W_PAD, tail_len, |tail| {
+            for r in 0..tail_len / TK {
+                let src = std::slice::from_raw_parts(w_bits.add((j0 + r) * ldb), p.k);
+                tail[r * TK..r * TK + p.k % TK].copy_from_slice(&src[k_full * TK..]);
+            }
+            let w = w_bits.add(j0 * ldb);
+            for m0 in rows.clone().step_by(MPAIR) {
+                register_block(p, xp, c, j0, m0, w, 2 * ldb, k_full, tail);
+            }
+        });
+    } else {
+        // The last, partial strip: all of it, zero-padded to 32 rows x kp.
+        with_zeroed(&W_PAD, STRIP * kp, |pad| {
+            for r in 0..p.n - j0 {
+                let src = std::slice::from_raw_parts(w_bits.add((j0 + r) * p.ldb), p.k);
+                pad[r * kp..r * kp + p.k].copy_from_slice(src);
+            }
+            for m0 in rows.clone().step_by(MPAIR) {
+                register_block(p, xp, c, j0, m0, pad.as_ptr(), 2 * kp, kp / TK, &[]);
+            }
+        });
+    }
+}
+
+/// One 32 x 32 block of outputs: weight rows `j0..j0 + 32` (at `w`, `w_stride` bytes apart, with
+/// `k_full` full k-blocks, then `tail` as a 32 x 32 block if non-empty) times activation rows
+/// `m0..m0 + 32`, accumulated in tmm0-3 and written into `c`.
+///
+/// # Safety
+/// Tiles configured with [`CONFIG`]; `w` spans 32 rows of `k_full` blocks at that stride; no other
+/// task writes these outputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn register_block(
+    p: &Product<bf16>,
+    xp: &[u32],
+    c: OutPtr,
+    j0: usize,
+    m0: usize,
+    w: *const u16,
+    w_stride: usize,
+    k_full: usize,
+    tail: &[u16],
+) {
+    let pairs = p.k.next_multiple_of(TK) / 2;
+    let x0 = xp.as_ptr().add(m0 * pairs);
+    // Every activation tile read lies inside this group pair's packed rows.
+    let k_blocks = k_full + usize::from(!tail.is_empty());
+    assert!(k_blocks * TK / 2 <= pairs && (m0 + MPAIR) * pairs <= xp.len());
+    let x1 = x0.add(TILE * pairs);
+    let w1 = w.add(TILE * w_stride / 2);
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    for kb in 0..k_full {
+        dot_step(
+            w.add(kb * TK),
+            w1.add(kb * TK),
+            w_stride,
+            x0.add(kb * TK * 8),
+            x1.add(kb * TK * 8),
+        );
+    }
+    if !tail.is_empty() {
+        let t = tail.as_ptr();
+        dot_step(
+            t,
+            t.add(TILE * TK),
+            2 * TK,
+            x0.add(k_full * TK * 8),
+            x1.add(k_full * TK * 8),
+        );
+    }
+    let mut out = [[0f32; TILE * TILE]; 4];
+    asm!(
+        "tilestored [{o0} + {s}*1], tmm0",
+        "tilestored [{o1} + {s}*1], tmm1",
+        "tilestored [{o2} + {s}*1], tmm2",
+        "tilestored [{o3} + {s}*1], tmm3",
+        o0 = in(reg) out[0].as_mut_ptr(),
+        o1 = in(reg) out[1].as_mut_ptr(),
+        o2 = in(reg) out[2].as_mut_ptr(),
+        o3 = in(reg) out[3].as_mut_ptr(),
+        s = in(reg) 4 * TILE,
+        options(nostack)
+    );
+    // Tile 2 wi + xi holds outputs j0 + 16 wi + r for activation rows m0 + 16 xi + col.
+    for (t, tile) in out.iter().enumerate() {
+        let (wi, xi) = (t / 2, t % 2);
+        let j = j0 + wi * TILE;
+        let n_here = p.n.saturating_sub(j).min(TILE);
+        for col in 0..TILE {
+            let m = m0 + xi * TILE + col;
+            if m >= p.m {
+                break;
+            }
+            let row = c.get().add(m * p.ldc + j);
+            for r in 0..n_here {
+                let v = tile[r * TILE + col] + p.bias.map_or(0.0, |b| b[j + r]);
+                *row.add(r) = if p.accumulate { *row.add(r) + v } else { v };
+            }
+        }
+    }
+}
+
+/// One k-block of a register block: loads two weight tiles and two activation tiles, and adds
+/// their four products into tmm0-3.
+///
+/// # Safety
+/// Tiles configured with [`CONFIG`]; each pointer spans a full tile at its stride.
+#[inline(always)]
+unsafe fn dot_step(
+    w0: *const u16,
+    w1: *const u16,
+    w_stride: usize,
+    x0: *const u32,
+    x1: *const u32,
+) {
+    asm!(
+        "tileloadd tmm4, [{w0} + {ws}*1]",
+        "tileloadd tmm6, [{x0} + {xs}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tileloadd tmm7, [{x1} + {xs}*1]",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tileloadd tmm5, [{w1} + {ws}*1]",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        w0 = in(reg) w0,
+        w1 = in(reg) w1,
+        x0 = in(reg) x0,
+        x1 = in(reg) x1,
+        ws = in(reg) w_stride,
+        xs = in(reg) 4 * TILE,
+        options(nostack, readonly)
+    );
+}
