@@ -193,31 +193,72 @@ fn amx_peak_single() -> f64 {
     best
 }
 
-/// The SmolLM2 linear layers with bf16 weights through the bf16 kernel this CPU dispatches to, as
-/// GFLOP/s and % of that kernel's peak (the AMX tile loop; the widening path is f32 arithmetic).
-fn bf16_linears(budget: Duration, filter: &str, quick: bool) {
+/// Single-thread GFLOP/s of back-to-back `VDPBF16PS` on 12 independent zmm accumulators (the
+/// AVX512-BF16 peak: 16 lanes x 2 products x 2 flops per instruction), best of 25 tries.
+#[cfg(target_arch = "x86_64")]
+fn vdpbf16ps_peak_single() -> f64 {
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn run(iters: u64) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_setzero_ps(); 12];
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, a, b);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+    let iters = 1_000_000u64;
+    let mut best = 0.0f64;
+    for _ in 0..25 {
+        let t = Instant::now();
+        // SAFETY: only called when the CPU has AVX512-BF16.
+        black_box(unsafe { run(black_box(iters)) });
+        best = best.max((iters * 12 * 16 * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// The SmolLM2 (and Llama-2-7B MLP) linear layers with bf16 weights through every bf16 kernel this
+/// CPU has, as GFLOP/s and % of that kernel's own peak (the AMX tile loop, the VDPBF16PS loop; the
+/// widening path runs f32 arithmetic, against the f32 peak `f32_peak`).
+fn bf16_linears(budget: Duration, filter: &str, quick: bool, f32_peak: f64) {
+    use twossp_engine::backend::cpu::gemm::linear_bf16_with;
     use twossp_engine::backend::cpu::{bf16_kernel, Bf16Kernel};
-    let kernel = bf16_kernel();
+    let threads = rayon::current_num_threads() as f64;
     println!();
-    #[cfg(target_arch = "x86_64")]
-    let peak = (kernel == Bf16Kernel::Amx).then(|| {
-        let single = amx_peak_single();
-        let threads = rayon::current_num_threads();
-        println!(
-            "peak, AMX TDPBF16PS loop: {single:.1} GFLOP/s on one thread -> {:.1} GFLOP/s for {threads} threads",
-            single * threads as f64
-        );
-        single * threads as f64
-    });
-    #[cfg(not(target_arch = "x86_64"))]
-    let peak: Option<f64> = None;
     println!(
-        "bf16 kernel: {} (TWOSSP_BF16_KERNEL=widen forces the exact widening path)",
-        kernel.name()
+        "bf16 kernel dispatched by default: {}",
+        bf16_kernel().name()
     );
+    let mut kernels = Vec::new();
+    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::Widen] {
+        if !kernel.available() {
+            println!(
+                "bf16 kernel {}: SKIPPED (not available on this CPU/OS)",
+                kernel.name()
+            );
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        let peak = match kernel {
+            Bf16Kernel::Amx => amx_peak_single() * threads,
+            Bf16Kernel::Avx512Bf16 => vdpbf16ps_peak_single() * threads,
+            Bf16Kernel::Widen => f32_peak,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let peak = f32_peak;
+        println!(
+            "peak, {}: {peak:.1} GFLOP/s for {threads} threads",
+            kernel.name()
+        );
+        kernels.push((kernel, peak));
+    }
     println!(
-        "{:<28} {:>7} {:>6} {:>6} {:>11} {:>9} {:>7}",
-        "bf16 linear y = x·wᵀ", "m", "n", "k", "best ms", "GFLOP/s", "% peak"
+        "{:<28} {:>11} {:>7} {:>6} {:>6} {:>11} {:>9} {:>7}",
+        "bf16 linear y = x·wᵀ", "kernel", "m", "n", "k", "best ms", "GFLOP/s", "% peak"
     );
     let shapes = [
         ("q/o proj", 576, 576),
@@ -239,33 +280,49 @@ fn bf16_linears(budget: Duration, filter: &str, quick: bool) {
                 .map(half::bf16::from_f32)
                 .collect();
             let mut y = vec![0.0f32; m * n];
-            let (t, runs) = best_of(budget, || {
-                linear(black_box(&x), black_box(&w[..]), None, &mut y, m, n, k)
-            });
-            black_box(&y);
-            let gflops = 2.0 * (m * n * k) as f64 / t.as_secs_f64() / 1e9;
-            let pct = match (m, peak) {
-                (1, _) | (_, None) => "-".to_string(),
-                (_, Some(p)) => format!("{:.1}%", 100.0 * gflops / p),
-            };
-            let note = if m == 1 {
-                format!(
-                    "  ({:.1} GB/s of weights, {runs} runs)",
-                    (n * k * 2) as f64 / t.as_secs_f64() / 1e9
-                )
-            } else {
-                format!("  ({runs} runs)")
-            };
-            println!(
-                "{:<28} {:>7} {:>6} {:>6} {:>11.3} {:>9.1} {:>7}{note}",
-                name,
-                m,
-                n,
-                k,
-                t.as_secs_f64() * 1e3,
-                gflops,
-                pct
-            );
+            // Decode-sized products always stream the widened weights: one row suffices.
+            let runs_for: &[(Bf16Kernel, f64)] = if m == 1 { &kernels[..1] } else { &kernels };
+            for &(kernel, peak) in runs_for {
+                let (t, runs) = best_of(budget, || {
+                    linear_bf16_with(
+                        kernel,
+                        black_box(&x),
+                        black_box(&w[..]),
+                        None,
+                        &mut y,
+                        m,
+                        n,
+                        k,
+                    )
+                });
+                black_box(&y);
+                let gflops = 2.0 * (m * n * k) as f64 / t.as_secs_f64() / 1e9;
+                let (label, pct, note) = if m == 1 {
+                    let gbs = (n * k * 2) as f64 / t.as_secs_f64() / 1e9;
+                    (
+                        "stream",
+                        "-".to_string(),
+                        format!("  ({gbs:.1} GB/s of weights, {runs} runs)"),
+                    )
+                } else {
+                    (
+                        kernel.name(),
+                        format!("{:.1}%", 100.0 * gflops / peak),
+                        format!("  ({runs} runs)"),
+                    )
+                };
+                println!(
+                    "{:<28} {:>11} {:>7} {:>6} {:>6} {:>11.3} {:>9.1} {:>7}{note}",
+                    name,
+                    label,
+                    m,
+                    n,
+                    k,
+                    t.as_secs_f64() * 1e3,
+                    gflops,
+                    pct
+                );
+            }
         }
     }
 }
@@ -371,7 +428,7 @@ fn main() {
         );
     }
 
-    bf16_linears(budget, &filter, quick);
+    bf16_linears(budget, &filter, quick, peak512.unwrap_or(peak));
 
     println!();
     println!(

@@ -1,9 +1,11 @@
 //! `export`: a model the engine loads, written as DeciLM, GGUF or a native HF folder, verified.
 
 use super::device::DeviceArgs;
+use super::device::DtypeChoice;
 use super::output::{print_json, print_table};
 use crate::export::job::{self, ExportJob};
-use crate::export::{tensors::parse_dtype, ExportOptions, Format};
+use crate::export::{ExportOptions, Format};
+use crate::weights::Precision;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -43,12 +45,9 @@ pub struct ExportArgs {
     pub device: DeviceArgs,
 }
 
-/// How outputs are written, shared by `export` and `prune`.
+/// How outputs are written, shared by `export` and `prune` (the weights' dtype is `--dtype`'s).
 #[derive(Args, Debug)]
 pub struct OutputArgs {
-    /// Weights dtype: auto keeps the checkpoint's (as transformers' dtype="auto"), or f32, f16, bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
     /// DeciLM: the portable ffn_mult profile (FFN widths zero-padded to multiples of 256) for
     /// TRT-LLM, SGLang, older vLLM and llama.cpp's converter.
     #[arg(long)]
@@ -56,13 +55,14 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    /// The export options for `format`.
-    pub fn options(&self, format: Format) -> Result<ExportOptions> {
-        Ok(ExportOptions {
+    /// The export options for `format`, writing the weights at `dtype` (`--dtype`; `auto`: as the
+    /// checkpoint stores them).
+    pub fn options(&self, format: Format, dtype: DtypeChoice) -> ExportOptions {
+        ExportOptions {
             format,
-            dtype: parse_dtype(&self.dtype)?,
+            dtype: dtype.0.map(Precision::stored_dtype),
             ffn_mult: self.ffn_mult,
-        })
+        }
     }
 }
 
@@ -73,7 +73,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let job = ExportJob {
         model: args.model.clone(),
         out: args.out.clone(),
-        options: args.output.options(args.format)?,
+        options: args.output.options(args.format, args.device.dtype.choice),
         force: args.force,
         verify_with: (!args.no_verify).then(|| args.calib.clone()),
         seq_len: args.seq_len,

@@ -207,7 +207,10 @@ pub fn run(args: PruneArgs) -> Result<()> {
         stage2_samples: args.stage2_samples,
         seed: args.seed,
         format: args.format,
-        export: args.output.options(args.format.unwrap_or(Format::Decilm))?,
+        export: args.output.options(
+            args.format.unwrap_or(Format::Decilm),
+            args.device.dtype.choice,
+        ),
         cache_root: if args.no_cache {
             None
         } else {

@@ -2,7 +2,7 @@
 //! source tensor (or zeros), in which dtype. Producing it touches only that tensor's bytes.
 
 use crate::weights::{dtype_size, TensorStore};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use safetensors::Dtype;
 
 /// How to build one output tensor from the source checkpoint.
@@ -198,18 +198,6 @@ fn encoder(dtype: Dtype) -> Result<fn(f32, &mut Vec<u8>)> {
         }
         other => bail!("cannot write dtype {other:?}"),
     })
-}
-
-/// Parses a `--dtype` value: `auto` keeps each source tensor's dtype.
-pub fn parse_dtype(name: &str) -> Result<Option<Dtype>> {
-    Ok::<_, anyhow::Error>(match name {
-        "auto" => None,
-        "f32" | "float32" => Some(Dtype::F32),
-        "f16" | "float16" => Some(Dtype::F16),
-        "bf16" | "bfloat16" => Some(Dtype::BF16),
-        other => bail!("unknown --dtype '{other}' (expected auto, f32, f16 or bf16)"),
-    })
-    .context("invalid --dtype")
 }
 
 impl TensorJob {

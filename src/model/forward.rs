@@ -2,7 +2,7 @@
 
 use super::kv_cache::{KvCache, LayerCache};
 use super::{Attention, Ffn, Model};
-use crate::backend::cpu::attention::{causal_attention, AttentionShape};
+use crate::backend::cpu::attention::{causal_attention, causal_attention_bf16, AttentionShape};
 use crate::backend::cpu::ops::{self, RopeTable};
 use crate::config::rope::RopeSpec;
 use crate::config::ModelConfig;
@@ -263,7 +263,11 @@ fn attention_forward(
         scale: spec.scale,
         window: spec.window,
     };
-    causal_attention(q, keys, values, attn, &shape);
+    if att.o.weight.precision() == crate::weights::Precision::Bf16 {
+        causal_attention_bf16(q, keys, values, attn, &shape);
+    } else {
+        causal_attention(q, keys, values, attn, &shape);
+    }
     let proj = sized(proj, n * hidden);
     att.o.apply(attn, proj, n);
     add_residual(x, proj, att.post_norm.as_deref(), offset, eps);

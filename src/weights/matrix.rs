@@ -8,7 +8,7 @@ use safetensors::Dtype;
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// The precision a model's matrices are kept in (`--dtype`); the arithmetic is f32 in every case.
+/// The precision a model's matrices are kept in (`--dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// 4-byte floats (GGUF imports, f32 checkpoints, and the exact reference of any checkpoint).
@@ -48,6 +48,15 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+        }
+    }
+
+    /// The safetensors dtype that stores this precision.
+    pub fn stored_dtype(self) -> Dtype {
+        match self {
+            Precision::F32 => Dtype::F32,
+            Precision::Bf16 => Dtype::BF16,
+            Precision::F16 => Dtype::F16,
         }
     }
 

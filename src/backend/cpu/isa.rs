@@ -57,6 +57,8 @@ fn detect_isa() -> Isa {
 pub enum Bf16Kernel {
     /// Intel AMX tiles (`TDPBF16PS`): activations rounded to bf16, f32 accumulation.
     Amx,
+    /// AVX512-BF16 (`VDPBF16PS`): activations rounded to bf16, f32 accumulation.
+    Avx512Bf16,
     /// The weights widened to f32 as they are packed: f32 math on the bf16 weights, exactly.
     Widen,
 }
@@ -66,6 +68,7 @@ impl Bf16Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
             Bf16Kernel::Widen => "widen",
         }
     }
@@ -73,16 +76,33 @@ impl Bf16Kernel {
 
 /// The bf16 kernel this CPU runs; detected on first use, then cached.
 ///
-/// `TWOSSP_BF16_KERNEL=widen` forces the exact widening path (comparisons, tests); `amx` (the
-/// default where the CPU and OS allow the tiles) falls back to `widen` elsewhere.
+/// The best of AMX, AVX512-BF16 and widening that the CPU (and, for AMX, the OS) offers.
+/// `TWOSSP_BF16_KERNEL` (`avx512bf16` or `widen`) caps the choice, for comparisons and tests.
 pub fn bf16_kernel() -> Bf16Kernel {
     static CACHE: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
     *CACHE.get_or_init(|| {
         let cap = std::env::var("TWOSSP_BF16_KERNEL").unwrap_or_default();
-        if cap != "widen" && super::gemm::amx_available() {
-            Bf16Kernel::Amx
-        } else {
-            Bf16Kernel::Widen
-        }
+        let order = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::Widen];
+        let start = order.iter().position(|k| k.name() == cap).unwrap_or(0);
+        order[start..]
+            .iter()
+            .copied()
+            .find(|&k| k.available())
+            .unwrap_or(Bf16Kernel::Widen)
     })
+}
+
+impl Bf16Kernel {
+    /// True when this CPU (and, for AMX, the OS) can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => super::amx::available(),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Avx512Bf16 => super::gemm::avx512bf16_available(),
+            Bf16Kernel::Widen => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
 }

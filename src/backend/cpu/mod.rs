@@ -1,6 +1,10 @@
 //! The CPU backend: f32 kernels vectorised with AVX2+FMA where available, parallel with rayon.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 pub mod gemm;
 mod isa;
 pub mod ops;
@@ -10,7 +14,7 @@ mod out_ptr;
 mod test_util;
 
 /// The precision of the matrices and the kernels that multiply by them on this CPU, for reports:
-/// e.g. `bf16 weights: AMX tiles (decode: widened, avx512)`.
+/// e.g. `bf16 weights: AMX tiles for products and attention (decode: widened to f32, ...)`.
 pub fn kernels_for(precision: crate::weights::Precision) -> String {
     use crate::weights::Precision;
     let f32_kernels = match isa::detected_isa() {
@@ -21,7 +25,10 @@ pub fn kernels_for(precision: crate::weights::Precision) -> String {
     match (precision, bf16_kernel()) {
         (Precision::F32, _) => format!("f32 weights: {f32_kernels}"),
         (Precision::Bf16, Bf16Kernel::Amx) => {
-            format!("bf16 weights: AMX tiles (decode: widened to f32, {f32_kernels})")
+            format!("bf16 weights: AMX tiles for products and attention (decode: widened to f32, {f32_kernels})")
+        }
+        (Precision::Bf16, Bf16Kernel::Avx512Bf16) => {
+            format!("bf16 weights: AVX512-BF16 products, f32 attention (decode: widened to f32, {f32_kernels})")
         }
         (p, _) => format!("{} weights widened to f32: {f32_kernels}", p.name()),
     }

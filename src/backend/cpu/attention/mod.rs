@@ -10,6 +10,8 @@
 //! the f32 output tile and accumulates `P · V` into it, again with the micro-kernel, reading `V` in
 //! place. No `T x T` matrix is ever formed: a task holds one score tile of `rows x BK`.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod softmax;
 #[cfg(test)]
 mod tests;
@@ -53,6 +55,54 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape:
     causal_attention_isa(detected_isa(), q, k, v, out, shape);
 }
 
+/// [`causal_attention`] of a model computing in bf16: `Q · Kᵀ` and `P · V` with bf16 operands on
+/// AMX tiles (f32 accumulation, mask and softmax) where the bf16 kernel is AMX and the shape suits
+/// it (head width a multiple of 64, a tile's worth of query rows); the f32 path otherwise.
+pub fn causal_attention_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    shape: &AttentionShape,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16_kernel() == super::Bf16Kernel::Amx && amx::supports(shape) {
+        if check(q, k, v, out, shape) {
+            let parallel = parallel_work(shape) && rayon::current_num_threads() > 1;
+            amx::attention(detected_isa(), q, k, v, out, shape, parallel);
+        }
+        return;
+    }
+    causal_attention(q, k, v, out, shape);
+}
+
+/// Asserts that the operands fit `s`; false when there is nothing to compute.
+fn check(q: &[f32], k: &[f32], v: &[f32], out: &[f32], s: &AttentionShape) -> bool {
+    assert!(
+        s.n_kv_heads > 0 && s.n_heads.is_multiple_of(s.n_kv_heads),
+        "n_heads must be a multiple of n_kv_heads"
+    );
+    assert!(
+        s.n_keys >= s.n_queries,
+        "more queries ({}) than keys ({})",
+        s.n_queries,
+        s.n_keys
+    );
+    assert!(s.window != Some(0), "a sliding window must be at least 1");
+    let d = s.head_dim;
+    assert!(q.len() >= s.n_queries * s.n_heads * d, "q too short");
+    assert!(out.len() >= s.n_queries * s.n_heads * d, "out too short");
+    assert!(k.len() >= s.n_keys * s.n_kv_heads * d, "k too short");
+    assert!(v.len() >= s.n_keys * s.n_kv_heads * d, "v too short");
+    s.n_queries > 0 && d > 0
+}
+
+/// True when the call has enough multiply-adds to repay running on several threads.
+fn parallel_work(s: &AttentionShape) -> bool {
+    let visible = s.window.map_or(s.n_keys, |w| w.min(s.n_keys));
+    s.n_queries * visible * s.n_heads * s.head_dim >= PAR_MIN_WORK
+}
+
 /// Everything a task needs that is the same for all tasks of a call.
 struct Problem<'a> {
     isa: Isa,
@@ -82,23 +132,7 @@ pub(crate) fn causal_attention_isa(
     shape: &AttentionShape,
 ) {
     let s = *shape;
-    assert!(
-        s.n_kv_heads > 0 && s.n_heads.is_multiple_of(s.n_kv_heads),
-        "n_heads must be a multiple of n_kv_heads"
-    );
-    assert!(
-        s.n_keys >= s.n_queries,
-        "more queries ({}) than keys ({})",
-        s.n_queries,
-        s.n_keys
-    );
-    assert!(s.window != Some(0), "a sliding window must be at least 1");
-    let d = s.head_dim;
-    assert!(q.len() >= s.n_queries * s.n_heads * d, "q too short");
-    assert!(out.len() >= s.n_queries * s.n_heads * d, "out too short");
-    assert!(k.len() >= s.n_keys * s.n_kv_heads * d, "k too short");
-    assert!(v.len() >= s.n_keys * s.n_kv_heads * d, "v too short");
-    if s.n_queries == 0 || d == 0 {
+    if !check(q, k, v, out, &s) {
         return;
     }
     match isa {
@@ -133,9 +167,7 @@ fn attention_with<const MR_: usize, const NR_: usize>(
 ) {
     let d = s.head_dim;
     let group = s.n_heads / s.n_kv_heads;
-    let visible = s.window.map_or(s.n_keys, |w| w.min(s.n_keys));
-    let work = s.n_queries * visible * s.n_heads * d;
-    let threads = if work >= PAR_MIN_WORK {
+    let threads = if parallel_work(s) {
         rayon::current_num_threads()
     } else {
         1

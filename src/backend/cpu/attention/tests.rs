@@ -150,3 +150,69 @@ fn large_scores_stay_finite() {
     };
     check(detected_isa(), s, 7);
 }
+
+/// The AMX attention against the f64 reference of its bf16-rounded operands (queries scaled, then
+/// rounded, as the kernel does): the remaining error is the rounding of the probabilities to bf16
+/// before `P · V`, at most 2⁻⁹ of each weight, hence the bound 2⁻⁸ of the magnitudes (8e-3 with
+/// margin for the f32 accumulation).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn bf16_amx_matches_naive_of_rounded_operands() {
+    use crate::backend::cpu::{bf16_kernel, Bf16Kernel};
+    if bf16_kernel() != Bf16Kernel::Amx {
+        eprintln!("SKIPPED bf16 AMX attention: this CPU or OS offers no AMX-BF16 tiles");
+        return;
+    }
+    let round = |v: &[f32], f: f32| -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x * f).to_f32())
+            .collect()
+    };
+    let mut cases = Vec::new();
+    for &(n_heads, n_kv_heads) in &[(9, 3), (4, 1), (2, 2)] {
+        for &head_dim in &[64, 128, 256] {
+            for &window in &[None, Some(5), Some(100)] {
+                for &(n_queries, n_keys) in &[(37, 37), (16, 16), (300, 300), (70, 200), (129, 130)]
+                {
+                    cases.push(AttentionShape {
+                        n_queries,
+                        n_keys,
+                        n_heads,
+                        n_kv_heads,
+                        head_dim,
+                        scale: 1.0 / (head_dim as f32).sqrt(),
+                        window,
+                    });
+                }
+            }
+        }
+    }
+    // Large scores (exp overflow range without the running max).
+    cases.push(AttentionShape {
+        n_queries: 50,
+        n_keys: 50,
+        n_heads: 4,
+        n_kv_heads: 1,
+        head_dim: 64,
+        scale: 8.0,
+        window: None,
+    });
+    for (i, s) in cases.into_iter().enumerate() {
+        assert!(amx::supports(&s), "{s:?}");
+        let d = s.head_dim;
+        let q = fill(s.n_queries * s.n_heads * d, 500 + i as u64);
+        let k = fill(s.n_keys * s.n_kv_heads * d, 600 + i as u64);
+        let v = fill(s.n_keys * s.n_kv_heads * d, 700 + i as u64);
+        let unit = AttentionShape { scale: 1.0, ..s };
+        let (want, mag) = naive(&round(&q, s.scale), &round(&k, 1.0), &round(&v, 1.0), &unit);
+        let mut got = vec![f32::NAN; want.len()];
+        causal_attention_bf16(&q, &k, &v, &mut got, &s);
+        for (idx, ((&g, &w), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+            let err = (g - w).abs();
+            assert!(
+                err <= 8e-3 * (m + w.abs()),
+                "AMX {s:?}: element {idx}: got {g}, want {w} (err {err:e})"
+            );
+        }
+    }
+}

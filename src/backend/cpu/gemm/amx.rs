@@ -8,83 +8,22 @@
 //! tile accumulates 16 outputs x 16 activation rows over all of `k` and is then written into `c`
 //! transposed, with the bias. Register blocking: 2 x 2 C tiles (tmm0-3) from two weight tiles
 //! (tmm4-5) and two activation tiles (tmm6-7), i.e. 32 weight rows x 32 activation rows.
-//!
-//! Linux hands out the tile state only on request: [`available`] asks once per process
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`) after checking CPUID and XCR0.
 
 use super::{for_each_task, split_range, Product};
+use crate::backend::cpu::amx::{TileSession, TILE, TK};
+use crate::backend::cpu::bf16::{bf16_bits, with_zeroed};
 use crate::backend::cpu::out_ptr::OutPtr;
 use half::bf16;
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
-/// Rows of a tile, and f32 columns of a C tile.
-const TILE: usize = 16;
-/// bf16 elements per tile row (64 bytes).
-const TK: usize = 32;
 /// Weight rows per register block (two A tiles).
 const STRIP: usize = 2 * TILE;
 /// Activation rows per register block (two B tiles).
 const MPAIR: usize = 2 * TILE;
 /// Bytes of packed activations a task's m-block may span (kept in L2 while the strips stream).
 const M_BLOCK_BYTES: usize = 1 << 20;
-
-/// The 64-byte tile configuration `LDTILECFG` reads (palette 1).
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-/// Eight 16 x 64-byte tiles: every tile this kernel uses has the full shape.
-const CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
-
-/// True when this CPU has AMX-BF16 and the OS lets this process use the tiles (asked once).
-pub(crate) fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(request_tiles)
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn request_tiles() -> bool {
-    use std::arch::x86_64::{__cpuid_count, _xgetbv};
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: CPUID is always available on x86-64; XGETBV only runs when CPUID says OSXSAVE.
-    unsafe {
-        let leaf1 = __cpuid_count(1, 0);
-        if leaf1.ecx & (1 << 27) == 0 || __cpuid_count(0, 0).eax < 7 {
-            return false;
-        }
-        let leaf7 = __cpuid_count(7, 0);
-        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-        // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves the tile state.
-        if !(amx_bf16 && amx_tile) || _xgetbv(0) & (0b11 << 17) != 0b11 << 17 {
-            return false;
-        }
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_REQ_XCOMP_PERM,
-            XFEATURE_XTILEDATA,
-        ) == 0
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn request_tiles() -> bool {
-    false
-}
 
 thread_local! {
     /// The packed activations of the product this thread is running.
@@ -93,35 +32,8 @@ thread_local! {
     static W_PAD: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Lends this thread's buffer `key` resized to `len` (zeroed), or a fresh one when it is in use.
-fn with_zeroed<T: Copy + Default, R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
-    len: usize,
-    f: impl FnOnce(&mut [T]) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            v.clear();
-            v.resize(len, T::default());
-            f(&mut v)
-        }
-        Err(_) => f(&mut vec![T::default(); len]),
-    })
-}
-
-/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN), as PyTorch's `.to(torch.bfloat16)`.
-#[inline(always)]
-fn bf16_bits(v: f32) -> u32 {
-    let b = v.to_bits();
-    if v.is_nan() {
-        (b >> 16) | 0x40
-    } else {
-        (b + 0x7fff + ((b >> 16) & 1)) >> 16
-    }
-}
-
 /// `c (+)= a · bᵀ (+ bias)` on AMX tiles, `a` rounded to bf16. The caller checked the shapes and
-/// that [`available`] is true.
+/// that [`available`](crate::backend::cpu::amx::available) is true.
 pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
     let kp = p.k.next_multiple_of(TK);
     let pairs = kp / 2;
@@ -180,14 +92,11 @@ fn compute(p: &Product<bf16>, xp: &[u32], c: &mut [f32], parallel: bool) {
         let (mb, chunk) = (t / strip_chunks, t % strip_chunks);
         let rows = mb * m_block..((mb + 1) * m_block).min(m_padded);
         let (s0, s1) = split_range(strips, strip_chunks, chunk);
-        // SAFETY: the tile state was granted (`available`), CONFIG describes tiles 0-7, and every
-        // task writes only its own rows x strips of `c` (checked by gemm_nt).
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-            for s in s0..s1 {
-                run_strip(p, xp, c_ptr, s, rows.clone());
-            }
-            asm!("tilerelease", options(nostack, nomem));
+        let _tiles = TileSession::start();
+        for s in s0..s1 {
+            // SAFETY: tiles configured (the session); every task writes only its own rows x
+            // strips of `c` (checked by gemm_nt).
+            unsafe { run_strip(p, xp, c_ptr, s, rows.clone()) };
         }
     });
 }
@@ -195,7 +104,7 @@ fn compute(p: &Product<bf16>, xp: &[u32], c: &mut [f32], parallel: bool) {
 /// Weight rows `32 s..32 s + 32` against the activation rows `rows`.
 ///
 /// # Safety
-/// Tiles configured with [`CONFIG`]; no other task writes these rows and columns of `c`.
+/// Tiles configured by a [`TileSession`]; no other task writes these rows and columns of `c`.
 unsafe fn run_strip(
     p: &Product<bf16>,
     xp: &[u32],
@@ -240,7 +149,7 @@ unsafe fn run_strip(
 /// `m0..m0 + 32`, accumulated in tmm0-3 and written into `c`.
 ///
 /// # Safety
-/// Tiles configured with [`CONFIG`]; `w` spans 32 rows of `k_full` blocks at that stride; no other
+/// Tiles configured by a [`TileSession`]; `w` spans 32 rows of `k_full` blocks at that stride; no other
 /// task writes these outputs.
 #[allow(clippy::too_many_arguments)]
 unsafe fn register_block(
@@ -323,7 +232,7 @@ unsafe fn register_block(
 /// their four products into tmm0-3.
 ///
 /// # Safety
-/// Tiles configured with [`CONFIG`]; each pointer spans a full tile at its stride.
+/// Tiles configured by a [`TileSession`]; each pointer spans a full tile at its stride.
 #[inline(always)]
 unsafe fn dot_step(
     w0: *const u16,

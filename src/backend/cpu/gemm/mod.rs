@@ -32,6 +32,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod elem;
 mod gemv;
 mod microkernel;
@@ -132,6 +134,32 @@ pub fn linear<W: Elem>(
     gemm_nt(detected_isa(), Product::dense(x, w, bias, m, n, k), y);
 }
 
+/// [`linear`] with bf16 weights through the bf16 kernel `kernel` (benchmarks compare them); a
+/// kernel this CPU lacks falls back to widening.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_with(
+    kernel: Bf16Kernel,
+    x: &[f32],
+    w: &[half::bf16],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let kernel = if kernel.available() {
+        kernel
+    } else {
+        Bf16Kernel::Widen
+    };
+    gemm_with(
+        detected_isa(),
+        kernel,
+        Product::dense(x, w, bias, m, n, k),
+        y,
+    );
+}
+
 /// c[m x n] = a[m x k] · b[n x k]^T with explicit leading dimensions (row strides) for each operand, optionally accumulating into c.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt(
@@ -222,7 +250,7 @@ fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
     }
     let parallel = 2 * m * n * k >= PAR_MIN_FLOPS && threads > 1;
     #[cfg(target_arch = "x86_64")]
-    if let (Some(b), Bf16Kernel::Amx) = (B::as_bf16(b), bk) {
+    if let (Some(b), Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16) = (B::as_bf16(b), bk) {
         let p = Product {
             a,
             lda,
@@ -235,7 +263,10 @@ fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
             accumulate,
             bias,
         };
-        return amx::gemm(p, c, parallel);
+        return match bk {
+            Bf16Kernel::Amx => amx::gemm(p, c, parallel),
+            _ => avx512bf16::gemm(p, c, parallel),
+        };
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -246,13 +277,8 @@ fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
     }
 }
 
-/// True when the AMX bf16 kernel can run here (CPU, OS permission).
-pub(crate) fn amx_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return amx::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
-}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512bf16::available as avx512bf16_available;
 
 /// Runs `f(0..count)`, in parallel on the rayon pool or in order on this thread.
 fn for_each_task(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {

@@ -1,6 +1,6 @@
 //! Tests of products with 16-bit weights: the widening path is bit-for-bit the f32 product of the
-//! widened weights; the AMX kernel is the f64 product of the bf16-rounded operands (when the CPU
-//! has AMX; otherwise the test says SKIPPED and why).
+//! widened weights; the AMX and AVX512-BF16 kernels are the f64 product of the bf16-rounded
+//! operands (each where the CPU has it; otherwise its test says SKIPPED and why).
 
 use super::tests::{assert_close, naive, SHAPES};
 use super::*;
@@ -104,11 +104,20 @@ fn bf16_widen_is_the_f32_product_of_the_widened_weights() {
 
 #[test]
 fn bf16_amx_matches_f64_of_rounded_operands() {
-    if !amx_available() {
+    if !Bf16Kernel::Amx.available() {
         eprintln!("SKIPPED bf16_amx: this CPU or OS offers no AMX-BF16 tiles");
         return;
     }
     check_bf16(detected_isa(), Bf16Kernel::Amx, true, false);
+}
+
+#[test]
+fn bf16_avx512bf16_matches_f64_of_rounded_operands() {
+    if !Bf16Kernel::Avx512Bf16.available() {
+        eprintln!("SKIPPED bf16_avx512bf16: this CPU has no AVX512-BF16");
+        return;
+    }
+    check_bf16(detected_isa(), Bf16Kernel::Avx512Bf16, true, false);
 }
 
 #[test]
