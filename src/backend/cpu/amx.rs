@@ -52,7 +52,12 @@ fn request_tiles() -> bool {
         let leaf7 = __cpuid_count(7, 0);
         let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
         // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves the tile state.
-        if !(amx_bf16 && amx_tile) || _xgetbv(0) & (0b11 << 17) != 0b11 << 17 {
+        // The kernels also pack and convert with AVX-512F/BW/VL and AVX512-BF16 (every AMX CPU has them).
+        let avx512bf16 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bf16");
+        if !(amx_bf16 && amx_tile && avx512bf16) || _xgetbv(0) & (0b11 << 17) != 0b11 << 17 {
             return false;
         }
         libc::syscall(

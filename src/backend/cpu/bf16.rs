@@ -28,3 +28,151 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
         (b + 0x7fff + ((b >> 16) & 1)) >> 16
     }
 }
+
+/// Transposes a 16 x 16 block of 32-bit elements held as 16 rows.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512i; 16]) {
+    use std::arch::x86_64::*;
+    // 32-bit interleave of row pairs, then 64-bit interleave of those: u[4g + c], lane L, holds
+    // column 4L + c of rows 4g..4g + 4.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_unpacklo_epi64(a, c);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    // 128-bit lane shuffles gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c] into row 4L + c.
+    for c in 0..4 {
+        let v_even = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+        let v_odd = _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]);
+        let w_even = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+        let w_odd = _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]);
+        r[c] = _mm512_shuffle_i32x4::<0x88>(v_even, w_even);
+        r[8 + c] = _mm512_shuffle_i32x4::<0xdd>(v_even, w_even);
+        r[4 + c] = _mm512_shuffle_i32x4::<0x88>(v_odd, w_odd);
+        r[12 + c] = _mm512_shuffle_i32x4::<0xdd>(v_odd, w_odd);
+    }
+}
+
+/// Packs 16 rows of f32 (`rows[i]`, `None` past the end: zeros) as bf16 pairs, transposed:
+/// `dst[q * 16 + i]` = the pair `(2q, 2q + 1)` of row `i`, for the `pairs` pairs of `k` values
+/// (pairs past `k` are zero). Rounds to nearest even (`VCVTNE2PS2BF16`).
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512-BF16; every present row holds `k` values; `dst` holds
+/// `16 * pairs` elements with `2 * pairs >= k`, `pairs` a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(crate) unsafe fn pack_pairs16(
+    rows: &[Option<&[f32]>; 16],
+    k: usize,
+    pairs: usize,
+    dst: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(pairs.is_multiple_of(16) && 2 * pairs >= k && dst.len() >= 16 * pairs);
+    for q0 in (0..pairs).step_by(16) {
+        let k0 = 2 * q0;
+        let mut block = [_mm512_setzero_si512(); 16];
+        for (i, row) in rows.iter().enumerate() {
+            let Some(row) = row else { continue };
+            let load = |at: usize| {
+                let n = k.saturating_sub(at).min(16);
+                let mask: __mmask16 = if n == 16 {
+                    !0
+                } else {
+                    (1u16 << n).wrapping_sub(1)
+                };
+                if n == 0 {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_maskz_loadu_ps(mask, row.as_ptr().add(at))
+                }
+            };
+            let (lo, hi) = (load(k0), load(k0 + 16));
+            block[i] = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        }
+        transpose16(&mut block);
+        for (q, v) in block.iter().enumerate() {
+            _mm512_storeu_si512(dst.as_mut_ptr().add((q0 + q) * 16) as *mut _, *v);
+        }
+    }
+}
+
+/// `dst[i]` = the bf16 bits of `src[i]` (nearest even, `VCVTNEPS2BF16`), 16 at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/VL and AVX512-BF16; `dst` is at least as long as `src`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub(crate) unsafe fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert!(dst.len() >= src.len());
+    for (i, chunk) in src.chunks(16).enumerate() {
+        let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as u16;
+        let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, chunk.as_ptr()));
+        let bits = std::mem::transmute::<__m256bh, __m256i>(v);
+        _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(16 * i) as *mut _, mask, bits);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::test_util::fill;
+
+    #[test]
+    fn round_to_bf16_matches_scalar() {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bf16"))
+        {
+            eprintln!("SKIPPED round_to_bf16: this CPU has no AVX512-BF16");
+            return;
+        }
+        let src: Vec<f32> = fill(37, 3).into_iter().map(|x| x * 1e3).collect();
+        let mut got = vec![u16::MAX; 40];
+        // SAFETY: features checked above; got is longer than src.
+        unsafe { round_to_bf16(&src, &mut got) };
+        for (i, &x) in src.iter().enumerate() {
+            assert_eq!(got[i] as u32, bf16_bits(x), "element {i}");
+        }
+        assert!(
+            got[37..].iter().all(|&b| b == u16::MAX),
+            "wrote past the end"
+        );
+    }
+
+    #[test]
+    fn transpose16_and_pack_pairs16_match_scalar() {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bf16"))
+        {
+            eprintln!("SKIPPED pack_pairs16: this CPU has no AVX512-BF16");
+            return;
+        }
+        for k in [1usize, 2, 15, 31, 32, 33, 64, 70] {
+            let pairs = k.div_ceil(2).next_multiple_of(16);
+            let data: Vec<Vec<f32>> = (0..16).map(|i| fill(k, i as u64 * 7 + k as u64)).collect();
+            let rows: [Option<&[f32]>; 16] =
+                std::array::from_fn(|i| (i != 5).then(|| data[i].as_slice()));
+            let mut got = vec![u32::MAX; 16 * pairs];
+            // SAFETY: features checked above; sizes as required.
+            unsafe { pack_pairs16(&rows, k, pairs, &mut got) };
+            for q in 0..pairs {
+                for (i, row) in rows.iter().enumerate() {
+                    let at = |j: usize| row.and_then(|r| r.get(j)).map_or(0, |&x| bf16_bits(x));
+                    let want = at(2 * q) | at(2 * q + 1) << 16;
+                    assert_eq!(got[q * 16 + i], want, "k={k} pair {q} row {i}");
+                }
+            }
+        }
+    }
+}

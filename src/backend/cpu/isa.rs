@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Isa {
-    /// x86-64 AVX-512F: 12 x 32 micro-kernel, AVX-512 GEMV and softmax (packing stays AVX2).
+    /// x86-64 AVX-512F/BW/VL: 12 x 32 micro-kernel, AVX-512 GEMV and softmax (packing stays AVX2).
     Avx512,
     /// x86-64 AVX2 + FMA intrinsics.
     Avx2Fma,
@@ -42,7 +42,13 @@ fn detect_isa() -> Isa {
             && std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
         {
-            if cap != "avx2" && std::is_x86_feature_detected!("avx512f") {
+            // BW/VL too: the bf16 decode path reads 16-bit lanes (every AVX-512 CPU since
+            // Skylake-SP has them).
+            if cap != "avx2"
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+            {
                 return Isa::Avx512;
             }
             return Isa::Avx2Fma;

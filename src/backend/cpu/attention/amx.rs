@@ -14,7 +14,7 @@
 use super::softmax::softmax_update;
 use super::{first_key, AttentionShape};
 use crate::backend::cpu::amx::{TileSession, TILE, TK};
-use crate::backend::cpu::bf16::{bf16_bits, with_zeroed};
+use crate::backend::cpu::bf16::{bf16_bits, round_to_bf16, with_zeroed};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
 use rayon::prelude::*;
@@ -189,6 +189,7 @@ impl Task<'_> {
                         let r0 = rg * TILE;
                         // SAFETY: tiles configured; qb holds rpad x d, kpack the keys of j0..j0+BK.
                         unsafe { self.scores(&qb[r0 * d..], j0, scores) };
+                        let mut alpha = [1.0f32; TILE];
                         let live = self.softmax(
                             r0,
                             rows,
@@ -197,13 +198,19 @@ impl Task<'_> {
                             pb,
                             &mut row_max[r0..],
                             &mut row_sum[r0..],
-                            &mut acc[r0 * d..],
+                            &mut alpha,
                         );
                         if live {
                             // SAFETY: tiles configured; pb holds 16 x BK, vpack the values of j0..j0+BK.
                             unsafe { self.values(pb, j0, pv) };
-                            for (a, &x) in acc[r0 * d..(r0 + TILE) * d].iter_mut().zip(pv.iter()) {
-                                *a += x;
+                            // acc = acc * alpha + P · V, row by row (the online-softmax rescale).
+                            let tile_acc = acc[r0 * d..(r0 + TILE) * d].chunks_exact_mut(d);
+                            for ((a_row, pv_row), &al) in
+                                tile_acc.zip(pv.chunks_exact(d)).zip(&alpha)
+                            {
+                                for (a, &x) in a_row.iter_mut().zip(pv_row) {
+                                    *a = *a * al + x;
+                                }
                             }
                         }
                     }
@@ -274,8 +281,8 @@ impl Task<'_> {
     }
 
     /// Masks and soft-maxes the scores of rows `r0..r0 + 16` (of `rows` real ones) for the keys
-    /// `j0..`, rescaling their accumulators; writes the probabilities to `pb` as bf16 (zero where
-    /// masked). Returns false when no row sees any of these keys.
+    /// `j0..`, setting each row's accumulator rescale factor in `alpha`; writes the probabilities
+    /// to `pb` as bf16 (zero where masked). Returns false when no row sees any of these keys.
     #[allow(clippy::too_many_arguments)]
     fn softmax(
         &self,
@@ -286,10 +293,9 @@ impl Task<'_> {
         pb: &mut [u16],
         row_max: &mut [f32],
         row_sum: &mut [f32],
-        acc: &mut [f32],
+        alpha: &mut [f32; TILE],
     ) -> bool {
         let s = self.s;
-        let d = s.head_dim;
         let group = s.n_heads / s.n_kv_heads;
         let offset = s.n_keys - s.n_queries;
         let mut live = false;
@@ -310,17 +316,15 @@ impl Task<'_> {
             let srow = &mut scores[rr * BK..(rr + 1) * BK];
             let m_old = row_max[rr];
             let (m_new, sum) = softmax_update(self.isa, srow, a - j0, b - j0, m_old);
-            let alpha = (m_old - m_new).exp();
+            alpha[rr] = if m_new == m_old {
+                1.0
+            } else {
+                (m_old - m_new).exp()
+            };
             row_max[rr] = m_new;
-            row_sum[rr] = row_sum[rr] * alpha + sum;
-            if alpha != 1.0 {
-                acc[rr * d..(rr + 1) * d]
-                    .iter_mut()
-                    .for_each(|x| *x *= alpha);
-            }
-            for (p, &x) in prow.iter_mut().zip(srow.iter()) {
-                *p = bf16_bits(x) as u16;
-            }
+            row_sum[rr] = row_sum[rr] * alpha[rr] + sum;
+            // SAFETY: AMX CPUs have AVX512-BF16 (checked by `available`).
+            unsafe { round_to_bf16(srow, prow) };
         }
         live
     }

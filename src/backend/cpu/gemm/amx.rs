@@ -11,7 +11,7 @@
 
 use super::{for_each_task, split_range, Product};
 use crate::backend::cpu::amx::{TileSession, TILE, TK};
-use crate::backend::cpu::bf16::{bf16_bits, with_zeroed};
+use crate::backend::cpu::bf16::{pack_pairs16, transpose16, with_zeroed};
 use crate::backend::cpu::out_ptr::OutPtr;
 use half::bf16;
 use rayon::prelude::*;
@@ -48,20 +48,13 @@ pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
 /// pairs `16 kb..16 kb + 16` is the B tile of k-block `kb`. Rows past `m` and pairs past `k` stay 0.
 fn pack_activations(p: &Product<bf16>, xp: &mut [u32], pairs: usize, parallel: bool) {
     let pack_group = |(g, dst): (usize, &mut [u32])| {
-        for r in 0..TILE {
+        let rows: [Option<&[f32]>; TILE] = std::array::from_fn(|r| {
             let row = g * TILE + r;
-            if row >= p.m {
-                break;
-            }
-            let src = &p.a[row * p.lda..row * p.lda + p.k];
-            let (full, tail) = src.split_at(p.k & !1);
-            for (q, two) in full.chunks_exact(2).enumerate() {
-                dst[q * TILE + r] = bf16_bits(two[0]) | bf16_bits(two[1]) << 16;
-            }
-            if let [last] = tail {
-                dst[(p.k / 2) * TILE + r] = bf16_bits(*last);
-            }
-        }
+            (row < p.m).then(|| &p.a[row * p.lda..row * p.lda + p.k])
+        });
+        // SAFETY: AMX CPUs have AVX-512F and AVX512-BF16 (checked by `available`); each row holds
+        // k values and `dst` 16 x pairs, pairs a multiple of 16 covering k.
+        unsafe { pack_pairs16(&rows, p.k, pairs, dst) };
     };
     if parallel {
         xp.par_chunks_mut(pairs * TILE)
@@ -209,21 +202,55 @@ unsafe fn register_block(
         s = in(reg) 4 * TILE,
         options(nostack)
     );
-    // Tile 2 wi + xi holds outputs j0 + 16 wi + r for activation rows m0 + 16 xi + col.
+    write_block(p, c, j0, m0, &out);
+}
+
+/// Adds the four C tiles of a register block (tile `2 wi + xi`: outputs `j0 + 16 wi + r` of the
+/// activation rows `m0 + 16 xi + col` at `[r][col]`) into `c`, transposed, with the bias.
+///
+/// # Safety
+/// AVX-512F present; no other task writes these outputs.
+#[target_feature(enable = "avx512f")]
+unsafe fn write_block(
+    p: &Product<bf16>,
+    c: OutPtr,
+    j0: usize,
+    m0: usize,
+    out: &[[f32; TILE * TILE]; 4],
+) {
+    use std::arch::x86_64::*;
     for (t, tile) in out.iter().enumerate() {
         let (wi, xi) = (t / 2, t % 2);
         let j = j0 + wi * TILE;
-        let n_here = p.n.saturating_sub(j).min(TILE);
-        for col in 0..TILE {
+        if j >= p.n {
+            continue;
+        }
+        let n_here = (p.n - j).min(TILE);
+        let mask: __mmask16 = if n_here == TILE {
+            !0
+        } else {
+            (1u16 << n_here) - 1
+        };
+        let mut rows: [__m512i; TILE] =
+            std::array::from_fn(|r| _mm512_loadu_si512(tile.as_ptr().add(r * TILE) as *const _));
+        transpose16(&mut rows);
+        let bias = p
+            .bias
+            .map(|b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(j)));
+        for (col, row) in rows.iter().enumerate() {
             let m = m0 + xi * TILE + col;
             if m >= p.m {
                 break;
             }
-            let row = c.get().add(m * p.ldc + j);
-            for r in 0..n_here {
-                let v = tile[r * TILE + col] + p.bias.map_or(0.0, |b| b[j + r]);
-                *row.add(r) = if p.accumulate { *row.add(r) + v } else { v };
+            let mut v = _mm512_castsi512_ps(*row);
+            if let Some(b) = bias {
+                v = _mm512_add_ps(v, b);
             }
+            let dst = c.get().add(m * p.ldc + j);
+            if p.accumulate {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
+            }
+            _mm512_mask_storeu_ps(dst, mask, v);
         }
     }
 }

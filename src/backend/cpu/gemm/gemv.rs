@@ -29,7 +29,8 @@ pub(super) fn gemv_path<B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32], paralle
 /// `c[M x n] (+)= a[M x k] · bᵀ (+ bias)` (`M` = `p.m`): each row of `b` is read once, front to
 /// back (the rows of `b` follow each other, so the whole of `b` is one sequential stream for the
 /// prefetchers), and multiplied by the `M` rows of `a`, which stay in L1. A 16-bit row of `b` is
-/// widened into an L1-resident f32 buffer first (half the bytes from memory, the same arithmetic).
+/// widened in registers (bf16 with AVX-512) or into an L1-resident f32 buffer first: half the bytes
+/// from memory, the same arithmetic.
 fn gemv_rows<const M: usize, B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32], parallel: bool) {
     let c_ptr = OutPtr(c.as_mut_ptr());
     let threads = if parallel {
@@ -39,19 +40,26 @@ fn gemv_rows<const M: usize, B: Elem>(isa: Isa, p: Product<B>, c: &mut [f32], pa
     };
     let tasks = p.n.div_ceil(GEMV_ROWS_PER_TASK).max((4 * threads).min(p.n));
     let xs: [&[f32]; M] = std::array::from_fn(|i| &p.a[i * p.lda..i * p.lda + p.k]);
+    // Isa::Avx512 includes BW/VL (see isa.rs).
+    #[cfg(target_arch = "x86_64")]
+    let direct_bf16 = isa == Isa::Avx512;
     for_each_task(parallel, tasks, |t| {
         with_buf(&W_BUF, p.k, |wide| {
             let (j0, j1) = split_range(p.n, tasks, t);
             for j in j0..j1 {
                 let row = &p.b[j * p.ldb..j * p.ldb + p.k];
-                let w = match Elem::as_f32(row) {
-                    Some(w) => w,
-                    None => {
+                let dots = match (Elem::as_f32(row), B::as_bf16(row)) {
+                    (Some(w), _) => dot_rows::<M>(isa, &xs, w),
+                    // bf16 read as it is and widened in registers: half the bytes of f32, the
+                    // same arithmetic.
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX-512F/BW/VL detected; every row of xs has k elements.
+                    (None, Some(w)) if direct_bf16 => unsafe { dot_rows_avx512::<M, _>(&xs, w) },
+                    _ => {
                         Elem::widen_into(row, wide);
-                        &*wide
+                        dot_rows::<M>(isa, &xs, wide)
                     }
                 };
-                let dots = dot_rows::<M>(isa, &xs, w);
                 let add = p.bias.map_or(0.0, |bb| bb[j]);
                 for (i, &dot) in dots.iter().enumerate() {
                     // SAFETY: i < m and j < n, inside c (checked in gemm_nt); column j belongs to this
@@ -79,7 +87,7 @@ fn dot_rows<const M: usize>(isa: Isa, xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the rows have w's length (checked above); the ISA was detected.
-        Isa::Avx512 => unsafe { dot_rows_avx512::<M>(xs, w) },
+        Isa::Avx512 => unsafe { dot_rows_avx512::<M, f32>(xs, w) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2Fma => unsafe { dot_rows_avx2::<M>(xs, w) },
@@ -110,12 +118,56 @@ fn dot_rows_portable<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
     })
 }
 
-/// # Safety
-/// The CPU supports AVX-512F; every row of `xs` has `w.len()` elements.
+/// Weight elements the AVX-512 dot product reads 16 at a time, as f32 (bf16 widened exactly, so the
+/// result is bit-for-bit that of the widened weights).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+trait Lanes16: Copy {
+    /// 16 elements at `p` as f32.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL present; `p` points to 16 readable elements.
+    unsafe fn load(p: *const Self) -> std::arch::x86_64::__m512;
+    /// The elements of `mask` at `p` as f32, zero elsewhere.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL present; the masked elements at `p` are readable.
+    unsafe fn load_masked(mask: u16, p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes16 for f32 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_masked(mask: u16, p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes16 for half::bf16 {
+    #[inline(always)]
+    unsafe fn load(p: *const half::bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let halves = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+    #[inline(always)]
+    unsafe fn load_masked(mask: u16, p: *const half::bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let halves = _mm256_maskz_loadu_epi16(mask, p as *const _);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512F (and BW/VL for bf16 weights); every row of `xs` has `w.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; M] {
+unsafe fn dot_rows_avx512<const M: usize, W: Lanes16>(xs: &[&[f32]; M], w: &[W]) -> [f32; M] {
     use std::arch::x86_64::*;
     // Four independent accumulators per row of a cover the FMA latency even for M = 1; two per
     // row above four rows (at most 16 of the 32 zmm registers).
@@ -131,7 +183,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
             // Software prefetch well ahead in the stream of b (into the next rows when they follow
             // this one): decode products gain 10-20%. A hint only: never dereferenced.
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p + 16 * u + GEMV_PREFETCH) as *const i8);
-            let wv = _mm512_loadu_ps(wp.add(p + 16 * u));
+            let wv = W::load(wp.add(p + 16 * u));
             for i in 0..M {
                 acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[i].add(p + 16 * u)), wv, acc[i][u]);
             }
@@ -139,7 +191,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
         p += 16 * u_n;
     }
     while p + 16 <= k {
-        let wv = _mm512_loadu_ps(wp.add(p));
+        let wv = W::load(wp.add(p));
         for i in 0..M {
             acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp[i].add(p)), wv, acc[i][0]);
         }
@@ -147,7 +199,7 @@ unsafe fn dot_rows_avx512<const M: usize>(xs: &[&[f32]; M], w: &[f32]) -> [f32; 
     }
     if p < k {
         let mask: __mmask16 = ((1u32 << (k - p)) - 1) as __mmask16;
-        let wv = _mm512_maskz_loadu_ps(mask, wp.add(p));
+        let wv = W::load_masked(mask, wp.add(p));
         for i in 0..M {
             acc[i][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, xp[i].add(p)), wv, acc[i][1]);
         }
