@@ -385,7 +385,7 @@ impl Product {
             gate_up.extend_from_slice(&up[r * self.n..(r + 1) * self.n]);
         }
         let mut out = vec![0f32; self.m * self.n];
-        ops::gated_activation(&gate_up, &mut out, self.n, act);
+        ops::gated_activation(&gate_up, &mut out, self.n, act, false);
         out
     }
 

@@ -11,6 +11,9 @@ use rayon::prelude::*;
 
 /// Rows of logits computed at once when scoring, so the `[T, vocab]` matrix never exists whole.
 const HEAD_ROWS: usize = 64;
+/// The same for bf16 weights: more rows per pass over the LM head (the AMX kernel streams the
+/// whole head once per pass; the f32 path keeps 64, and with it its exact summation order).
+const HEAD_ROWS_BF16: usize = 256;
 
 /// Reusable scratch buffers, so a forward pass does not reallocate per block.
 #[derive(Default)]
@@ -166,10 +169,14 @@ impl Model {
     pub fn nll_from_hidden(&self, hidden_states: &[f32], ids: &[u32]) -> f64 {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let n_pred = ids.len().saturating_sub(1);
-        let mut logits = vec![0f32; HEAD_ROWS * vocab];
+        let head_rows = match self.precision() {
+            crate::weights::Precision::Bf16 => HEAD_ROWS_BF16,
+            _ => HEAD_ROWS,
+        };
+        let mut logits = vec![0f32; head_rows * vocab];
         let mut total = 0f64;
-        for start in (0..n_pred).step_by(HEAD_ROWS) {
-            let rows = HEAD_ROWS.min(n_pred - start);
+        for start in (0..n_pred).step_by(head_rows) {
+            let rows = head_rows.min(n_pred - start);
             let out = &mut logits[..rows * vocab];
             self.head_rows(&hidden_states[start * hidden..(start + rows) * hidden], out);
             total += out
@@ -297,7 +304,8 @@ fn ffn_forward(
     let gate_up = sized(gate_up, n * 2 * width);
     ffn.gate_up.apply(normed, gate_up, n);
     let act = sized(act, n * width);
-    ops::gated_activation(gate_up, act, width, cfg.activation);
+    let vector_exp = ffn.down.weight.precision() == crate::weights::Precision::Bf16;
+    ops::gated_activation(gate_up, act, width, cfg.activation, vector_exp);
     if let Some(obs) = observer {
         obs(block, act);
     }

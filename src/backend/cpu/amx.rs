@@ -93,3 +93,38 @@ impl Drop for TileSession {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
+
+/// Zeroes the accumulator tiles tmm0-3.
+///
+/// # Safety
+/// Tiles configured by a [`TileSession`] on this thread.
+#[inline(always)]
+pub(crate) unsafe fn zero_accumulators() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
+/// Stores the accumulator tiles tmm0-3 (16 rows x 16 f32 each) at `dst[t]`, rows `stride` bytes apart.
+///
+/// # Safety
+/// Tiles configured by a [`TileSession`]; each `dst[t]` spans 16 rows of 64 bytes at that stride.
+#[inline(always)]
+pub(crate) unsafe fn store_accumulators(dst: [*mut f32; 4], stride: usize) {
+    asm!(
+        "tilestored [{o0} + {s}*1], tmm0",
+        "tilestored [{o1} + {s}*1], tmm1",
+        "tilestored [{o2} + {s}*1], tmm2",
+        "tilestored [{o3} + {s}*1], tmm3",
+        o0 = in(reg) dst[0],
+        o1 = in(reg) dst[1],
+        o2 = in(reg) dst[2],
+        o3 = in(reg) dst[3],
+        s = in(reg) stride,
+        options(nostack)
+    );
+}

@@ -81,12 +81,25 @@ pub fn apply_rope(x: &mut [f32], table: &RopeTable, first: usize, n_heads: usize
 }
 
 /// From `gate_up` rows `[gate | up]` (each `width` wide) writes `act(gate) * up` into `out` rows.
-pub fn gated_activation(gate_up: &[f32], out: &mut [f32], width: usize, act: Activation) {
+/// `vector_exp` (bf16 models) computes SiLU's exponential 16 lanes at a time (relative error about
+/// 2e-7) where the CPU has AVX-512; otherwise, and for the f32 reference, with `f32::exp`.
+pub fn gated_activation(
+    gate_up: &[f32],
+    out: &mut [f32],
+    width: usize,
+    act: Activation,
+    vector_exp: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let vector_exp = vector_exp && super::isa::detected_isa() == super::isa::Isa::Avx512;
     out.par_chunks_mut(width)
         .zip(gate_up.par_chunks(2 * width))
         .for_each(|(o, gu)| {
             let (gate, up) = gu.split_at(width);
             match act {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 was detected.
+                Activation::Silu if vector_exp => unsafe { silu_mul_avx512(gate, up, o) },
                 Activation::Silu => {
                     for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
                         *o = g / (1.0 + (-g).exp()) * u;
@@ -101,6 +114,27 @@ pub fn gated_activation(gate_up: &[f32], out: &mut [f32], width: usize, act: Act
                 }
             }
         });
+}
+
+/// `o = silu(g) * u` element-wise with the 16-lane exponential.
+///
+/// # Safety
+/// AVX-512F present; `up` and `o` are as long as `gate`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], o: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(up.len() >= gate.len() && o.len() >= gate.len());
+    let one = _mm512_set1_ps(1.0);
+    for start in (0..gate.len()).step_by(16) {
+        let n = (gate.len() - start).min(16);
+        let mask: __mmask16 = (1u32 << n).wrapping_sub(1) as u16;
+        let g = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(start));
+        let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(start));
+        let e = super::attention::exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(o.as_mut_ptr().add(start), mask, _mm512_mul_ps(silu, u));
+    }
 }
 
 /// `x += y` element-wise.

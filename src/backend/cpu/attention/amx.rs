@@ -13,7 +13,7 @@
 
 use super::softmax::softmax_update;
 use super::{first_key, AttentionShape};
-use crate::backend::cpu::amx::{TileSession, TILE, TK};
+use crate::backend::cpu::amx::{store_accumulators, zero_accumulators, TileSession, TILE, TK};
 use crate::backend::cpu::bf16::{bf16_bits, round_to_bf16, with_zeroed};
 use crate::backend::cpu::isa::Isa;
 use crate::backend::cpu::out_ptr::OutPtr;
@@ -249,13 +249,7 @@ impl Task<'_> {
                 .as_ptr()
                 .add((j0 / TILE + kgroup) * TILE * pairs + block * TILE * TILE)
         };
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        zero_accumulators();
         for block in 0..d / TK {
             asm!(
                 "tileloadd tmm4, [{q} + {qs}*1]",
@@ -277,7 +271,8 @@ impl Task<'_> {
                 options(nostack, readonly)
             );
         }
-        store4(scores.as_mut_ptr(), TILE, 4 * BK);
+        let base = scores.as_mut_ptr();
+        store_accumulators(std::array::from_fn(|t| base.add(t * TILE)), 4 * BK);
     }
 
     /// Masks and soft-maxes the scores of rows `r0..r0 + 16` (of `rows` real ones) for the keys
@@ -344,13 +339,7 @@ impl Task<'_> {
                     .as_ptr()
                     .add((j0 / TK + kb) * block_len + ((cols / TILE) + cg) * TILE * TILE)
             };
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            zero_accumulators();
             for kb in 0..BK / TK {
                 asm!(
                     "tileloadd tmm4, [{p} + {ps}*1]",
@@ -372,27 +361,8 @@ impl Task<'_> {
                     options(nostack, readonly)
                 );
             }
-            store4(pv.as_mut_ptr().add(cols), TILE, 4 * d);
+            let base = pv.as_mut_ptr().add(cols);
+            store_accumulators(std::array::from_fn(|t| base.add(t * TILE)), 4 * d);
         }
     }
-}
-
-/// Stores tmm0-3 side by side: tile `t` at `dst + t * cols` (f32 elements), rows `stride` bytes apart.
-///
-/// # Safety
-/// Tiles configured; `dst` spans 16 rows of `stride` bytes holding `4 * cols` floats each.
-#[inline(always)]
-unsafe fn store4(dst: *mut f32, cols: usize, stride: usize) {
-    asm!(
-        "tilestored [{o0} + {s}*1], tmm0",
-        "tilestored [{o1} + {s}*1], tmm1",
-        "tilestored [{o2} + {s}*1], tmm2",
-        "tilestored [{o3} + {s}*1], tmm3",
-        o0 = in(reg) dst,
-        o1 = in(reg) dst.add(cols),
-        o2 = in(reg) dst.add(2 * cols),
-        o3 = in(reg) dst.add(3 * cols),
-        s = in(reg) stride,
-        options(nostack)
-    );
 }

@@ -13,6 +13,8 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod softmax;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use softmax::exp512;
 #[cfg(test)]
 mod tests;
 mod tile;

@@ -122,7 +122,7 @@ unsafe fn softmax_update_avx512(row: &mut [f32], a: usize, b: usize, m_old: f32)
 /// `exp(x)` for 16 lanes; the same method and accuracy as [`exp256`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+pub(crate) unsafe fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.0)),

@@ -10,7 +10,7 @@
 //! (tmm4-5) and two activation tiles (tmm6-7), i.e. 32 weight rows x 32 activation rows.
 
 use super::{for_each_task, split_range, Product};
-use crate::backend::cpu::amx::{TileSession, TILE, TK};
+use crate::backend::cpu::amx::{store_accumulators, zero_accumulators, TileSession, TILE, TK};
 use crate::backend::cpu::bf16::{pack_pairs16, transpose16, with_zeroed};
 use crate::backend::cpu::out_ptr::OutPtr;
 use half::bf16;
@@ -163,13 +163,7 @@ unsafe fn register_block(
     assert!(k_blocks * TK / 2 <= pairs && (m0 + MPAIR) * pairs <= xp.len());
     let x1 = x0.add(TILE * pairs);
     let w1 = w.add(TILE * w_stride / 2);
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+    zero_accumulators();
     for kb in 0..k_full {
         dot_step(
             w.add(kb * TK),
@@ -190,18 +184,7 @@ unsafe fn register_block(
         );
     }
     let mut out = [[0f32; TILE * TILE]; 4];
-    asm!(
-        "tilestored [{o0} + {s}*1], tmm0",
-        "tilestored [{o1} + {s}*1], tmm1",
-        "tilestored [{o2} + {s}*1], tmm2",
-        "tilestored [{o3} + {s}*1], tmm3",
-        o0 = in(reg) out[0].as_mut_ptr(),
-        o1 = in(reg) out[1].as_mut_ptr(),
-        o2 = in(reg) out[2].as_mut_ptr(),
-        o3 = in(reg) out[3].as_mut_ptr(),
-        s = in(reg) 4 * TILE,
-        options(nostack)
-    );
+    store_accumulators(out.each_mut().map(|t| t.as_mut_ptr()), 4 * TILE);
     write_block(p, c, j0, m0, &out);
 }
 
