@@ -7,6 +7,9 @@ exporter's and the engine's memory on a real-size checkpoint:
 
     python tools/make_synthetic_checkpoint.py --config configs/llama-2-7b.json --out /tmp/llama7b-bf16
 
+With `--tokenizer-from models/SmolLM2-135M-Instruct.Q4_1 --vocab-size 49152` the folder evaluates
+and prunes on real text (the embedding and head get SmolLM2's vocabulary; BENCHMARKS §10).
+
 Weights are N(0, 0.02) (norms 1.0), seeded by --seed; needs numpy. The folder also gets the
 config (dtype bfloat16) and, when --tokenizer-from is given, that folder's tokenizer files.
 """
@@ -59,8 +62,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer-from", help="copy tokenizer files from this folder")
+    ap.add_argument("--vocab-size", type=int,
+                    help="override the config's vocab_size (to fit the --tokenizer-from vocabulary)")
     a = ap.parse_args()
     cfg = json.load(open(a.config))
+    if a.vocab_size:
+        cfg["vocab_size"] = a.vocab_size
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=False)
     specs = list(tensors(cfg))

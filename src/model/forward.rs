@@ -3,6 +3,7 @@
 use super::kv_cache::{KvCache, LayerCache};
 use super::{Attention, Ffn, Model};
 use crate::backend::cpu::attention::{causal_attention, causal_attention_bf16, AttentionShape};
+use crate::backend::cpu::computes_in_bf16;
 use crate::backend::cpu::ops::{self, RopeTable};
 use crate::config::rope::RopeSpec;
 use crate::config::ModelConfig;
@@ -169,9 +170,10 @@ impl Model {
     pub fn nll_from_hidden(&self, hidden_states: &[f32], ids: &[u32]) -> f64 {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let n_pred = ids.len().saturating_sub(1);
-        let head_rows = match self.precision() {
-            crate::weights::Precision::Bf16 => HEAD_ROWS_BF16,
-            _ => HEAD_ROWS,
+        let head_rows = if computes_in_bf16(self.precision()) {
+            HEAD_ROWS_BF16
+        } else {
+            HEAD_ROWS
         };
         let mut logits = vec![0f32; head_rows * vocab];
         let mut total = 0f64;
@@ -304,7 +306,7 @@ fn ffn_forward(
     let gate_up = sized(gate_up, n * 2 * width);
     ffn.gate_up.apply(normed, gate_up, n);
     let act = sized(act, n * width);
-    let vector_exp = ffn.down.weight.precision() == crate::weights::Precision::Bf16;
+    let vector_exp = computes_in_bf16(ffn.down.weight.precision());
     ops::gated_activation(gate_up, act, width, cfg.activation, vector_exp);
     if let Some(obs) = observer {
         obs(block, act);

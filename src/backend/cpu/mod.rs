@@ -13,6 +13,13 @@ mod out_ptr;
 #[cfg(test)]
 mod test_util;
 
+/// True when matrices at `precision` are multiplied with bf16 operands (AMX or AVX512-BF16); the
+/// model then also takes the other bf16-only shortcuts (16-lane SiLU exponential, larger LM-head
+/// passes). False for the widening kernel, which is f32 math exactly.
+pub fn computes_in_bf16(precision: crate::weights::Precision) -> bool {
+    precision == crate::weights::Precision::Bf16 && bf16_kernel() != Bf16Kernel::Widen
+}
+
 /// The precision of the matrices and the kernels that multiply by them on this CPU, for reports:
 /// e.g. `bf16 weights: AMX tiles for products and attention (decode: widened to f32, ...)`.
 pub fn kernels_for(precision: crate::weights::Precision) -> String {
