@@ -62,12 +62,19 @@ fn check(isa: Isa, s: AttentionShape, seed: u64) {
     }
 }
 
-fn shapes() -> Vec<AttentionShape> {
+/// Every combination of (heads, kv heads), head width, window and (queries, keys), scaled by
+/// `1 / sqrt(head_dim)`.
+fn grid(
+    heads: &[(usize, usize)],
+    dims: &[usize],
+    windows: &[Option<usize>],
+    lens: &[(usize, usize)],
+) -> Vec<AttentionShape> {
     let mut out = Vec::new();
-    for &(n_heads, n_kv_heads) in &[(2, 2), (6, 2), (3, 1)] {
-        for &head_dim in &[8, 64] {
-            for &window in &[None, Some(5)] {
-                for &(n_queries, n_keys) in &[(37, 37), (1, 37), (1, 1), (5, 200), (300, 300)] {
+    for &(n_heads, n_kv_heads) in heads {
+        for &head_dim in dims {
+            for &window in windows {
+                for &(n_queries, n_keys) in lens {
                     out.push(AttentionShape {
                         n_queries,
                         n_keys,
@@ -82,6 +89,15 @@ fn shapes() -> Vec<AttentionShape> {
         }
     }
     out
+}
+
+fn shapes() -> Vec<AttentionShape> {
+    grid(
+        &[(2, 2), (6, 2), (3, 1)],
+        &[8, 64],
+        &[None, Some(5)],
+        &[(37, 37), (1, 37), (1, 1), (5, 200), (300, 300)],
+    )
 }
 
 #[test]
@@ -168,25 +184,12 @@ fn bf16_amx_matches_naive_of_rounded_operands() {
             .map(|&x| half::bf16::from_f32(x * f).to_f32())
             .collect()
     };
-    let mut cases = Vec::new();
-    for &(n_heads, n_kv_heads) in &[(9, 3), (4, 1), (2, 2)] {
-        for &head_dim in &[64, 128, 256] {
-            for &window in &[None, Some(5), Some(100)] {
-                for &(n_queries, n_keys) in &[(37, 37), (16, 16), (300, 300), (70, 200), (129, 130)]
-                {
-                    cases.push(AttentionShape {
-                        n_queries,
-                        n_keys,
-                        n_heads,
-                        n_kv_heads,
-                        head_dim,
-                        scale: 1.0 / (head_dim as f32).sqrt(),
-                        window,
-                    });
-                }
-            }
-        }
-    }
+    let mut cases = grid(
+        &[(9, 3), (4, 1), (2, 2)],
+        &[64, 128, 256],
+        &[None, Some(5), Some(100)],
+        &[(37, 37), (16, 16), (300, 300), (70, 200), (129, 130)],
+    );
     // Large scores (exp overflow range without the running max).
     cases.push(AttentionShape {
         n_queries: 50,

@@ -43,6 +43,21 @@ pub(super) fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str)
     }
 }
 
+/// The elements between the `m` rows of `c` (its padding, `n..ldc`) still hold `c0`'s values.
+pub(super) fn assert_padding_untouched(
+    got: &[f32],
+    c0: &[f32],
+    m: usize,
+    n: usize,
+    ldc: usize,
+    what: &str,
+) {
+    for i in 0..m.saturating_sub(1) {
+        let pad = i * ldc + n..(i + 1) * ldc;
+        assert_eq!(&got[pad.clone()], &c0[pad], "{what}: padding");
+    }
+}
+
 pub(super) const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 1),
     (7, 13, 5),
@@ -103,14 +118,7 @@ fn check_isa(isa: Isa) {
             let what =
                 format!("{isa:?} m={m} n={n} k={k} pad={pad} acc={accumulate} bias={with_bias}");
             assert_close(&got, &want, &scale, &what);
-            // Elements between rows (the padding of c) are untouched.
-            for i in 0..m.saturating_sub(1) {
-                assert_eq!(
-                    &got[i * ldc + n..(i + 1) * ldc],
-                    &c0[i * ldc + n..(i + 1) * ldc],
-                    "{what}: padding"
-                );
-            }
+            assert_padding_untouched(&got, &c0, m, n, ldc, &what);
         }
     }
 }

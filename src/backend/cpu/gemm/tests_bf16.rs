@@ -2,7 +2,7 @@
 //! widened weights; the AMX and AVX512-BF16 kernels are the f64 product of the bf16-rounded
 //! operands (each where the CPU has it; otherwise its test says SKIPPED and why).
 
-use super::tests::{assert_close, naive, SHAPES};
+use super::tests::{assert_close, assert_padding_untouched, naive, SHAPES};
 use super::*;
 use crate::backend::cpu::test_util::fill;
 use half::{bf16, f16};
@@ -86,13 +86,7 @@ fn check_bf16(isa: Isa, bk: Bf16Kernel, a_bf16: bool, exact: bool) {
                 let scale = naive(p32, &mut want);
                 assert_close(&got, &want, &scale, &what);
             }
-            for i in 0..m.saturating_sub(1) {
-                assert_eq!(
-                    &got[i * ldc + n..(i + 1) * ldc],
-                    &c0[i * ldc + n..(i + 1) * ldc],
-                    "{what}: padding"
-                );
-            }
+            assert_padding_untouched(&got, &c0, m, n, ldc, &what);
         }
     }
 }
