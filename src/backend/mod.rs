@@ -24,17 +24,17 @@ impl Backend {
         }
     }
 
-    /// The precision a model of the checkpoint folder `dir` is kept in on this backend.
-    pub fn precision_for(
-        &self,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<crate::weights::Precision> {
-        match self {
-            Backend::Cpu(Some(p)) => Ok(*p),
-            Backend::Cpu(None) => crate::weights::TensorStore::open(dir)?.native_precision(),
+    /// What the arithmetic of a model of the checkpoint folder `dir` is on this backend: the
+    /// device, the precision its matrices are kept in and, on the CPU, the kernels that multiply
+    /// them (scores computed otherwise differ, so the resumable cache keys on this).
+    pub fn computation(&self, dir: &std::path::Path) -> anyhow::Result<String> {
+        let precision = match self {
+            Backend::Cpu(Some(p)) => *p,
+            Backend::Cpu(None) => crate::weights::TensorStore::open(dir)?.native_precision()?,
             #[cfg(feature = "cuda")]
-            Backend::Cuda(_) => Ok(crate::weights::Precision::Bf16),
-        }
+            Backend::Cuda(_) => return Ok(format!("{} bf16", self.describe())),
+        };
+        Ok(format!("cpu: {}", cpu::kernels_for(precision)))
     }
 
     /// Perplexity of the checkpoint folder `dir` on `windows`, loaded on this backend.

@@ -175,12 +175,8 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     let stage1 = &windows[..job.stage1_samples];
     let stage2 = &windows[..job.stage2_samples];
     super::validated_plan(&config, &options)?; // refuse before loading weights
-                                               // The scores depend on the precision the matrices are kept in: it is part of the cache key.
-    let computed_on = format!(
-        "{} {}",
-        backend.describe(),
-        backend.precision_for(&job.model)?.name()
-    );
+                                               // Scores depend on the precision and the kernels: both are part of the cache key.
+    let computed_on = backend.computation(&job.model)?;
     let cache = job.cache_root.as_deref().and_then(|root| {
         match PruneCache::open(root, &job.model, &computed_on) {
             Ok(c) => Some(c),

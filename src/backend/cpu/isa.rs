@@ -69,17 +69,6 @@ pub enum Bf16Kernel {
     Widen,
 }
 
-impl Bf16Kernel {
-    /// Name as in `TWOSSP_BF16_KERNEL` and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Bf16Kernel::Amx => "amx",
-            Bf16Kernel::Avx512Bf16 => "avx512bf16",
-            Bf16Kernel::Widen => "widen",
-        }
-    }
-}
-
 /// The bf16 kernel this CPU runs; detected on first use, then cached.
 ///
 /// The best of AMX, AVX512-BF16 and widening that the CPU (and, for AMX, the OS) offers.
@@ -99,6 +88,15 @@ pub fn bf16_kernel() -> Bf16Kernel {
 }
 
 impl Bf16Kernel {
+    /// Name as in `TWOSSP_BF16_KERNEL` and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::Widen => "widen",
+        }
+    }
+
     /// True when this CPU (and, for AMX, the OS) can run the kernel.
     pub fn available(self) -> bool {
         match self {

@@ -115,7 +115,9 @@ impl<'a, B: Elem> Product<'a, B> {
 }
 
 /// y[m x n] = x[m x k] · w[n x k]^T (+ bias[n]), the linear layer of a transformer; all row-major,
-/// contiguous; `w` is f32, bf16 or f16 (widened exactly, so the result is the f32 product's).
+/// contiguous; `w` is f32, bf16 or f16. f16 weights (and bf16 ones with the widening kernel) are
+/// widened exactly, so the result is the f32 product's; bf16 weights otherwise go to the bf16
+/// kernel [`bf16_kernel`] picks, which rounds `x` to bf16.
 pub fn linear<W: Elem>(
     x: &[f32],
     w: &[W],
