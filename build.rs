@@ -1,5 +1,6 @@
 //! Build script: with the `cuda` feature, compiles every kernels/*.cu to a fatbin with nvcc and
-//! writes `$OUT_DIR/kernel_images.rs`, which embeds the images by file stem.
+//! writes `$OUT_DIR/kernel_images.rs`, which embeds the images by file stem. With `cuda-host`, the
+//! same sources are compiled as C++ for the CPU instead (the host emulation, kernels/host/).
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 use std::{env, fs, thread};
@@ -26,6 +27,11 @@ automatically), or `pip install \"nvidia-cuda-nvcc==13.0.*\" \"nvidia-cuda-cccl=
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    #[cfg(feature = "cuda-host")]
+    {
+        host::build();
         return;
     }
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH"] {
@@ -171,4 +177,64 @@ fn fail(message: &str) -> ! {
     }
     eprintln!("error: {message}");
     exit(1)
+}
+
+/// The `cuda-host` build: kernels/*.cu as C++ under kernels/host/'s shim, linked whole (the kernels
+/// register themselves from static initialisers).
+#[cfg(feature = "cuda-host")]
+mod host {
+    use std::path::PathBuf;
+    use std::{env, fs};
+
+    /// Kernel sources in a fixed order, with the shim's runtime.
+    fn sources(kernels: &std::path::Path) -> Vec<PathBuf> {
+        let mut cu: Vec<PathBuf> = fs::read_dir(kernels)
+            .expect("kernels/")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+            .collect();
+        cu.sort();
+        cu
+    }
+
+    pub fn build() {
+        let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+        let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+        let kernels = root.join("kernels");
+        println!("cargo:rerun-if-changed={}", kernels.display());
+        println!("cargo:rerun-if-changed={}", kernels.join("host").display());
+        let cu = sources(&kernels);
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .cargo_metadata(false)
+            .std("c++17")
+            .opt_level(2)
+            .define("TWOSSP_HOST", None)
+            .include(&kernels)
+            // Misaligned accesses are reported by kernels/host/runtime.cpp's UBSan handler.
+            .flag("-fsanitize=alignment")
+            .flag("-fno-strict-aliasing")
+            .flag("-Wno-unknown-pragmas")
+            .flag("-Wno-unused-parameter")
+            .flag("-Wno-unused-variable")
+            .flag("-x")
+            .flag("c++")
+            .files(&cu)
+            .file(kernels.join("host/runtime.cpp"));
+        build.compile("twossp_host_kernels");
+        println!("cargo:rustc-link-search=native={}", out_dir.display());
+        println!("cargo:rustc-link-lib=static:+whole-archive=twossp_host_kernels");
+        println!("cargo:rustc-link-lib=dylib=stdc++");
+        let items: Vec<String> = cu
+            .iter()
+            .map(|p| format!("({:?}, &[])", p.file_stem().unwrap().to_string_lossy()))
+            .collect();
+        let code = format!(
+            "/// The kernel files of the host build, by stem (no device images: the code is linked in).\n\
+             pub static KERNEL_IMAGES: &[(&str, &[u8])] = &[{}];\n",
+            items.join(", ")
+        );
+        fs::write(out_dir.join("kernel_images.rs"), code).expect("write kernel_images.rs");
+    }
 }

@@ -47,7 +47,7 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
                                                int split_tiles, float* __restrict__ part) {
     using L = Layout<HD>;
     constexpr int LDH = L::LDH;
-    extern __shared__ __align__(128) unsigned char smem[];
+    DYNAMIC_SHARED(unsigned char, smem);
     bf16* Qs = (bf16*)smem;
     bf16* Ks = Qs + L::TILE;      // two buffers
     bf16* Vs = Ks + 2 * L::TILE;  // two buffers
@@ -201,7 +201,8 @@ __device__ __forceinline__ void attention_body(const bf16* __restrict__ q, long 
                          long long ldo, int T, int S, int group, float scale, int window, int split_tiles,          \
                          float* part) {                                                                            \
         attention_body<HD>(q, ldq, k, v, ldkv, out, ldo, T, S, group, scale, window, split_tiles, part);           \
-    }
+    }                                                                                                              \
+    REGISTER_KERNEL(attention_hd##HD)
 ATTENTION_ENTRY(64)
 ATTENTION_ENTRY(128)
 ATTENTION_ENTRY(256)
@@ -225,6 +226,7 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part, int
     }
     out[(long long)row * ldo + head * hd + d] = __float2bfloat16(sum > 0.f ? acc / sum : 0.f);
 }
+REGISTER_KERNEL(attention_combine)
 
 // Dynamic shared memory for each head dim (bytes) — mirrored in src/backend/cuda/kernels.rs.
 static_assert(Layout<64>::BYTES == 46080, "update ATTENTION_SMEM in kernels.rs");

@@ -2,10 +2,29 @@
 // tensor-core fragment loads and MMAs, and the GEMM/GEMV epilogue (what happens to each accumulated
 // output element).
 #pragma once
+#ifdef TWOSSP_HOST
+#include "host/device.h"  // the host build (`cuda-host` feature): CUDA and its PTX emulated on the CPU
+#else
 #include <cuda_bf16.h>
+#endif
 #include <stdint.h>
 
 typedef __nv_bfloat16 bf16;
+
+// Shared memory and kernel entry points, declared the same way for both builds:
+//   SHARED(float, partial, [32])   is  __shared__ float partial[32]
+//   DYNAMIC_SHARED(T, smem)        is  extern __shared__ __align__(128) T smem[]
+//   REGISTER_KERNEL(name)          makes an extern "C" __global__ entry point launchable by name on the
+//                                  host build (nothing on the GPU, where the module exports it)
+#ifdef TWOSSP_HOST
+#define SHARED(type, name, dims) TWOSSP_SHARED(type, name, dims)
+#define DYNAMIC_SHARED(type, name) TWOSSP_DYNAMIC_SHARED(type, name)
+#define REGISTER_KERNEL(name) TWOSSP_REGISTER_KERNEL(name)
+#else
+#define SHARED(type, name, dims) __shared__ type name dims
+#define DYNAMIC_SHARED(type, name) extern __shared__ __align__(128) type name[]
+#define REGISTER_KERNEL(name)
+#endif
 
 // Epilogue kinds; the numbers are mirrored in src/backend/cuda/kernels.rs.
 #define EPI_STORE_F32 0   // out_f32[m, n] = acc + bias
@@ -37,8 +56,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 __device__ __forceinline__ float block_sum(float v) {
-    __shared__ float partial[32];
-    __shared__ float total;
+    SHARED(float, partial, [32]);
+    SHARED(float, total, );
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     v = warp_sum(v);
     __syncthreads();  // partial[] may still be read by a previous call
@@ -53,6 +72,9 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+// The PTX instructions the kernels use, as named device functions; the host build provides the same
+// functions (kernels/host/device.h), implemented from the PTX ISA's definitions.
+#ifndef TWOSSP_HOST
 // 16-byte global -> shared copy; bytes beyond `src_bytes` (0 or 16) are zero-filled.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
     unsigned addr = (unsigned)__cvta_generic_to_shared(smem);
@@ -89,6 +111,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const bf16* 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
+#endif
 
 __device__ __forceinline__ float activation(int act, float g) {
     if (act == ACT_SILU) return g / (1.f + __expf(-g));

@@ -17,3 +17,5 @@ extern "C" __global__ void embed_gather(const unsigned* __restrict__ ids, const 
         dst[2 * i + 1] = make_float4(c.x * scale, c.y * scale, e.x * scale, e.y * scale);
     }
 }
+
+REGISTER_KERNEL(embed_gather)

@@ -27,7 +27,7 @@ template <int BN>
 __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long lda, const bf16* __restrict__ W,
                                           long long ldw, int M, int N, int K, const Epilogue& ep) {
     using T = Tile<BN>;
-    extern __shared__ __align__(128) unsigned char smem[];
+    DYNAMIC_SHARED(unsigned char, smem);
     bf16* As = (bf16*)smem;
     bf16* Bs = As + T::STAGES * T::BM * T::LDS;
 
@@ -146,7 +146,8 @@ __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long 
             s += __shfl_xor_sync(0xffffffffu, s, 8);
             s += __shfl_xor_sync(0xffffffffu, s, 16);
             // One writer per (64-row slab, neuron): no atomics, so the statistics are deterministic.
-            if (ep.sumsq && g == 0 && neuron0 + e < N)
+            // Only slabs holding tokens have a row: ceil(M / 64) rows in all (sumsq_rows in kernels.rs).
+            if (ep.sumsq && g == 0 && neuron0 + e < N && m0 + wm * 64 < M)
                 ep.sumsq[(long long)(blockIdx.y * 2 + wm) * ep.sumsq_ld + neuron0 + e] = s;
         }
     }
@@ -158,7 +159,8 @@ __device__ __forceinline__ void gemm_body(const bf16* __restrict__ A, long long 
         gemm_bf16_##BN(const bf16* A, long long lda, const bf16* W, long long ldw, int M, int N, int K,          \
                        Epilogue ep) {                                                                           \
         gemm_body<BN>(A, lda, W, ldw, M, N, K, ep);                                                             \
-    }
+    }                                                                                                           \
+    REGISTER_KERNEL(gemm_bf16_##BN)
 GEMM_ENTRY(128)
 GEMM_ENTRY(256)
 

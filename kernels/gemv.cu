@@ -72,3 +72,5 @@ gemv_bf16(const bf16* __restrict__ A, long long lda, const bf16* __restrict__ W,
     sq = warp_sum(sq);  // the M tokens' squares, in a fixed order
     if (ep.sumsq && lane == 0) ep.sumsq[n] = sq;
 }
+
+REGISTER_KERNEL(gemv_bf16)

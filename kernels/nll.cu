@@ -16,7 +16,8 @@ __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2
 
 extern "C" __global__ void row_nll(const float* __restrict__ logits, const unsigned* __restrict__ targets, int rows,
                                    int vocab, float cap, float* __restrict__ nll) {
-    __shared__ float part_m[32], part_s[32];
+    SHARED(float, part_m, [32]);
+    SHARED(float, part_s, [32]);
     const int r = blockIdx.x;
     if (r >= rows) return;
     const float* row = logits + (long long)r * vocab;
@@ -53,3 +54,5 @@ extern "C" __global__ void row_nll(const float* __restrict__ logits, const unsig
         if (lane == 0) nll[r] = m + logf(s) - capped(row[targets[r]], cap);
     }
 }
+
+REGISTER_KERNEL(row_nll)

@@ -32,3 +32,7 @@ extern "C" __global__ void accumulate_sqrt(const float* __restrict__ partial, in
     for (int r = 0; r < rows; ++r) s += partial[(long long)r * ld + j];
     scores[j] += sqrt(s);
 }
+
+REGISTER_KERNEL(gather_rows_bf16)
+REGISTER_KERNEL(gather_cols_bf16)
+REGISTER_KERNEL(accumulate_sqrt)

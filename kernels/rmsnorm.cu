@@ -50,3 +50,6 @@ extern "C" __global__ void add_rmsnorm(float* __restrict__ x, const float* __res
         dst[i] = o;
     }
 }
+
+REGISTER_KERNEL(rmsnorm_bf16)
+REGISTER_KERNEL(add_rmsnorm)

@@ -12,7 +12,7 @@ extern "C" __global__ void qkv_rope(const bf16* __restrict__ qkv, int T, int n_h
                                     const float* __restrict__ sin_table, const float* __restrict__ q_norm,
                                     const float* __restrict__ k_norm, float norm_offset, float eps, int first,
                                     bf16* __restrict__ q_out, bf16* __restrict__ k_cache, bf16* __restrict__ v_cache) {
-    __shared__ float buf[32][ROPE_MAX_HEAD_DIM];
+    SHARED(float, buf, [32][ROPE_MAX_HEAD_DIM]);
     const int t = blockIdx.x;
     if (t >= T) return;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
@@ -54,3 +54,5 @@ extern "C" __global__ void qkv_rope(const bf16* __restrict__ qkv, int T, int n_h
         __syncwarp();
     }
 }
+
+REGISTER_KERNEL(qkv_rope)

@@ -26,3 +26,6 @@ extern "C" __global__ void fill_f32(float* __restrict__ out, unsigned long long 
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += stride)
         out[i] = value;
 }
+
+REGISTER_KERNEL(fill_uniform_bf16)
+REGISTER_KERNEL(fill_f32)

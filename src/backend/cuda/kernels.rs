@@ -1,7 +1,7 @@
 //! Typed launchers for the kernels of `kernels/*.cu`. Buffers are passed as device addresses
 //! ([`Gpu::ptr`]); each launcher checks the shape rules its kernel relies on.
 
-use super::runtime::{Arg, Gpu};
+use super::{Arg, Gpu};
 use crate::config::Activation;
 use anyhow::{bail, Result};
 
@@ -608,13 +608,10 @@ pub fn gather_cols(gpu: &Gpu, g: &Gather, rows: usize) -> Result<()> {
     )
 }
 
-/// Rows of partial sums a gated product of `m` tokens writes through [`Epilogue::with_sumsq`].
+/// Rows of partial sums a gated product of `m` tokens writes through [`Epilogue::with_sumsq`]: one
+/// per 64-token slab on the GEMM (slabs without tokens write nothing), one on the GEMV.
 pub fn sumsq_rows(m: usize) -> usize {
-    if m <= GEMV_MAX_ROWS {
-        1
-    } else {
-        2 * m.div_ceil(128)
-    }
+    m.div_ceil(64).max(1)
 }
 
 /// `scores[j] += sqrt(sum over rows r of partial[r, j])` (f32 partials of stride `ld`, f64 scores),

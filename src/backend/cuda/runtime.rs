@@ -10,6 +10,8 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::Arg;
+
 /// Elements per pinned staging buffer (two alternate, so conversion overlaps the copy).
 const STAGING_ELEMS: usize = 32 << 20;
 
@@ -29,22 +31,6 @@ pub struct Gpu {
     sm_count: usize,
     unavailable: HashMap<String, String>,
     staging: Mutex<Vec<PinnedHostSlice<u16>>>,
-}
-
-/// A kernel argument, passed by value.
-pub(crate) enum Arg {
-    /// Device address (buffer start plus an element offset, already applied).
-    Ptr(u64),
-    /// `int`.
-    I32(i32),
-    /// `long long`.
-    I64(i64),
-    /// `unsigned long long`.
-    U64(u64),
-    /// `float`.
-    F32(f32),
-    /// The GEMM/GEMV epilogue struct.
-    Epilogue(super::kernels::Epilogue),
 }
 
 impl Gpu {
