@@ -29,8 +29,8 @@ fn main() {
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    #[cfg(feature = "cuda-host")]
-    {
+    if env::var_os("CARGO_FEATURE_CUDA_HOST").is_some() {
+        #[cfg(feature = "cuda-host")]
         host::build();
         return;
     }
@@ -179,15 +179,29 @@ fn fail(message: &str) -> ! {
     exit(1)
 }
 
-/// The `cuda-host` build: kernels/*.cu as C++ under kernels/host/'s shim, linked whole (the kernels
-/// register themselves from static initialisers).
+/// The `cuda-host` build: kernels/*.cu as C++ under kernels/host/'s shim, in one shared library that
+/// the engine embeds and loads at run time (so `TWOSSP_HOST_KERNELS` can swap in a rebuilt copy, as
+/// scripts/mutate-kernels.py does); the kernels register themselves from static initialisers.
 #[cfg(feature = "cuda-host")]
 mod host {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::{env, fs};
 
-    /// Kernel sources in a fixed order, with the shim's runtime.
-    fn sources(kernels: &std::path::Path) -> Vec<PathBuf> {
+    /// Flags of the host build; misaligned accesses reach runtime.cpp's UBSan handler.
+    pub const FLAGS: &[&str] = &[
+        "-std=c++17",
+        "-O2",
+        "-DTWOSSP_HOST",
+        "-fPIC",
+        "-shared",
+        "-Wl,-Bsymbolic",
+        "-fsanitize=alignment",
+        "-fno-strict-aliasing",
+        "-Wno-unknown-pragmas",
+    ];
+
+    /// Kernel sources in a fixed order.
+    fn sources(kernels: &Path) -> Vec<PathBuf> {
         let mut cu: Vec<PathBuf> = fs::read_dir(kernels)
             .expect("kernels/")
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -203,37 +217,54 @@ mod host {
         let kernels = root.join("kernels");
         println!("cargo:rerun-if-changed={}", kernels.display());
         println!("cargo:rerun-if-changed={}", kernels.join("host").display());
+        for f in ["device.h", "runtime.cpp"] {
+            println!("cargo:rerun-if-changed={}", kernels.join("host").join(f).display());
+        }
         let cu = sources(&kernels);
-        let mut build = cc::Build::new();
-        build
-            .cpp(true)
-            .cargo_metadata(false)
-            .std("c++17")
-            .opt_level(2)
-            .define("TWOSSP_HOST", None)
-            .include(&kernels)
-            // Misaligned accesses are reported by kernels/host/runtime.cpp's UBSan handler.
-            .flag("-fsanitize=alignment")
-            .flag("-fno-strict-aliasing")
-            .flag("-Wno-unknown-pragmas")
-            .flag("-Wno-unused-parameter")
-            .flag("-Wno-unused-variable")
-            .flag("-x")
-            .flag("c++")
-            .files(&cu)
-            .file(kernels.join("host/runtime.cpp"));
-        build.compile("twossp_host_kernels");
-        println!("cargo:rustc-link-search=native={}", out_dir.display());
-        println!("cargo:rustc-link-lib=static:+whole-archive=twossp_host_kernels");
-        println!("cargo:rustc-link-lib=dylib=stdc++");
-        let items: Vec<String> = cu
+        let library = out_dir.join("twossp_host_kernels.so");
+        let compiler = cc::Build::new().cpp(true).get_compiler();
+        let output = compiler
+            .to_command()
+            .args(FLAGS)
+            .arg("-I")
+            .arg(&kernels)
+            .arg("-o")
+            .arg(&library)
+            .arg("-x")
+            .arg("c++")
+            .args(&cu)
+            .arg(kernels.join("host/runtime.cpp"))
+            .output()
+            .unwrap_or_else(|e| super::fail(&format!("cannot run the C++ compiler: {e}")));
+        if !output.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+            super::fail("the host build of kernels/ failed (compiler errors above)");
+        }
+        // For scripts/mutate-kernels.py, which rebuilds the library from mutated copies of kernels/.
+        let command = format!(
+            "{{\"compiler\": {:?}, \"flags\": [{}]}}\n",
+            compiler.path().to_string_lossy(),
+            compiler
+                .args()
+                .iter()
+                .map(|a| format!("{:?}", a.to_string_lossy()))
+                .chain(FLAGS.iter().map(|f| format!("{f:?}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        fs::write(out_dir.join("host_kernels_command.json"), command)
+            .expect("write host_kernels_command.json");
+        let stems: Vec<String> = cu
             .iter()
-            .map(|p| format!("({:?}, &[])", p.file_stem().unwrap().to_string_lossy()))
+            .map(|p| format!("{:?}", p.file_stem().unwrap().to_string_lossy()))
             .collect();
         let code = format!(
-            "/// The kernel files of the host build, by stem (no device images: the code is linked in).\n\
-             pub static KERNEL_IMAGES: &[(&str, &[u8])] = &[{}];\n",
-            items.join(", ")
+            "/// The kernel files of the host build, by stem.\n\
+             pub static KERNEL_FILES: &[&str] = &[{}];\n\
+             /// The host build of the kernels: a shared library, loaded at run time.\n\
+             pub static HOST_KERNELS: &[u8] = include_bytes!({:?});\n",
+            stems.join(", "),
+            library.to_string_lossy()
         );
         fs::write(out_dir.join("kernel_images.rs"), code).expect("write kernel_images.rs");
     }

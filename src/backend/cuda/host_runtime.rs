@@ -10,6 +10,7 @@ use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 
@@ -20,23 +21,75 @@ const MAX_DYNAMIC_SHARED: u32 = 227 * 1024;
 /// Streaming multiprocessors of the emulated device (an H200's), so launch plans match the real GPU's.
 const EMULATED_SMS: usize = 132;
 
-extern "C" {
-    fn twossp_host_alloc(bytes: usize) -> *mut c_void;
-    fn twossp_host_free(data: *mut c_void);
-    fn twossp_host_has_kernel(name: *const c_char) -> c_int;
-    fn twossp_host_launch(
-        name: *const c_char,
-        grid: *const u32,
-        block: *const u32,
-        dynamic_bytes: usize,
-        dynamic_limit: usize,
-        args: *const *const c_void,
-        sizes: *const usize,
-        n_args: c_int,
-        threads: c_int,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> c_int;
+type LaunchFn = unsafe extern "C" fn(
+    name: *const c_char,
+    grid: *const u32,
+    block: *const u32,
+    dynamic_bytes: usize,
+    dynamic_limit: usize,
+    args: *const *const c_void,
+    sizes: *const usize,
+    n_args: c_int,
+    threads: c_int,
+    err: *mut c_char,
+    err_len: usize,
+) -> c_int;
+
+/// The entry points of kernels/host/runtime.cpp in the loaded library.
+struct HostKernels {
+    alloc: unsafe extern "C" fn(bytes: usize) -> *mut c_void,
+    free: unsafe extern "C" fn(data: *mut c_void),
+    has_kernel: unsafe extern "C" fn(name: *const c_char) -> c_int,
+    launch: LaunchFn,
+}
+
+/// The host build of the kernels, loaded once: from `TWOSSP_HOST_KERNELS` (a path) when set, else
+/// the copy embedded in this binary (through an in-memory file).
+fn host_kernels() -> Result<&'static HostKernels> {
+    static LOADED: OnceLock<std::result::Result<HostKernels, String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| load_host_kernels().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("cannot load the host build of the kernels: {e}"))
+}
+
+fn load_host_kernels() -> Result<HostKernels> {
+    let path = match std::env::var("TWOSSP_HOST_KERNELS") {
+        Ok(path) => path,
+        Err(_) => {
+            let name = CString::new("twossp_host_kernels").expect("no NUL");
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+            if fd < 0 {
+                bail!("memfd_create: {}", std::io::Error::last_os_error());
+            }
+            let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            std::io::Write::write_all(&mut file, HOST_KERNELS)?;
+            std::mem::forget(file); // the descriptor stays open while the library is mapped
+            format!("/proc/self/fd/{fd}")
+        }
+    };
+    let c_path = CString::new(path.clone()).map_err(|_| anyhow!("bad path {path:?}"))?;
+    let lib = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if lib.is_null() {
+        let why = unsafe { CStr::from_ptr(libc::dlerror()) };
+        bail!("{path}: {}", why.to_string_lossy());
+    }
+    let symbol = |name: &str| -> Result<*mut c_void> {
+        let c = CString::new(name).expect("no NUL");
+        let f = unsafe { libc::dlsym(lib, c.as_ptr()) };
+        if f.is_null() {
+            bail!("{path} has no {name}");
+        }
+        Ok(f)
+    };
+    unsafe {
+        Ok(HostKernels {
+            alloc: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_alloc")?),
+            free: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_free")?),
+            has_kernel: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_has_kernel")?),
+            launch: std::mem::transmute::<*mut c_void, LaunchFn>(symbol("twossp_host_launch")?),
+        })
+    }
 }
 
 /// A device buffer of `T` in host memory between red zones and guard pages (freed on drop).
@@ -72,7 +125,9 @@ impl<T> GpuBuffer<T> {
 
 impl<T> Drop for GpuBuffer<T> {
     fn drop(&mut self) {
-        unsafe { twossp_host_free(self.data.cast()) }
+        if let Ok(host) = host_kernels() {
+            unsafe { (host.free)(self.data.cast()) }
+        }
     }
 }
 
@@ -90,10 +145,11 @@ impl Gpu {
         if ordinal != 0 {
             bail!("no CUDA device {ordinal}: the host emulation has one device (cuda:0)");
         }
-        for (file, _) in KERNEL_IMAGES {
+        let host = host_kernels()?;
+        for file in KERNEL_FILES {
             for name in super::kernels::entry_points(file) {
                 let c = CString::new(*name).expect("kernel names have no NUL");
-                if unsafe { twossp_host_has_kernel(c.as_ptr()) } == 0 {
+                if unsafe { (host.has_kernel)(c.as_ptr()) } == 0 {
                     bail!("kernel {name} missing from kernels/{file}.cu (host build)");
                 }
             }
@@ -148,19 +204,7 @@ impl Gpu {
 
     /// A zero-filled buffer of `n` elements.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<GpuBuffer<T>> {
-        let n = n.max(1);
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| anyhow!("allocation of {n} elements overflows"))?;
-        let data = unsafe { twossp_host_alloc(bytes) }.cast::<T>();
-        if data.is_null() {
-            bail!("out of device memory allocating {bytes} bytes");
-        }
-        Ok(GpuBuffer {
-            data,
-            len: n,
-            _owns: PhantomData,
-        })
+        self.alloc(n.max(1))
     }
 
     /// A buffer holding a copy of `host`.
@@ -168,7 +212,7 @@ impl Gpu {
         if host.is_empty() {
             bail!("cannot upload an empty buffer");
         }
-        let mut buf = self.alloc_uninit::<T>(host.len())?;
+        let mut buf = self.alloc::<T>(host.len())?;
         buf.as_mut_slice().copy_from_slice(host);
         Ok(buf)
     }
@@ -278,7 +322,7 @@ impl Gpu {
             .unwrap_or(DEFAULT_DYNAMIC_SHARED);
         let mut err = vec![0 as c_char; 512];
         let status = unsafe {
-            twossp_host_launch(
+            (host_kernels()?.launch)(
                 name.as_ptr(),
                 [grid.0, grid.1, grid.2].as_ptr(),
                 [block, 1, 1].as_ptr(),
@@ -299,11 +343,12 @@ impl Gpu {
         Ok(())
     }
 
-    fn alloc_uninit<T: DeviceRepr>(&self, n: usize) -> Result<GpuBuffer<T>> {
+    /// `n` elements, zero-filled (fresh pages), between red zones and guard pages.
+    fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<GpuBuffer<T>> {
         let bytes = n
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| anyhow!("allocation of {n} elements overflows"))?;
-        let data = unsafe { twossp_host_alloc(bytes) }.cast::<T>();
+        let data = unsafe { (host_kernels()?.alloc)(bytes) }.cast::<T>();
         if data.is_null() {
             bail!("out of device memory allocating {bytes} bytes");
         }
