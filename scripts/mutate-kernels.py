@@ -185,7 +185,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated kernel files")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--timeout", type=int, default=300)
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     mutations = [m for m in MUTATIONS if not only or m[0] in only]

@@ -411,9 +411,12 @@ void cp_async(void* smem, const void* gmem, int src_bytes) {
     if (src_bytes < 0 || src_bytes > 16) fail("cp.async source size %d outside 0..16", src_bytes);
     if (src_bytes > 0) {
         if ((uintptr_t)gmem % 16) fail("cp.async.cg source %p is not 16-byte aligned", gmem);
-        std::shared_lock<std::shared_mutex> lock(g_alloc_mutex);
-        if (!find_allocation(gmem, src_bytes))
-            fail("cp.async reads %d bytes at %p, outside every device allocation", src_bytes, gmem);
+        bool inside;
+        {
+            std::shared_lock<std::shared_mutex> lock(g_alloc_mutex);  // released before fail() leaves the fiber
+            inside = find_allocation(gmem, src_bytes) != nullptr;
+        }
+        if (!inside) fail("cp.async reads %d bytes at %p, outside every device allocation", src_bytes, gmem);
     }
     memset(smem, POISON, 16);  // reads before the wait see NaN
     t_fiber->uncommitted.push_back({smem, gmem, src_bytes});
