@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod fsutil;

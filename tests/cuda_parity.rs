@@ -32,6 +32,7 @@ use twossp_engine::backend::cuda::kernels::{
 use twossp_engine::backend::cuda::{Gpu, GpuBuffer};
 use twossp_engine::config::{Activation, ModelConfig};
 use twossp_engine::data::Corpus;
+use twossp_engine::engine::Engine;
 use twossp_engine::gpu_model::{padded_width, GpuKvCache, GpuModel, GpuWorkspace};
 use twossp_engine::model::{Model, Workspace};
 use twossp_engine::prune::balance::AttentionBudget;
@@ -1456,12 +1457,9 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
         // Stage-1 scores alone.
         let mut gm = GpuModel::upload(gpu.clone(), &model).unwrap();
         let cpu_scores = stage1::score_neurons(&cpu0, s1).unwrap();
-        {
-            let mut ws = GpuWorkspace::new(&gm, 32, 32).unwrap();
-            let gpu_scores = prune::gpu::score_neurons(&gm, &mut ws, s1).unwrap();
-            for (i, (g, c)) in gpu_scores.iter().zip(&cpu_scores).enumerate() {
-                checks.rel(format!("{name} block {i} stage-1 scores"), g, c, BF16_TOL);
-            }
+        let gpu_scores = gm.score_neurons(s1).unwrap();
+        for (i, (g, c)) in gpu_scores.iter().zip(&cpu_scores).enumerate() {
+            checks.rel(format!("{name} block {i} stage-1 scores"), g, c, BF16_TOL);
         }
 
         // Both runs in full.
@@ -1479,9 +1477,9 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
             .iter()
             .map(|b| b.attention.as_ref().map_or(0, |a| a.device_bytes()))
             .collect();
-        let (out, freed) = prune::gpu::run(&mut gm, &opts, s1, s2, None).unwrap();
+        let (out, freed) = prune::run(&mut gm, &opts, s1, s2, None).unwrap();
         let mut cpu_pruned = cpu0.clone();
-        let cpu_out = prune::run(&mut cpu_pruned, &opts, s1, s2, None).unwrap();
+        let (cpu_out, _) = prune::run(&mut cpu_pruned, &opts, s1, s2, None).unwrap();
         checks.truth(
             format!("{name} plan {:?} equals the CPU's", out.plan),
             out.plan == cpu_out.plan,

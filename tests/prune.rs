@@ -53,7 +53,7 @@ fn decisions_match_the_brute_force_reference() {
             ffn_multiple_of: None,
             protected_attention: vec![],
         };
-        let out = prune::run(&mut model, &opts, &w[..n1], &w[..n2], None).unwrap();
+        let (out, _) = prune::run(&mut model, &opts, &w[..n1], &w[..n2], None).unwrap();
         let label = format!("{name}/{}", case["case"]);
         assert_eq!(
             out.plan.n_attn as u64,
@@ -117,7 +117,7 @@ fn suffix_reuse_gives_the_full_forward_perplexity() {
         ffn_multiple_of: None,
         protected_attention: vec![],
     };
-    let out = prune::run(&mut model, &opts, &w[..4], &w[..1], None).unwrap();
+    let (out, _) = prune::run(&mut model, &opts, &w[..4], &w[..1], None).unwrap();
     assert_eq!(out.stage2.removed.len(), 2);
     let (nll, n) = model.window_nll(w[0], &mut Workspace::default()).unwrap();
     let full = (nll / n as f64).exp();
@@ -142,7 +142,7 @@ fn protected_blocks_keep_their_attention() {
         ffn_multiple_of: None,
         protected_attention: vec![0],
     };
-    let out = prune::run(&mut model, &opts, &w[..2], &w[..1], None).unwrap();
+    let (out, _) = prune::run(&mut model, &opts, &w[..2], &w[..1], None).unwrap();
     assert!(!out.stage2.removed.contains(&0));
     assert!(model.blocks[0].attention.is_some());
     assert_eq!(out.stage2.removed.len(), 3);

@@ -470,21 +470,91 @@ bool run_block(Block& b) {
     memset(w.static_base, POISON, w.dynamic_end - w.static_base);
     b.dynamic_base = w.dynamic_end - (b.dynamic_bytes + 127) / 128 * 128;
 
-    std::vector<int> order(n);
     std::mt19937_64 rng(((uint64_t)t_block_idx.x * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)t_block_idx.y << 32) ^
                         t_block_idx.z);
     const int warps = (n + 31) / 32;
+    auto lanes_of = [&](int w) { return std::min(32, n - 32 * w); };
+    auto run = [&](Fiber& f) {
+        t_fiber = &f;
+        t_thread_idx = f.idx;
+        twossp_fiber_switch(&b.scheduler_sp, f.sp);
+        t_fiber = nullptr;
+    };
+    // Performs warp w's collective once all its lanes wait in it: 1 done, 0 not ready, -1 fault.
+    auto resolve = [&](int wi) {
+        Fiber* lanes = fibers + 32 * wi;
+        const int count = lanes_of(wi);
+        int waiting = 0, exited = 0;
+        for (int l = 0; l < count; ++l) {
+            waiting += lanes[l].state == State::Warp;
+            exited += lanes[l].state == State::Done;
+        }
+        if (waiting == 0) return 0;
+        char msg[200] = "";
+        if (count < 32)
+            snprintf(msg, sizeof msg, "warp %d has %d threads: %s needs all 32", wi, count, op_name(lanes[0].op));
+        else if (waiting + exited == count && exited > 0)
+            snprintf(msg, sizeof msg, "warp %d: %d lanes exited, the other %d wait in a full-warp collective", wi,
+                     exited, waiting);
+        else if (waiting == count)
+            for (int l = 1; l < 32; ++l)
+                if (lanes[l].op != lanes[0].op)
+                    snprintf(msg, sizeof msg, "warp %d: lane 0 is in %s, lane %d in %s (divergent collectives)", wi,
+                             op_name(lanes[0].op), l, op_name(lanes[l].op));
+        if (*msg) {
+            b.failed = true;
+            b.error = where() + ": " + msg;
+            return -1;
+        }
+        if (waiting < count) return 0;  // the rest of the warp is at a barrier
+        perform(lanes, lanes[0].op);
+        for (int l = 0; l < 32; ++l) lanes[l].state = State::Ready;
+        return 1;
+    };
+    // FORWARD runs the block in lockstep: every thread goes as far as it can, then the collectives of
+    // all warps are performed together. REVERSED and SHUFFLED run one warp at a time as far as it can
+    // go (its collectives performed as soon as its lanes arrive) before the next, in reverse or random
+    // warp and lane order: the skew between warps that a missing __syncthreads exposes.
+    std::vector<int> warp_order(warps), lane_order(32);
     for (;;) {
-        for (int i = 0; i < n; ++i) order[i] = b.schedule == REVERSED ? n - 1 - i : i;
-        if (b.schedule == SHUFFLED) std::shuffle(order.begin(), order.end(), rng);
-        for (int i : order) {
-            Fiber& f = fibers[i];
-            if (f.state != State::Ready) continue;
-            t_fiber = &f;
-            t_thread_idx = f.idx;
-            twossp_fiber_switch(&b.scheduler_sp, f.sp);
-            t_fiber = nullptr;
-            if (b.failed) return false;
+        bool progressed = false;
+        if (b.schedule == FORWARD) {
+            for (int i = 0; i < n; ++i)
+                if (fibers[i].state == State::Ready) {
+                    run(fibers[i]);
+                    progressed = true;
+                    if (b.failed) return false;
+                }
+            for (int wi = 0; wi < warps; ++wi) {
+                const int r = resolve(wi);
+                if (r < 0) return false;
+                progressed |= r > 0;
+            }
+        } else {
+            for (int wi = 0; wi < warps; ++wi) warp_order[wi] = b.schedule == REVERSED ? warps - 1 - wi : wi;
+            if (b.schedule == SHUFFLED) std::shuffle(warp_order.begin(), warp_order.end(), rng);
+            for (int wi : warp_order) {
+                const int count = lanes_of(wi);
+                for (;;) {
+                    for (int l = 0; l < count; ++l) lane_order[l] = b.schedule == REVERSED ? count - 1 - l : l;
+                    if (b.schedule == SHUFFLED) std::shuffle(lane_order.begin(), lane_order.begin() + count, rng);
+                    bool ran = false;
+                    for (int l = 0; l < count; ++l) {
+                        Fiber& f = fibers[32 * wi + lane_order[l]];
+                        if (f.state != State::Ready) continue;
+                        run(f);
+                        ran = progressed = true;
+                        if (b.failed) return false;
+                    }
+                    const int r = resolve(wi);
+                    if (r < 0) return false;
+                    if (r > 0) {
+                        progressed = true;
+                        continue;
+                    }
+                    if (!ran) break;
+                }
+            }
         }
         int done = 0, at_barrier = 0;
         for (int i = 0; i < n; ++i) {
@@ -492,37 +562,6 @@ bool run_block(Block& b) {
             at_barrier += fibers[i].state == State::Barrier;
         }
         if (done == n) return true;
-        bool progressed = false;
-        for (int wi = 0; wi < warps; ++wi) {
-            Fiber* lanes = fibers + 32 * wi;
-            const int count = std::min(32, n - 32 * wi);
-            int waiting = 0, exited = 0;
-            for (int l = 0; l < count; ++l) {
-                waiting += lanes[l].state == State::Warp;
-                exited += lanes[l].state == State::Done;
-            }
-            if (waiting == 0) continue;
-            char msg[200] = "";
-            if (count < 32)
-                snprintf(msg, sizeof msg, "warp %d has %d threads: %s needs all 32", wi, count, op_name(lanes[0].op));
-            else if (waiting + exited == count && exited > 0)
-                snprintf(msg, sizeof msg, "warp %d: %d lanes exited, the other %d wait in a full-warp collective",
-                         wi, exited, waiting);
-            else if (waiting == count)
-                for (int l = 1; l < 32; ++l)
-                    if (lanes[l].op != lanes[0].op)
-                        snprintf(msg, sizeof msg, "warp %d: lane 0 is in %s, lane %d in %s (divergent collectives)",
-                                 wi, op_name(lanes[0].op), l, op_name(lanes[l].op));
-            if (*msg) {
-                b.failed = true;
-                b.error = where() + ": " + msg;
-                return false;
-            }
-            if (waiting < count) continue;  // the rest of the warp is at a barrier: resolved below
-            perform(lanes, lanes[0].op);
-            for (int l = 0; l < 32; ++l) lanes[l].state = State::Ready;
-            progressed = true;
-        }
         if (progressed) continue;
         if (at_barrier + done == n) {
             for (int i = 0; i < n; ++i)

@@ -43,17 +43,14 @@ impl Backend {
         dir: &std::path::Path,
         windows: &[&[u32]],
     ) -> anyhow::Result<f64> {
-        use crate::eval::perplexity::perplexity_with;
+        use crate::engine::Engine;
         match self {
             Backend::Cpu(dtype) => {
-                let model = crate::model::Model::load_as(dir, *dtype)?;
-                let mut ws = crate::model::Workspace::default();
-                Ok(perplexity_with(windows, "verify", |w| model.window_nll(w, &mut ws))?.ppl)
+                crate::model::Model::load_as(dir, *dtype)?.perplexity(windows, "verify")
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(gpu) => {
-                let model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
-                model.perplexity(windows)
+                crate::gpu_model::GpuModel::load(gpu.clone(), dir)?.perplexity(windows, "verify")
             }
         }
     }

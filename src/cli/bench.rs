@@ -87,7 +87,7 @@ fn measure_synthetic(
     let windows =
         super::device::random_windows(1, args.prefill_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    crate::prune::gpu::run(&mut model, &opts, &refs, &refs, None)?;
+    crate::prune::run(&mut model, &opts, &refs, &refs, None)?;
     Ok((model.measure(settings)?, Some(dense)))
 }
 

@@ -4,7 +4,8 @@ use super::device::{random_windows, Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
 use crate::eval::perplexity::{perplexity_with, Perplexity};
-use crate::model::{Model, Workspace};
+use crate::engine::Engine;
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use clap::Args;
@@ -38,69 +39,25 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
 }
 
-/// Scores windows on the chosen backend.
-enum Scorer {
-    Cpu(Box<(Model, Workspace)>),
-    #[cfg(feature = "cuda")]
-    Cuda(Box<(crate::gpu_model::GpuModel, crate::gpu_model::GpuWorkspace)>),
-}
-
-impl Scorer {
-    fn vocab(&self) -> usize {
-        match self {
-            Scorer::Cpu(boxed) => boxed.0.config.vocab,
-            #[cfg(feature = "cuda")]
-            Scorer::Cuda(boxed) => boxed.0.config.vocab,
-        }
-    }
-
-    /// The matrix precision and the kernels that compute with it (for reports).
-    fn kernels(&self) -> String {
-        match self {
-            Scorer::Cpu(boxed) => crate::backend::cpu::kernels_for(boxed.0.precision()),
-            #[cfg(feature = "cuda")]
-            Scorer::Cuda(_) => "bf16 weights, CUDA kernels".into(),
-        }
-    }
-
-    fn window_nll(&mut self, ids: &[u32]) -> Result<(f64, usize)> {
-        match self {
-            Scorer::Cpu(boxed) => {
-                let (model, ws) = &mut **boxed;
-                model.window_nll(ids, ws)
-            }
-            #[cfg(feature = "cuda")]
-            Scorer::Cuda(boxed) => {
-                let (model, ws) = &mut **boxed;
-                model.window_nll(ws, ids)
-            }
-        }
-    }
-}
-
-/// The model of `args` on `backend`.
-fn scorer(args: &EvalArgs, backend: &Backend) -> Result<Scorer> {
+/// Runs `eval` on the model of `args`, loaded for `backend`.
+fn load_and_evaluate(args: &EvalArgs, backend: &Backend) -> Result<()> {
     match backend {
         Backend::Cpu(dtype) => {
             let dir = args
                 .model
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
-            Ok(Scorer::Cpu(Box::new((
-                Model::load_as(dir, *dtype)?,
-                Workspace::default(),
-            ))))
+            evaluate(args, backend, Model::load_as(dir, *dtype)?)
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
-            use crate::gpu_model::{GpuModel, GpuWorkspace};
+            use crate::gpu_model::GpuModel;
             let gpu_model = match (&args.model, args.device.synthetic_model(backend)?) {
                 (Some(dir), _) => GpuModel::load(gpu.clone(), dir)?,
                 (None, Some(synthetic)) => synthetic,
                 (None, None) => anyhow::bail!("--model or --synthetic-weights is required"),
             };
-            let ws = GpuWorkspace::new(&gpu_model, args.seq_len, args.seq_len)?;
-            Ok(Scorer::Cuda(Box::new((gpu_model, ws))))
+            evaluate(args, backend, gpu_model)
         }
     }
 }
@@ -120,14 +77,19 @@ struct Row {
 pub fn run(args: EvalArgs) -> Result<()> {
     crate::limits::check_positions(&[("--seq-len", args.seq_len)])?;
     let backend = args.device.backend()?;
-    let mut scorer = scorer(&args, &backend)?;
+    load_and_evaluate(&args, &backend)
+}
+
+/// Perplexity of every file of `args` (or of random tokens) on `model`, printed.
+fn evaluate<E: Engine>(args: &EvalArgs, backend: &Backend, model: E) -> Result<()> {
+    let mut ws = model.workspace(args.seq_len)?;
     let mut rows = Vec::new();
     if let Some(config) = &args.device.synthetic_weights {
-        let vocab = scorer.vocab();
+        let vocab = model.config().vocab;
         let n = args.max_windows.unwrap_or(8);
         let windows = random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
         let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-        let result = perplexity_with(&refs, "random tokens", |w| scorer.window_nll(w))?;
+        let result = perplexity_with(&refs, "random tokens", |w| model.window_nll(&mut ws, w))?;
         rows.push(Row {
             dataset: "random-tokens".into(),
             file: config.clone(),
@@ -145,7 +107,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let dataset = file
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            let result = perplexity_with(&windows, &dataset, |w| scorer.window_nll(w))?;
+            let result = perplexity_with(&windows, &dataset, |w| model.window_nll(&mut ws, w))?;
             rows.push(Row {
                 dataset,
                 file: file.clone(),
@@ -158,10 +120,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.json {
         return print_json(&serde_json::json!({
             "model": args.model, "synthetic_weights": args.device.synthetic_weights,
-            "backend": backend.describe(), "kernels": scorer.kernels(), "results": rows,
+            "backend": backend.describe(), "kernels": model.kernels(), "results": rows,
         }));
     }
-    eprintln!("kernels: {}", scorer.kernels());
+    eprintln!("kernels: {}", model.kernels());
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

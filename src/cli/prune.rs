@@ -101,7 +101,7 @@ fn prune_synthetic(
     let windows = super::device::random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (main_before, total_before) = (model.params_main(), model.params_total());
-    let (outcome, memory) = crate::prune::gpu::run(
+    let (outcome, memory) = crate::prune::run(
         &mut model,
         opts,
         &refs[..args.stage1_samples],

@@ -492,25 +492,6 @@ impl GpuModel {
         Ok(nll.iter().map(|&v| v as f64).sum())
     }
 
-    /// Sum of next-token NLLs of one window and the number of predicted tokens.
-    pub fn window_nll(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<(f64, usize)> {
-        self.embed(ws, ids)?;
-        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), None, None)?;
-        Ok((self.nll_from_hidden(ws, ids)?, ids.len().saturating_sub(1)))
-    }
-
-    /// Perplexity of `windows` (the reference protocol), with a workspace sized for them.
-    pub fn perplexity(&self, windows: &[&[u32]]) -> Result<f64> {
-        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
-        let mut ws = GpuWorkspace::new(self, longest, longest)?;
-        Ok(
-            crate::eval::perplexity::perplexity_with(windows, "verify", |w| {
-                self.window_nll(&mut ws, w)
-            })?
-            .ppl,
-        )
-    }
-
     /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
     pub fn forward_cached(
         &self,

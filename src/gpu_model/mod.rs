@@ -3,6 +3,7 @@
 //! to a multiple of 8 with zero neurons (the GEMM needs 16-byte rows); the padding contributes exactly 0.
 
 mod bench;
+mod engine;
 mod forward;
 mod surgery;
 mod synthetic;

@@ -1,6 +1,7 @@
 //! The model in memory: weights laid out per block (f32, or 16-bit as the checkpoint stores them),
 //! loaded from an HF checkpoint folder.
 
+mod engine;
 mod forward;
 mod kv_cache;
 mod load;
@@ -10,6 +11,7 @@ pub use load::check_config_against_tensors;
 pub(crate) use load::{load_block, load_lm_head};
 mod surgery;
 
+pub use engine::CpuWorkspace;
 pub use forward::{FfnObserver, Workspace};
 pub use kv_cache::{KvCache, LayerCache};
 

@@ -1,18 +1,17 @@
 //! 2SSP: stage 1 prunes FFN neurons in every block, stage 2 removes whole attention submodules.
-//! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model in memory.
+//! The exact algorithm is ../shared/SPEC-2SSP.md; [`run`] applies both stages to a model of any
+//! backend (an [`Engine`]) in place.
 
 pub mod balance;
 pub mod cache;
 pub mod decisions;
-#[cfg(feature = "cuda")]
-pub mod gpu;
 pub mod pipeline;
 pub mod report;
 pub mod stage1;
 pub mod stage2;
 
 use crate::config::ModelConfig;
-use crate::model::Model;
+use crate::engine::Engine;
 use anyhow::{bail, Result};
 use balance::{AttentionBudget, ParamCounts, PruningPlan};
 use cache::PruneCache;
@@ -51,39 +50,56 @@ pub struct PruneOutcome {
     pub reused: cache::Reused,
 }
 
+/// Weight memory released by pruning (bytes as the backend holds the weights).
+#[derive(Clone, Debug, Serialize)]
+pub struct FreedMemory {
+    /// Weight bytes before pruning.
+    pub bytes_before: u64,
+    /// Bytes freed by compacting the FFNs.
+    pub bytes_freed_ffn: u64,
+    /// Bytes freed by removing attention submodules.
+    pub bytes_freed_attention: u64,
+    /// Weight bytes after pruning.
+    pub bytes_after: u64,
+}
+
 /// Prunes `model` in place: scores on `stage1_windows` (dense), then greedy attention removal on
 /// `stage2_windows`; with a `cache`, finished work of earlier runs is reused and new work kept.
-pub fn run(
-    model: &mut Model,
+pub fn run<E: Engine>(
+    model: &mut E,
     opts: &PruneOptions,
     stage1_windows: &[&[u32]],
     stage2_windows: &[&[u32]],
     cache: Option<&PruneCache>,
-) -> Result<PruneOutcome> {
-    let (counts, plan) = validated_plan(&model.config, opts)?;
+) -> Result<(PruneOutcome, FreedMemory)> {
+    let (counts, plan) = validated_plan(model.config(), opts)?;
+    let bytes_before = model.weight_bytes();
 
     let t1 = Instant::now();
-    let (scores, scores_reused) =
-        PruneCache::scores_or(cache, stage1_windows, &model.config.ffn_widths(), || {
-            stage1::score_neurons(model, stage1_windows)
-        })?;
+    let widths = model.config().ffn_widths();
+    let (scores, scores_reused) = PruneCache::scores_or(cache, stage1_windows, &widths, || {
+        model.score_neurons(stage1_windows)
+    })?;
     let ffn_kept = stage1::kept_neurons(&scores, plan.keep);
-    model.keep_ffn_neurons(&ffn_kept);
+    model.keep_ffn_neurons(&ffn_kept)?;
+    model.sync()?;
+    let bytes_after_ffn = model.weight_bytes();
     let seconds_stage1 = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
     let journal =
         cache.map(|c| c.stage2_journal(&ffn_kept, stage2_windows, &opts.protected_attention));
-    let stage2 = stage2::remove_attention_greedy(
-        model,
-        stage2_windows,
+    let stage2 = stage2::greedy_removal(
+        &mut stage2::Suffix::new(model, stage2_windows)?,
         plan.n_attn,
         &opts.protected_attention,
         journal.as_ref(),
     )?;
+    model.sync()?;
     let seconds_stage2 = t2.elapsed().as_secs_f64();
+    let bytes_after = model.weight_bytes();
     let reused = cache::Reused::of(cache, scores_reused, &stage2);
-    Ok(PruneOutcome {
+    let outcome = PruneOutcome {
         plan,
         counts,
         ffn_kept,
@@ -91,7 +107,14 @@ pub fn run(
         seconds_stage1,
         seconds_stage2,
         reused,
-    })
+    };
+    let memory = FreedMemory {
+        bytes_before,
+        bytes_freed_ffn: bytes_before - bytes_after_ffn,
+        bytes_freed_attention: bytes_after_ffn - bytes_after,
+        bytes_after,
+    };
+    Ok((outcome, memory))
 }
 
 /// The balance of Eq. 5 for `config`, checked against the protected blocks.

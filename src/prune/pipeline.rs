@@ -8,6 +8,7 @@ use super::{PruneOptions, PruneOutcome};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::data::Corpus;
+use crate::engine::Engine;
 use crate::export::{self, ExportOptions, Format};
 use crate::tokenizer::Tokenizer;
 use crate::weights::TensorStore;
@@ -74,43 +75,42 @@ fn prune_on(
 ) -> Result<BackendRun> {
     match backend {
         Backend::Cpu(dtype) => {
-            let mut model = crate::model::Model::load_as(dir, *dtype)?;
-            let params_before = (model.params_main(), model.params_total());
-            let outcome = super::run(&mut model, opts, stage1, stage2, cache)?;
-            let ppl_in_memory = verify
-                .then(|| {
-                    let mut ws = crate::model::Workspace::default();
-                    crate::eval::perplexity::perplexity_with(stage2, "verify", |w| {
-                        model.window_nll(w, &mut ws)
-                    })
-                    .map(|p| p.ppl)
-                })
-                .transpose()?;
-            Ok(BackendRun {
-                outcome,
-                params_before,
-                params_after: (model.params_main(), model.params_total()),
-                ppl_in_memory,
-                device_memory: None,
-                precision: model.precision(),
-            })
+            let model = crate::model::Model::load_as(dir, *dtype)?;
+            prune_model(model, false, opts, stage1, stage2, verify, cache)
         }
         #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
-            let mut model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
-            let params_before = (model.params_main(), model.params_total());
-            let (outcome, memory) = super::gpu::run(&mut model, opts, stage1, stage2, cache)?;
-            let ppl_in_memory = verify.then(|| model.perplexity(stage2)).transpose()?;
-            Ok(BackendRun {
-                outcome,
-                params_before,
-                params_after: (model.params_main(), model.params_total()),
-                ppl_in_memory,
-                device_memory: Some(serde_json::to_value(memory)?),
-                precision: crate::weights::Precision::Bf16,
-            })
+            let model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
+            prune_model(model, true, opts, stage1, stage2, verify, cache)
         }
     }
+}
+
+/// 2SSP on a loaded model of any backend; `on_device` reports the freed device memory.
+fn prune_model<E: Engine>(
+    mut model: E,
+    on_device: bool,
+    opts: &PruneOptions,
+    stage1: &[&[u32]],
+    stage2: &[&[u32]],
+    verify: bool,
+    cache: Option<&PruneCache>,
+) -> Result<BackendRun> {
+    let params_before = (model.params_main(), model.params_total());
+    let (outcome, memory) = super::run(&mut model, opts, stage1, stage2, cache)?;
+    let ppl_in_memory = verify
+        .then(|| model.perplexity(stage2, "verify"))
+        .transpose()?;
+    Ok(BackendRun {
+        outcome,
+        params_before,
+        params_after: (model.params_main(), model.params_total()),
+        ppl_in_memory,
+        device_memory: on_device
+            .then(|| serde_json::to_value(memory))
+            .transpose()?,
+        precision: model.precision(),
+    })
 }
 
 /// Runs the whole job and returns its report (also written beside or into the output).

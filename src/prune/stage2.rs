@@ -4,7 +4,7 @@
 //! (the reference recomputes all `L` blocks per candidate); the decisions are the same.
 
 use super::cache::{Stage2Journal, Stage2Progress};
-use crate::model::{Model, Workspace};
+use crate::engine::Engine;
 use crate::progress;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -146,39 +146,49 @@ fn replayable(
         })
 }
 
-/// Removes `n_attn` attention submodules greedily from a model on the CPU.
-pub fn remove_attention_greedy(
-    model: &mut Model,
-    windows: &[&[u32]],
-    n_attn: usize,
-    protected: &[usize],
-    journal: Option<&Stage2Journal>,
-) -> Result<Stage2Outcome> {
-    let mut ws = Workspace::default();
-    let inputs = windows
-        .iter()
-        .map(|w| block_inputs(model, w, &mut ws))
-        .collect::<Result<Vec<_>>>()?;
-    let mut eval = CpuEvaluator {
-        model,
-        windows,
-        inputs,
-        ws,
-    };
-    greedy_removal(&mut eval, n_attn, protected, journal)
-}
-
-/// The CPU model with the cached residual stream entering each block of each window.
-struct CpuEvaluator<'a> {
-    model: &'a mut Model,
+/// The stage-2 evaluator of every backend: the residual stream entering each block of each window
+/// is kept (L + 1 entries per window, the last the output), so a candidate is scored by running only
+/// the blocks from it on, and a removal recomputes only the suffix after it.
+pub struct Suffix<'a, E: Engine> {
+    model: &'a mut E,
+    ws: E::Workspace,
     windows: &'a [&'a [u32]],
-    inputs: Vec<Vec<Vec<f32>>>,
-    ws: Workspace,
+    inputs: Vec<Vec<E::Hidden>>,
 }
 
-impl SuffixEvaluator for CpuEvaluator<'_> {
+impl<'a, E: Engine> Suffix<'a, E> {
+    /// Runs every window through the model once, keeping each block's input.
+    pub fn new(model: &'a mut E, windows: &'a [&'a [u32]]) -> Result<Self> {
+        if windows.is_empty() {
+            bail!("stage 2 needs at least one calibration window");
+        }
+        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+        let mut ws = model.workspace(longest)?;
+        let n_blocks = model.n_blocks();
+        let mut inputs = Vec::with_capacity(windows.len());
+        for w in windows {
+            model.embed(&mut ws, w)?;
+            let mut per_block = Vec::with_capacity(n_blocks + 1);
+            for i in 0..=n_blocks {
+                per_block.push(model.save_hidden(&ws, w.len())?);
+                if i < n_blocks {
+                    model.run_blocks(&mut ws, w.len(), i..i + 1)?;
+                }
+            }
+            inputs.push(per_block);
+        }
+        Ok(Self {
+            model,
+            ws,
+            windows,
+            inputs,
+        })
+    }
+}
+
+impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
     fn n_blocks(&self) -> usize {
-        self.model.blocks.len()
+        self.model.n_blocks()
     }
 
     fn n_windows(&self) -> usize {
@@ -186,60 +196,39 @@ impl SuffixEvaluator for CpuEvaluator<'_> {
     }
 
     fn has_attention(&self, i: usize) -> bool {
-        self.model.blocks[i].attention.is_some()
+        self.model.has_attention(i)
     }
 
     fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64> {
-        let first = skip.unwrap_or(self.model.blocks.len());
-        let saved = skip.and_then(|i| self.model.blocks[i].attention.take());
-        let ppl = suffix_ppl(self.model, &self.inputs, first, self.windows, &mut self.ws);
+        let n_blocks = self.model.n_blocks();
+        let first = skip.unwrap_or(n_blocks);
+        let saved = skip.and_then(|i| self.model.take_attention(i));
+        let result = (|| {
+            let (mut nll, mut count) = (0f64, 0usize);
+            for (cached, w) in self.inputs.iter().zip(self.windows) {
+                self.model.load_hidden(&mut self.ws, &cached[first], w.len())?;
+                self.model.run_blocks(&mut self.ws, w.len(), first..n_blocks)?;
+                nll += self.model.nll_from_hidden(&mut self.ws, w)?;
+                count += w.len() - 1;
+            }
+            Ok((nll / count as f64).exp())
+        })();
         if let Some(i) = skip {
-            self.model.blocks[i].attention = saved;
+            self.model.restore_attention(i, saved);
         }
-        Ok(ppl)
+        result
     }
 
     fn remove(&mut self, chosen: usize) -> Result<()> {
         self.model.remove_attention(chosen);
-        let n_layers = self.model.blocks.len();
-        for per_window in &mut self.inputs {
-            let mut x = per_window[chosen].clone();
-            for j in chosen..n_layers {
-                self.model.run_blocks(&mut x, j..j + 1, &mut self.ws, None);
-                per_window[j + 1].copy_from_slice(&x);
+        let n_blocks = self.model.n_blocks();
+        for (per_block, w) in self.inputs.iter_mut().zip(self.windows) {
+            self.model.load_hidden(&mut self.ws, &per_block[chosen], w.len())?;
+            for j in chosen..n_blocks {
+                self.model.run_blocks(&mut self.ws, w.len(), j..j + 1)?;
+                self.model.store_hidden(&self.ws, &mut per_block[j + 1], w.len())?;
             }
         }
         Ok(())
     }
-}
-
-/// The residual stream entering each block for `window`, plus the final block's output (L + 1 entries).
-fn block_inputs(model: &Model, window: &[u32], ws: &mut Workspace) -> Result<Vec<Vec<f32>>> {
-    let mut x = model.embed_tokens(window)?;
-    let mut inputs = Vec::with_capacity(model.blocks.len() + 1);
-    for i in 0..model.blocks.len() {
-        inputs.push(x.clone());
-        model.run_blocks(&mut x, i..i + 1, ws, None);
-    }
-    inputs.push(x);
-    Ok(inputs)
-}
-
-/// Perplexity of `windows` when blocks `first..L` are recomputed from the cached inputs of block `first`.
-fn suffix_ppl(
-    model: &Model,
-    inputs: &[Vec<Vec<f32>>],
-    first: usize,
-    windows: &[&[u32]],
-    ws: &mut Workspace,
-) -> f64 {
-    let (mut nll, mut count) = (0f64, 0usize);
-    for (cached, window) in inputs.iter().zip(windows) {
-        let mut x = cached[first].clone();
-        model.run_blocks(&mut x, first..model.blocks.len(), ws, None);
-        model.apply_final_norm(&mut x);
-        nll += model.nll_from_hidden(&x, window);
-        count += window.len() - 1;
-    }
-    (nll / count as f64).exp()
 }

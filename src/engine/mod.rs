@@ -1,0 +1,78 @@
+//! One interface over the models of every backend: the CPU [`Model`](crate::model::Model) and the
+//! device-resident `GpuModel` both implement [`Engine`], so 2SSP (both stages, with suffix reuse),
+//! perplexity and the parameter counts are written once, above the forward pass.
+
+use crate::config::ModelConfig;
+use crate::prune::stage1::NeuronScores;
+use crate::weights::Precision;
+use anyhow::Result;
+use std::ops::Range;
+
+/// What prune and eval need from a loaded model, on any backend.
+pub trait Engine {
+    /// A residual stream `[tokens, hidden]` kept aside between blocks (host memory or a device buffer).
+    type Hidden;
+    /// Scratch of one forward pass; it holds the live residual stream.
+    type Workspace;
+    /// An attention submodule held out while a model without it is evaluated.
+    type Attention;
+
+    /// The model's configuration (kept in step with pruning).
+    fn config(&self) -> &ModelConfig;
+    /// Precision of the matrices while computing.
+    fn precision(&self) -> Precision;
+    /// The matrix precision and the kernels that compute with it (for reports).
+    fn kernels(&self) -> String;
+    /// Parameters of the decoder blocks.
+    fn params_main(&self) -> u64;
+    /// All parameters.
+    fn params_total(&self) -> u64;
+    /// Bytes of the weights as this backend holds them.
+    fn weight_bytes(&self) -> u64;
+    /// Scratch for windows of up to `max_tokens` tokens.
+    fn workspace(&self, max_tokens: usize) -> Result<Self::Workspace>;
+    /// Writes the embeddings of `ids` into the workspace's residual stream.
+    fn embed(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<()>;
+    /// Runs blocks `range` over the first `n` rows of the workspace's residual stream.
+    fn run_blocks(&self, ws: &mut Self::Workspace, n: usize, range: Range<usize>) -> Result<()>;
+    /// A copy of the first `n` rows of the residual stream.
+    fn save_hidden(&self, ws: &Self::Workspace, n: usize) -> Result<Self::Hidden>;
+    /// Overwrites `dst` with the first `n` rows of the residual stream.
+    fn store_hidden(&self, ws: &Self::Workspace, dst: &mut Self::Hidden, n: usize) -> Result<()>;
+    /// Makes `src` (`n` rows) the residual stream.
+    fn load_hidden(&self, ws: &mut Self::Workspace, src: &Self::Hidden, n: usize) -> Result<()>;
+    /// Sum of next-token NLLs of `ids` from the residual stream after the last block (final norm and
+    /// LM head applied here; the stream is clobbered).
+    fn nll_from_hidden(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<f64>;
+    /// Stage 1: every FFN neuron's mean over samples of its L2 norm over tokens, on the dense model.
+    fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores>;
+    /// Keeps only the listed neurons of each block's FFN (ascending indices).
+    fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<()>;
+    /// Decoder blocks.
+    fn n_blocks(&self) -> usize;
+    /// Whether block `i` still has its attention.
+    fn has_attention(&self, i: usize) -> bool;
+    /// Takes block `i`'s attention out (the block then skips it) until [`Engine::restore_attention`].
+    fn take_attention(&mut self, i: usize) -> Option<Self::Attention>;
+    /// Puts back what [`Engine::take_attention`] took.
+    fn restore_attention(&mut self, i: usize, attention: Option<Self::Attention>);
+    /// Removes block `i`'s attention for good (its memory is released).
+    fn remove_attention(&mut self, i: usize);
+    /// Waits for queued work (a no-op where work is synchronous).
+    fn sync(&self) -> Result<()>;
+
+    /// Sum of next-token NLLs of one window and the number of predicted tokens.
+    fn window_nll(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<(f64, usize)> {
+        self.embed(ws, ids)?;
+        self.run_blocks(ws, ids.len(), 0..self.n_blocks())?;
+        Ok((self.nll_from_hidden(ws, ids)?, ids.len().saturating_sub(1)))
+    }
+
+    /// Perplexity over `windows` (with a progress bar labelled `label`).
+    fn perplexity(&self, windows: &[&[u32]], label: &str) -> Result<f64> {
+        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+        let mut ws = self.workspace(longest)?;
+        crate::eval::perplexity::perplexity_with(windows, label, |w| self.window_nll(&mut ws, w))
+            .map(|p| p.ppl)
+    }
+}

@@ -1,0 +1,115 @@
+//! The CPU model as an [`Engine`]: the residual stream lives in host memory.
+
+use super::{Attention, Model, Workspace};
+use crate::config::ModelConfig;
+use crate::engine::Engine;
+use crate::prune::stage1::{self, NeuronScores};
+use crate::weights::Precision;
+use anyhow::Result;
+use std::ops::Range;
+
+/// The CPU forward pass's scratch plus the live residual stream.
+#[derive(Default)]
+pub struct CpuWorkspace {
+    scratch: Workspace,
+    x: Vec<f32>,
+}
+
+impl Engine for Model {
+    type Hidden = Vec<f32>;
+    type Workspace = CpuWorkspace;
+    type Attention = Attention;
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn precision(&self) -> Precision {
+        Model::precision(self)
+    }
+
+    fn kernels(&self) -> String {
+        crate::backend::cpu::kernels_for(Model::precision(self))
+    }
+
+    fn params_main(&self) -> u64 {
+        Model::params_main(self)
+    }
+
+    fn params_total(&self) -> u64 {
+        Model::params_total(self)
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        Model::weight_bytes(self)
+    }
+
+    fn workspace(&self, _max_tokens: usize) -> Result<CpuWorkspace> {
+        Ok(CpuWorkspace::default())
+    }
+
+    fn embed(&self, ws: &mut CpuWorkspace, ids: &[u32]) -> Result<()> {
+        ws.x = self.embed_tokens(ids)?;
+        Ok(())
+    }
+
+    fn run_blocks(&self, ws: &mut CpuWorkspace, n: usize, range: Range<usize>) -> Result<()> {
+        let rows = n * self.config.hidden;
+        Model::run_blocks(self, &mut ws.x[..rows], range, &mut ws.scratch, None);
+        Ok(())
+    }
+
+    fn save_hidden(&self, ws: &CpuWorkspace, n: usize) -> Result<Vec<f32>> {
+        Ok(ws.x[..n * self.config.hidden].to_vec())
+    }
+
+    fn store_hidden(&self, ws: &CpuWorkspace, dst: &mut Vec<f32>, n: usize) -> Result<()> {
+        dst.copy_from_slice(&ws.x[..n * self.config.hidden]);
+        Ok(())
+    }
+
+    fn load_hidden(&self, ws: &mut CpuWorkspace, src: &Vec<f32>, n: usize) -> Result<()> {
+        ws.x.clear();
+        ws.x.extend_from_slice(&src[..n * self.config.hidden]);
+        Ok(())
+    }
+
+    fn nll_from_hidden(&self, ws: &mut CpuWorkspace, ids: &[u32]) -> Result<f64> {
+        let x = &mut ws.x[..ids.len() * self.config.hidden];
+        self.apply_final_norm(x);
+        Ok(Model::nll_from_hidden(self, x, ids))
+    }
+
+    fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores> {
+        stage1::score_neurons(self, samples)
+    }
+
+    fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<()> {
+        Model::keep_ffn_neurons(self, kept);
+        Ok(())
+    }
+
+    fn n_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn has_attention(&self, i: usize) -> bool {
+        self.blocks[i].attention.is_some()
+    }
+
+    fn take_attention(&mut self, i: usize) -> Option<Attention> {
+        self.blocks[i].attention.take()
+    }
+
+    fn restore_attention(&mut self, i: usize, attention: Option<Attention>) {
+        self.blocks[i].attention = attention;
+    }
+
+    fn remove_attention(&mut self, i: usize) {
+        Model::remove_attention(self, i)
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
