@@ -39,6 +39,18 @@ use twossp_engine::prune::balance::AttentionBudget;
 use twossp_engine::prune::{self, stage1, PruneOptions};
 use twossp_engine::tokenizer::Tokenizer;
 
+/// `u(seed, i)` of kernels/synthetic.cu: uniform in [-1, 1) from 24 bits of a SplitMix64-style hash.
+fn synthetic_uniform(seed: u64, i: u64) -> f32 {
+    fn mix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let r = mix64(seed ^ mix64(i));
+    (r >> 40) as f32 * (1.0 / 8_388_608.0) - 1.0
+}
+
 /// Relative error bound of every bf16 path (see the module docs for the measure).
 const BF16_TOL: f32 = 1e-2;
 /// Relative error bound of the f32 NLL kernel.
@@ -1630,6 +1642,21 @@ fn synthetic_models_are_finite_and_seeded() {
         return;
     };
     let mut checks = Checks::new("synthetic_models_are_finite_and_seeded");
+    // The fill kernels against their definition, past one grid-stride step (65,535 blocks x 256).
+    for n in [1000, 65_535 * 256 + 1001] {
+        let (seed, scale) = (0xC0FFEE_u64, 0.02f32);
+        let out = nan_bf16(&gpu, n + 1);
+        kernels::fill_uniform_bf16(&gpu, gpu.ptr(&out, 0), n, seed, scale).unwrap();
+        let got = gpu.download(&out).unwrap();
+        let want: Vec<u16> = (0..n as u64).map(|i| to_bf16(synthetic_uniform(seed, i) * scale)).collect();
+        checks.exact(format!("fill_uniform_bf16 n={n}"), &got[..n], &want);
+        checks.untouched_bf16(format!("fill_uniform_bf16 n={n} element past the end"), &got[n..]);
+    }
+    let out = nan_f32(&gpu, 1001);
+    kernels::fill_f32(&gpu, gpu.ptr(&out, 0), 1000, 0.25).unwrap();
+    let got = gpu.download(&out).unwrap();
+    checks.exact("fill_f32 n=1000", &got[..1000], &[0.25f32; 1000]);
+    checks.untouched_f32("fill_f32 element past the end", &got[1000..]);
     let mut rng = Rng(0x5EED);
     for name in GPU_FIXTURES {
         let cfg = ModelConfig::from_dir(&common::fixtures().join(name)).unwrap();

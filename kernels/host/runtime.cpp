@@ -399,6 +399,7 @@ void* static_shared(const void* key, size_t bytes, size_t align) {
              offset + bytes, b->dynamic_bytes);
     b->statics.push_back({key, offset});
     b->static_used = offset + bytes;
+    memset(b->worker->static_base + offset, POISON, bytes);
     return b->worker->static_base + offset;
 }
 
@@ -467,8 +468,10 @@ bool run_block(Block& b) {
         f.idx = {i % t_block_dim.x, (i / t_block_dim.x) % t_block_dim.y, i / (t_block_dim.x * t_block_dim.y)};
         start_fiber(f, w.stack(i));
     }
-    memset(w.static_base, POISON, w.dynamic_end - w.static_base);
+    // Poison the dynamic shared memory and a page below it; static arrays are poisoned when first used.
     b.dynamic_base = w.dynamic_end - (b.dynamic_bytes + 127) / 128 * 128;
+    unsigned char* poison_from = std::max(w.static_base, b.dynamic_base - PAGE);
+    memset(poison_from, POISON, w.dynamic_end - poison_from);
 
     std::mt19937_64 rng(((uint64_t)t_block_idx.x * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)t_block_idx.y << 32) ^
                         t_block_idx.z);
