@@ -218,7 +218,10 @@ mod host {
         println!("cargo:rerun-if-changed={}", kernels.display());
         println!("cargo:rerun-if-changed={}", kernels.join("host").display());
         for f in ["device.h", "runtime.cpp"] {
-            println!("cargo:rerun-if-changed={}", kernels.join("host").join(f).display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                kernels.join("host").join(f).display()
+            );
         }
         let cu = sources(&kernels);
         let library = out_dir.join("twossp_host_kernels.so");

@@ -1,6 +1,6 @@
 //! Greedy text generation with the KV cache.
 
-use crate::model::{KvCache, Model, Workspace};
+use crate::engine::Engine;
 use anyhow::Result;
 use std::time::Instant;
 
@@ -25,16 +25,22 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Greedy decoding of up to `max_new` tokens after `prompt` on the CPU, stopping early at any of `stop` ids.
-pub fn greedy(model: &Model, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Generation> {
-    let mut cache = KvCache::new(model, prompt.len() + max_new);
-    let mut ws = Workspace::default();
+/// Greedy decoding of up to `max_new` tokens after `prompt`, stopping early at any of `stop` ids.
+pub fn greedy<E: Engine>(
+    model: &E,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+) -> Result<Generation> {
+    let positions = prompt.len() + max_new;
+    let mut cache = model.kv_cache(positions)?;
+    let mut ws = model.workspace(prompt.len().max(1), positions)?;
     greedy_with(prompt, max_new, stop, |ids| {
-        model.forward_cached(ids, &mut cache, &mut ws)
+        model.forward_cached(&mut ws, ids, &mut cache)
     })
 }
 
-/// Greedy decoding on any backend: `step` runs new tokens after the cached ones and returns the
+/// Greedy decoding driven by `step`, which runs new tokens after the cached ones and returns the
 /// logits of the last.
 pub fn greedy_with(
     prompt: &[u32],

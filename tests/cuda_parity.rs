@@ -1648,9 +1648,14 @@ fn synthetic_models_are_finite_and_seeded() {
         let out = nan_bf16(&gpu, n + 1);
         kernels::fill_uniform_bf16(&gpu, gpu.ptr(&out, 0), n, seed, scale).unwrap();
         let got = gpu.download(&out).unwrap();
-        let want: Vec<u16> = (0..n as u64).map(|i| to_bf16(synthetic_uniform(seed, i) * scale)).collect();
+        let want: Vec<u16> = (0..n as u64)
+            .map(|i| to_bf16(synthetic_uniform(seed, i) * scale))
+            .collect();
         checks.exact(format!("fill_uniform_bf16 n={n}"), &got[..n], &want);
-        checks.untouched_bf16(format!("fill_uniform_bf16 n={n} element past the end"), &got[n..]);
+        checks.untouched_bf16(
+            format!("fill_uniform_bf16 n={n} element past the end"),
+            &got[n..],
+        );
     }
     let out = nan_f32(&gpu, 1001);
     kernels::fill_f32(&gpu, gpu.ptr(&out, 0), 1000, 0.25).unwrap();

@@ -43,15 +43,14 @@ impl Backend {
         dir: &std::path::Path,
         windows: &[&[u32]],
     ) -> anyhow::Result<f64> {
-        use crate::engine::Engine;
-        match self {
-            Backend::Cpu(dtype) => {
-                crate::model::Model::load_as(dir, *dtype)?.perplexity(windows, "verify")
-            }
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(gpu) => {
-                crate::gpu_model::GpuModel::load(gpu.clone(), dir)?.perplexity(windows, "verify")
+        use crate::engine::{Engine, EngineJob};
+        struct Verify<'a>(&'a [&'a [u32]]);
+        impl EngineJob for Verify<'_> {
+            type Output = f64;
+            fn run<E: Engine>(self, model: E) -> anyhow::Result<f64> {
+                model.perplexity(self.0, "verify")
             }
         }
+        self.with_model(dir, Verify(windows))
     }
 }

@@ -2,8 +2,7 @@
 
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
-use crate::bench::{measure, BenchResult, BenchSettings};
-use crate::model::Model;
+use crate::bench::{BenchResult, BenchSettings, Measure};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -54,11 +53,7 @@ fn measure_on(
     dir: &std::path::Path,
     settings: &BenchSettings,
 ) -> Result<BenchResult> {
-    match backend {
-        Backend::Cpu(dtype) => measure(&Model::load_as(dir, *dtype)?, settings),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda(gpu) => crate::gpu_model::GpuModel::load(gpu.clone(), dir)?.measure(settings),
-    }
+    backend.with_model(dir, Measure(settings))
 }
 
 /// Synthetic model on the GPU: (model result, baseline result); with `--sparsity` the model is the
@@ -73,7 +68,7 @@ fn measure_synthetic(
     let Some(mut model) = args.device.synthetic_model(backend)? else {
         anyhow::bail!("--model or --synthetic-weights is required");
     };
-    let dense = model.measure(settings)?;
+    let dense = crate::bench::measure(&model, settings)?;
     let Some(sparsity) = args.sparsity else {
         return Ok((dense, None));
     };
@@ -88,7 +83,7 @@ fn measure_synthetic(
         super::device::random_windows(1, args.prefill_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     crate::prune::run(&mut model, &opts, &refs, &refs, None)?;
-    Ok((model.measure(settings)?, Some(dense)))
+    Ok((crate::bench::measure(&model, settings)?, Some(dense)))
 }
 
 #[cfg(not(feature = "cuda"))]

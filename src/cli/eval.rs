@@ -3,8 +3,8 @@
 use super::device::{random_windows, Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
-use crate::eval::perplexity::{perplexity_with, Perplexity};
 use crate::engine::Engine;
+use crate::eval::perplexity::{perplexity_with, Perplexity};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -82,7 +82,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// Perplexity of every file of `args` (or of random tokens) on `model`, printed.
 fn evaluate<E: Engine>(args: &EvalArgs, backend: &Backend, model: E) -> Result<()> {
-    let mut ws = model.workspace(args.seq_len)?;
+    let mut ws = model.workspace(args.seq_len, args.seq_len)?;
     let mut rows = Vec::new();
     if let Some(config) = &args.device.synthetic_weights {
         let vocab = model.config().vocab;

@@ -1,14 +1,14 @@
 //! `generate`: greedy continuation of a prompt, for a quick qualitative look at a (pruned) model.
 
-use super::device::{select_backend, Backend};
+use super::device::select_backend;
 use super::output::print_json;
 use crate::config::ModelConfig;
+use crate::engine::{Engine, EngineJob};
 use crate::generate::{greedy, Generation};
-use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `generate`.
 #[derive(Args, Debug)]
@@ -33,27 +33,18 @@ pub struct GenerateArgs {
     pub dtype: super::device::DtypeArg,
 }
 
-/// Greedy generation on `backend` (on a GPU: bf16 weights and KV cache).
-fn generate_on(
-    backend: &Backend,
-    dir: &Path,
-    prompt: &[u32],
+/// Greedy generation of a prompt's continuation, as a job for [`Backend::with_model`].
+struct Greedy<'a> {
+    prompt: &'a [u32],
     max_new: usize,
-    stop: &[u32],
-) -> Result<Generation> {
-    match backend {
-        Backend::Cpu(dtype) => greedy(&Model::load_as(dir, *dtype)?, prompt, max_new, stop),
-        #[cfg(feature = "cuda")]
-        Backend::Cuda(gpu) => {
-            use crate::gpu_model::{GpuKvCache, GpuModel, GpuWorkspace};
-            let gpu_model = GpuModel::load(gpu.clone(), dir)?;
-            let positions = prompt.len() + max_new;
-            let mut ws = GpuWorkspace::new(&gpu_model, prompt.len(), positions)?;
-            let mut cache = GpuKvCache::new(&gpu_model, positions)?;
-            crate::generate::greedy_with(prompt, max_new, stop, |ids| {
-                gpu_model.forward_cached(&mut ws, ids, &mut cache)
-            })
-        }
+    stop: &'a [u32],
+}
+
+impl EngineJob for Greedy<'_> {
+    type Output = Generation;
+
+    fn run<E: Engine>(self, model: E) -> Result<Generation> {
+        greedy(&model, self.prompt, self.max_new, self.stop)
     }
 }
 
@@ -65,7 +56,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let prompt = tokenizer.encode_with_special(&args.prompt)?;
     let stop = stop_tokens(&config);
-    let generation = generate_on(&backend, &args.model, &prompt, args.max_new_tokens, &stop)?;
+    let job = Greedy {
+        prompt: &prompt,
+        max_new: args.max_new_tokens,
+        stop: &stop,
+    };
+    let generation = backend.with_model(&args.model, job)?;
     let text = tokenizer.decode(&generation.tokens)?;
     let decode_rate =
         (generation.tokens.len().saturating_sub(1)) as f64 / generation.decode_seconds.max(1e-9);

@@ -2,11 +2,13 @@
 //! device-resident `GpuModel` both implement [`Engine`], so 2SSP (both stages, with suffix reuse),
 //! perplexity and the parameter counts are written once, above the forward pass.
 
+use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::prune::stage1::NeuronScores;
 use crate::weights::Precision;
 use anyhow::Result;
 use std::ops::Range;
+use std::path::Path;
 
 /// What prune and eval need from a loaded model, on any backend.
 pub trait Engine {
@@ -16,6 +18,10 @@ pub trait Engine {
     type Workspace;
     /// An attention submodule held out while a model without it is evaluated.
     type Attention;
+    /// Keys and values of the positions decoded so far.
+    type KvCache;
+    /// Whether the weights live on a device (reports then give the device memory pruning freed).
+    const ON_DEVICE: bool;
 
     /// The model's configuration (kept in step with pruning).
     fn config(&self) -> &ModelConfig;
@@ -29,8 +35,8 @@ pub trait Engine {
     fn params_total(&self) -> u64;
     /// Bytes of the weights as this backend holds them.
     fn weight_bytes(&self) -> u64;
-    /// Scratch for windows of up to `max_tokens` tokens.
-    fn workspace(&self, max_tokens: usize) -> Result<Self::Workspace>;
+    /// Scratch for up to `max_tokens` tokens per call, at positions below `positions`.
+    fn workspace(&self, max_tokens: usize, positions: usize) -> Result<Self::Workspace>;
     /// Writes the embeddings of `ids` into the workspace's residual stream.
     fn embed(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<()>;
     /// Runs blocks `range` over the first `n` rows of the workspace's residual stream.
@@ -60,6 +66,17 @@ pub trait Engine {
     fn remove_attention(&mut self, i: usize);
     /// Waits for queued work (a no-op where work is synchronous).
     fn sync(&self) -> Result<()>;
+    /// An empty KV cache for up to `positions` positions.
+    fn kv_cache(&self, positions: usize) -> Result<Self::KvCache>;
+    /// Bytes a KV cache of `positions` positions takes on this backend.
+    fn kv_cache_bytes(&self, positions: usize) -> u64;
+    /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
+    fn forward_cached(
+        &self,
+        ws: &mut Self::Workspace,
+        ids: &[u32],
+        cache: &mut Self::KvCache,
+    ) -> Result<Vec<f32>>;
 
     /// Sum of next-token NLLs of one window and the number of predicted tokens.
     fn window_nll(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<(f64, usize)> {
@@ -71,8 +88,27 @@ pub trait Engine {
     /// Perplexity over `windows` (with a progress bar labelled `label`).
     fn perplexity(&self, windows: &[&[u32]], label: &str) -> Result<f64> {
         let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
-        let mut ws = self.workspace(longest)?;
+        let mut ws = self.workspace(longest, longest)?;
         crate::eval::perplexity::perplexity_with(windows, label, |w| self.window_nll(&mut ws, w))
             .map(|p| p.ppl)
+    }
+}
+
+/// Work that runs on a loaded model of any backend; [`Backend::with_model`] loads it.
+pub trait EngineJob {
+    /// What the job returns.
+    type Output;
+    /// Runs the job on `model`.
+    fn run<E: Engine>(self, model: E) -> Result<Self::Output>;
+}
+
+impl Backend {
+    /// Loads the checkpoint in `dir` for this backend (the one place that does) and runs `job` on it.
+    pub fn with_model<J: EngineJob>(&self, dir: &Path, job: J) -> Result<J::Output> {
+        match self {
+            Backend::Cpu(dtype) => job.run(crate::model::Model::load_as(dir, *dtype)?),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => job.run(crate::gpu_model::GpuModel::load(gpu.clone(), dir)?),
+        }
     }
 }

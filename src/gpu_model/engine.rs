@@ -1,7 +1,7 @@
 //! The GPU model as an [`Engine`]: the residual stream and every saved block input stay on the device;
 //! stage 1 accumulates the neurons' squared activations in the gated GEMM's epilogue.
 
-use super::{FfnStats, GpuAttention, GpuModel, GpuWorkspace};
+use super::{FfnStats, GpuAttention, GpuKvCache, GpuModel, GpuWorkspace};
 use crate::backend::cuda::GpuBuffer;
 use crate::config::ModelConfig;
 use crate::engine::Engine;
@@ -15,6 +15,8 @@ impl Engine for GpuModel {
     type Hidden = GpuBuffer<f32>;
     type Workspace = GpuWorkspace;
     type Attention = GpuAttention;
+    type KvCache = GpuKvCache;
+    const ON_DEVICE: bool = true;
 
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -40,8 +42,8 @@ impl Engine for GpuModel {
         self.device_bytes()
     }
 
-    fn workspace(&self, max_tokens: usize) -> Result<GpuWorkspace> {
-        GpuWorkspace::new(self, max_tokens, max_tokens)
+    fn workspace(&self, max_tokens: usize, positions: usize) -> Result<GpuWorkspace> {
+        GpuWorkspace::new(self, max_tokens, positions.max(max_tokens))
     }
 
     fn embed(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<()> {
@@ -78,7 +80,14 @@ impl Engine for GpuModel {
         let bar = progress::bar(samples.len() as u64, "stage 1");
         for sample in samples {
             GpuModel::embed(self, &mut ws, sample)?;
-            GpuModel::run_blocks(self, &mut ws, sample.len(), 0..self.blocks.len(), None, Some(&stats))?;
+            GpuModel::run_blocks(
+                self,
+                &mut ws,
+                sample.len(),
+                0..self.blocks.len(),
+                None,
+                Some(&stats),
+            )?;
             self.gpu.sync()?;
             bar.inc(1);
         }
@@ -123,5 +132,27 @@ impl Engine for GpuModel {
 
     fn sync(&self) -> Result<()> {
         self.gpu.sync()
+    }
+
+    fn kv_cache(&self, positions: usize) -> Result<GpuKvCache> {
+        GpuKvCache::new(self, positions)
+    }
+
+    fn kv_cache_bytes(&self, positions: usize) -> u64 {
+        self.config
+            .blocks
+            .iter()
+            .filter_map(|b| b.attention.as_ref())
+            .map(|a| (2 * 2 * positions * a.kv_dim()) as u64) // bf16 keys and values
+            .sum()
+    }
+
+    fn forward_cached(
+        &self,
+        ws: &mut GpuWorkspace,
+        ids: &[u32],
+        cache: &mut GpuKvCache,
+    ) -> Result<Vec<f32>> {
+        GpuModel::forward_cached(self, ws, ids, cache)
     }
 }

@@ -2,7 +2,6 @@
 //! [`Model`] or generated on the device from a config ([`GpuModel::synthetic`]). FFN widths are padded
 //! to a multiple of 8 with zero neurons (the GEMM needs 16-byte rows); the padding contributes exactly 0.
 
-mod bench;
 mod engine;
 mod forward;
 mod surgery;

@@ -1,6 +1,6 @@
 //! The CPU model as an [`Engine`]: the residual stream lives in host memory.
 
-use super::{Attention, Model, Workspace};
+use super::{Attention, KvCache, Model, Workspace};
 use crate::config::ModelConfig;
 use crate::engine::Engine;
 use crate::prune::stage1::{self, NeuronScores};
@@ -19,6 +19,8 @@ impl Engine for Model {
     type Hidden = Vec<f32>;
     type Workspace = CpuWorkspace;
     type Attention = Attention;
+    type KvCache = KvCache;
+    const ON_DEVICE: bool = false;
 
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -44,7 +46,7 @@ impl Engine for Model {
         Model::weight_bytes(self)
     }
 
-    fn workspace(&self, _max_tokens: usize) -> Result<CpuWorkspace> {
+    fn workspace(&self, _max_tokens: usize, _positions: usize) -> Result<CpuWorkspace> {
         Ok(CpuWorkspace::default())
     }
 
@@ -111,5 +113,22 @@ impl Engine for Model {
 
     fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn kv_cache(&self, positions: usize) -> Result<KvCache> {
+        Ok(KvCache::new(self, positions))
+    }
+
+    fn kv_cache_bytes(&self, positions: usize) -> u64 {
+        KvCache::bytes_for(self, positions)
+    }
+
+    fn forward_cached(
+        &self,
+        ws: &mut CpuWorkspace,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        Model::forward_cached(self, ids, cache, &mut ws.scratch)
     }
 }

@@ -8,7 +8,7 @@ use super::{PruneOptions, PruneOutcome};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::data::Corpus;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineJob};
 use crate::export::{self, ExportOptions, Format};
 use crate::tokenizer::Tokenizer;
 use crate::weights::TensorStore;
@@ -63,54 +63,37 @@ struct BackendRun {
     precision: crate::weights::Precision,
 }
 
-/// Runs 2SSP on `backend` and keeps only the decisions (the model in memory is dropped).
-fn prune_on(
-    backend: &Backend,
-    dir: &Path,
-    opts: &PruneOptions,
-    stage1: &[&[u32]],
-    stage2: &[&[u32]],
+/// 2SSP on a loaded model of any backend, keeping only the decisions (the model is then dropped).
+struct PruneLoaded<'a> {
+    opts: &'a PruneOptions,
+    stage1: &'a [&'a [u32]],
+    stage2: &'a [&'a [u32]],
     verify: bool,
-    cache: Option<&PruneCache>,
-) -> Result<BackendRun> {
-    match backend {
-        Backend::Cpu(dtype) => {
-            let model = crate::model::Model::load_as(dir, *dtype)?;
-            prune_model(model, false, opts, stage1, stage2, verify, cache)
-        }
-        #[cfg(feature = "cuda")]
-        Backend::Cuda(gpu) => {
-            let model = crate::gpu_model::GpuModel::load(gpu.clone(), dir)?;
-            prune_model(model, true, opts, stage1, stage2, verify, cache)
-        }
-    }
+    cache: Option<&'a PruneCache>,
 }
 
-/// 2SSP on a loaded model of any backend; `on_device` reports the freed device memory.
-fn prune_model<E: Engine>(
-    mut model: E,
-    on_device: bool,
-    opts: &PruneOptions,
-    stage1: &[&[u32]],
-    stage2: &[&[u32]],
-    verify: bool,
-    cache: Option<&PruneCache>,
-) -> Result<BackendRun> {
-    let params_before = (model.params_main(), model.params_total());
-    let (outcome, memory) = super::run(&mut model, opts, stage1, stage2, cache)?;
-    let ppl_in_memory = verify
-        .then(|| model.perplexity(stage2, "verify"))
-        .transpose()?;
-    Ok(BackendRun {
-        outcome,
-        params_before,
-        params_after: (model.params_main(), model.params_total()),
-        ppl_in_memory,
-        device_memory: on_device
-            .then(|| serde_json::to_value(memory))
-            .transpose()?,
-        precision: model.precision(),
-    })
+impl EngineJob for PruneLoaded<'_> {
+    type Output = BackendRun;
+
+    fn run<E: Engine>(self, mut model: E) -> Result<BackendRun> {
+        let params_before = (model.params_main(), model.params_total());
+        let (outcome, memory) =
+            super::run(&mut model, self.opts, self.stage1, self.stage2, self.cache)?;
+        let ppl_in_memory = self
+            .verify
+            .then(|| model.perplexity(self.stage2, "verify"))
+            .transpose()?;
+        Ok(BackendRun {
+            outcome,
+            params_before,
+            params_after: (model.params_main(), model.params_total()),
+            ppl_in_memory,
+            device_memory: E::ON_DEVICE
+                .then(|| serde_json::to_value(memory))
+                .transpose()?,
+            precision: model.precision(),
+        })
+    }
 }
 
 /// Runs the whole job and returns its report (also written beside or into the output).
@@ -186,14 +169,15 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
             }
         }
     });
-    let run = prune_on(
-        backend,
+    let run = backend.with_model(
         &job.model,
-        &options,
-        stage1,
-        stage2,
-        job.verify,
-        cache.as_ref(),
+        PruneLoaded {
+            opts: &options,
+            stage1,
+            stage2,
+            verify: job.verify,
+            cache: cache.as_ref(),
+        },
     )?;
     let outcome = &run.outcome;
     let decisions = Decisions {

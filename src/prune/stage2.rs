@@ -163,7 +163,7 @@ impl<'a, E: Engine> Suffix<'a, E> {
             bail!("stage 2 needs at least one calibration window");
         }
         let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
-        let mut ws = model.workspace(longest)?;
+        let mut ws = model.workspace(longest, longest)?;
         let n_blocks = model.n_blocks();
         let mut inputs = Vec::with_capacity(windows.len());
         for w in windows {
@@ -206,8 +206,10 @@ impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
         let result = (|| {
             let (mut nll, mut count) = (0f64, 0usize);
             for (cached, w) in self.inputs.iter().zip(self.windows) {
-                self.model.load_hidden(&mut self.ws, &cached[first], w.len())?;
-                self.model.run_blocks(&mut self.ws, w.len(), first..n_blocks)?;
+                self.model
+                    .load_hidden(&mut self.ws, &cached[first], w.len())?;
+                self.model
+                    .run_blocks(&mut self.ws, w.len(), first..n_blocks)?;
                 nll += self.model.nll_from_hidden(&mut self.ws, w)?;
                 count += w.len() - 1;
             }
@@ -223,10 +225,12 @@ impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
         self.model.remove_attention(chosen);
         let n_blocks = self.model.n_blocks();
         for (per_block, w) in self.inputs.iter_mut().zip(self.windows) {
-            self.model.load_hidden(&mut self.ws, &per_block[chosen], w.len())?;
+            self.model
+                .load_hidden(&mut self.ws, &per_block[chosen], w.len())?;
             for j in chosen..n_blocks {
                 self.model.run_blocks(&mut self.ws, w.len(), j..j + 1)?;
-                self.model.store_hidden(&self.ws, &mut per_block[j + 1], w.len())?;
+                self.model
+                    .store_hidden(&self.ws, &mut per_block[j + 1], w.len())?;
             }
         }
         Ok(())

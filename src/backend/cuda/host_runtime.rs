@@ -232,7 +232,11 @@ impl Gpu {
     /// Copies `host` into the start of `dst`.
     pub fn write<T: DeviceRepr + Copy>(&self, host: &[T], dst: &mut GpuBuffer<T>) -> Result<()> {
         if host.len() > dst.len {
-            bail!("host to device copy of {} elements into a buffer of {}", host.len(), dst.len);
+            bail!(
+                "host to device copy of {} elements into a buffer of {}",
+                host.len(),
+                dst.len
+            );
         }
         dst.as_mut_slice()[..host.len()].copy_from_slice(host);
         Ok(())
@@ -250,7 +254,10 @@ impl Gpu {
         n: usize,
     ) -> Result<Vec<T>> {
         if n > src.len {
-            bail!("device to host copy of {n} elements from a buffer of {}", src.len);
+            bail!(
+                "device to host copy of {n} elements from a buffer of {}",
+                src.len
+            );
         }
         Ok(src.as_slice()[..n].to_vec())
     }
@@ -313,7 +320,8 @@ impl Gpu {
         if let Some(reason) = self.unavailable.get(kernel) {
             bail!("{reason}");
         }
-        let (pointers, sizes): (Vec<*const c_void>, Vec<usize>) = args.iter().map(arg_bytes).unzip();
+        let (pointers, sizes): (Vec<*const c_void>, Vec<usize>) =
+            args.iter().map(arg_bytes).unzip();
         let name = CString::new(kernel).map_err(|_| anyhow!("bad kernel name {kernel:?}"))?;
         let limit = self
             .dynamic_limits
