@@ -121,7 +121,7 @@ fn default_backend(dtype: Option<Precision>) -> Result<Backend> {
 #[cfg(feature = "cuda")]
 fn cuda_backend(device: &str) -> Result<Backend> {
     use crate::backend::cuda::Gpu;
-    let Some(ordinal) = Gpu::parse_ordinal(device) else {
+    let Some(ordinal) = crate::backend::cuda::parse_ordinal(device) else {
         bail!("unknown --device '{device}' (expected cpu, cuda or cuda:N)");
     };
     Ok(Backend::Cuda(std::sync::Arc::new(Gpu::new(ordinal)?)))

@@ -169,14 +169,6 @@ impl Gpu {
         Ok(gpu)
     }
 
-    /// `cuda` or `cuda:N` as given to `--device`; `None` when the string names no CUDA device.
-    pub fn parse_ordinal(device: &str) -> Option<usize> {
-        match device {
-            "cuda" => Some(0),
-            _ => device.strip_prefix("cuda:")?.parse().ok(),
-        }
-    }
-
     /// Always true: the emulated device is this CPU.
     pub fn available() -> bool {
         true
@@ -385,14 +377,6 @@ fn arg_bytes(arg: &Arg) -> (*const c_void, usize) {
 #[cfg(test)]
 mod tests {
     use super::Gpu;
-
-    #[test]
-    fn device_names_parse() {
-        assert_eq!(Gpu::parse_ordinal("cuda"), Some(0));
-        assert_eq!(Gpu::parse_ordinal("cuda:3"), Some(3));
-        assert_eq!(Gpu::parse_ordinal("cuda:x"), None);
-        assert_eq!(Gpu::parse_ordinal("gpu"), None);
-    }
 
     #[test]
     fn only_device_zero_exists() {

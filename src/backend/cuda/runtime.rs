@@ -87,14 +87,6 @@ impl Gpu {
         Ok(gpu)
     }
 
-    /// `cuda` or `cuda:N` as given to `--device`; `None` when the string names no CUDA device.
-    pub fn parse_ordinal(device: &str) -> Option<usize> {
-        match device {
-            "cuda" => Some(0),
-            _ => device.strip_prefix("cuda:")?.parse().ok(),
-        }
-    }
-
     /// Whether a CUDA driver with at least one device is present (never panics).
     pub fn available() -> bool {
         let driver = unsafe { cudarc::driver::sys::is_culib_present() };
@@ -312,14 +304,6 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::Gpu;
-
-    #[test]
-    fn device_names_parse() {
-        assert_eq!(Gpu::parse_ordinal("cuda"), Some(0));
-        assert_eq!(Gpu::parse_ordinal("cuda:3"), Some(3));
-        assert_eq!(Gpu::parse_ordinal("cuda:x"), None);
-        assert_eq!(Gpu::parse_ordinal("gpu"), None);
-    }
 
     #[test]
     fn no_driver_is_an_error_not_a_panic() {
