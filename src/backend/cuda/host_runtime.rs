@@ -35,11 +35,15 @@ type LaunchFn = unsafe extern "C" fn(
     err_len: usize,
 ) -> c_int;
 
+type AllocFn = unsafe extern "C" fn(bytes: usize) -> *mut c_void;
+type FreeFn = unsafe extern "C" fn(data: *mut c_void);
+type HasKernelFn = unsafe extern "C" fn(name: *const c_char) -> c_int;
+
 /// The entry points of kernels/host/runtime.cpp in the loaded library.
 struct HostKernels {
-    alloc: unsafe extern "C" fn(bytes: usize) -> *mut c_void,
-    free: unsafe extern "C" fn(data: *mut c_void),
-    has_kernel: unsafe extern "C" fn(name: *const c_char) -> c_int,
+    alloc: AllocFn,
+    free: FreeFn,
+    has_kernel: HasKernelFn,
     launch: LaunchFn,
 }
 
@@ -84,9 +88,11 @@ fn load_host_kernels() -> Result<HostKernels> {
     };
     unsafe {
         Ok(HostKernels {
-            alloc: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_alloc")?),
-            free: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_free")?),
-            has_kernel: std::mem::transmute::<*mut c_void, _>(symbol("twossp_host_has_kernel")?),
+            alloc: std::mem::transmute::<*mut c_void, AllocFn>(symbol("twossp_host_alloc")?),
+            free: std::mem::transmute::<*mut c_void, FreeFn>(symbol("twossp_host_free")?),
+            has_kernel: std::mem::transmute::<*mut c_void, HasKernelFn>(symbol(
+                "twossp_host_has_kernel",
+            )?),
             launch: std::mem::transmute::<*mut c_void, LaunchFn>(symbol("twossp_host_launch")?),
         })
     }
