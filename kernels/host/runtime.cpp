@@ -141,7 +141,6 @@ struct Copy {
 
 struct Fiber {
     uint3 idx;
-    unsigned linear;
     void* sp;
     unsigned char* stack_top;
     State state;
@@ -464,7 +463,6 @@ bool run_block(Block& b) {
     Fiber* fibers = w.fibers.data();
     for (int i = 0; i < n; ++i) {
         Fiber& f = fibers[i];
-        f.linear = i;
         f.idx = {i % t_block_dim.x, (i / t_block_dim.x) % t_block_dim.y, i / (t_block_dim.x * t_block_dim.y)};
         start_fiber(f, w.stack(i));
     }
@@ -684,7 +682,6 @@ void run_blocks(Launch& l) {
 }
 
 std::string run_launch(Launch& l, int threads) {
-    l.next = 0;
     const unsigned long long total = (unsigned long long)l.grid.x * l.grid.y * l.grid.z;
     const int n = (int)std::min<unsigned long long>(threads, total);
     std::vector<std::thread> pool;

@@ -107,7 +107,7 @@ impl Engine for GpuModel {
     }
 
     fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<()> {
-        GpuModel::keep_ffn_neurons(self, kept).map(|_| ())
+        GpuModel::keep_ffn_neurons(self, kept)
     }
 
     fn n_blocks(&self) -> usize {
@@ -127,7 +127,7 @@ impl Engine for GpuModel {
     }
 
     fn remove_attention(&mut self, i: usize) {
-        GpuModel::remove_attention(self, i);
+        GpuModel::remove_attention(self, i)
     }
 
     fn sync(&self) -> Result<()> {

@@ -78,9 +78,8 @@ impl GpuFfn {
 }
 
 impl GpuModel {
-    /// Keeps, in every block, the listed FFN neurons; returns the device bytes freed.
-    pub fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<u64> {
-        let before = self.device_bytes();
+    /// Keeps, in every block, the listed FFN neurons (device memory of the rest is released).
+    pub fn keep_ffn_neurons(&mut self, kept: &[Vec<usize>]) -> Result<()> {
         for ((block, spec), kept) in self
             .blocks
             .iter_mut()
@@ -92,15 +91,12 @@ impl GpuModel {
                 spec.ffn_width = kept.len();
             }
         }
-        Ok(before - self.device_bytes())
+        Ok(())
     }
 
-    /// Removes block `i`'s attention for good; returns the device bytes freed.
-    pub fn remove_attention(&mut self, i: usize) -> u64 {
+    /// Removes block `i`'s attention for good (its device buffers are freed).
+    pub fn remove_attention(&mut self, i: usize) {
         self.config.blocks[i].attention = None;
-        self.blocks[i]
-            .attention
-            .take()
-            .map_or(0, |a| a.device_bytes())
+        self.blocks[i].attention = None;
     }
 }

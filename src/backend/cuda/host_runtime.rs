@@ -267,13 +267,7 @@ impl Gpu {
         dst: &mut GpuBuffer<T>,
         n: usize,
     ) -> Result<()> {
-        if n > src.len() || n > dst.len() {
-            bail!(
-                "device copy of {n} elements exceeds a buffer ({} / {})",
-                src.len(),
-                dst.len()
-            );
-        }
+        super::check_copy(n, src.len(), dst.len())?;
         dst.as_mut_slice()[..n].copy_from_slice(&src.as_slice()[..n]);
         Ok(())
     }

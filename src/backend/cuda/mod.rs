@@ -25,6 +25,14 @@ pub(crate) enum Arg {
     Epilogue(kernels::Epilogue),
 }
 
+/// Refuses a device copy of `n` elements that does not fit the source or the destination.
+fn check_copy(n: usize, src_len: usize, dst_len: usize) -> anyhow::Result<()> {
+    if n > src_len || n > dst_len {
+        anyhow::bail!("device copy of {n} elements exceeds a buffer ({src_len} / {dst_len})");
+    }
+    Ok(())
+}
+
 /// `cuda` or `cuda:N` as given to `--device`; `None` when the string names no CUDA device.
 pub fn parse_ordinal(device: &str) -> Option<usize> {
     match device {

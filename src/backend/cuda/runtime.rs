@@ -206,13 +206,7 @@ impl Gpu {
         dst: &mut GpuBuffer<T>,
         n: usize,
     ) -> Result<()> {
-        if n > src.len() || n > dst.len() {
-            bail!(
-                "device copy of {n} elements exceeds a buffer ({} / {})",
-                src.len(),
-                dst.len()
-            );
-        }
+        super::check_copy(n, src.len(), dst.len())?;
         let mut dst = dst.slice_mut(..n);
         self.stream
             .memcpy_dtod(&src.slice(..n), &mut dst)
