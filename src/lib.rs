@@ -13,7 +13,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod generate;
 pub mod gguf;
-#[cfg(feature = "cuda")]
+#[cfg_attr(not(feature = "cuda"), path = "gpu_model/no_cuda.rs")]
 pub mod gpu_model;
 pub mod limits;
 pub mod model;

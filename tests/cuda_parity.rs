@@ -1235,18 +1235,6 @@ fn fixture_name(dir: &Path) -> String {
     dir.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// Calibration windows of `seq_len` tokens from the sample text, with the fixture's tokenizer.
-fn calibration(dir: &Path, seq_len: usize) -> Vec<Vec<u32>> {
-    let tok = Tokenizer::from_dir(dir).unwrap();
-    let corpus = Corpus::load(&[common::fixtures().join("text/sample.txt")], &tok).unwrap();
-    corpus
-        .windows(seq_len, None)
-        .unwrap()
-        .into_iter()
-        .map(<[u32]>::to_vec)
-        .collect()
-}
-
 /// CPU perplexity over `windows` (token-weighted mean NLL).
 fn cpu_ppl(model: &Model, windows: &[&[u32]]) -> f64 {
     let mut ws = Workspace::default();
@@ -1453,7 +1441,7 @@ fn two_stage_pruning_on_gpu_matches_cpu() {
         let dir = common::fixtures().join(name);
         let model = Model::load(&dir).unwrap();
         let cpu0 = bf16_weights(&model);
-        let windows = calibration(&dir, 32);
+        let windows = common::calibration(&dir, 32);
         let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
         let (s1, s2) = (&w[..4], &w[4..6]);
         let mut opts = PruneOptions {

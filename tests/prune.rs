@@ -1,115 +1,23 @@
-//! 2SSP decisions against the brute-force HF reference (tools/make_prune_reference.py), suffix reuse,
-//! and the `prune` command's output folder and refusals.
+//! Suffix reuse and the `prune` command's output folder and refusals (the decisions against the
+//! brute-force HF reference are checked on every backend in tests/engines.rs).
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use twossp_engine::data::Corpus;
 use twossp_engine::model::{Model, Workspace};
 use twossp_engine::prune::balance::AttentionBudget;
 use twossp_engine::prune::{self, PruneOptions};
-use twossp_engine::tokenizer::Tokenizer;
 
 fn sample_text() -> PathBuf {
     common::fixtures().join("text/sample.txt")
-}
-
-fn calibration(dir: &std::path::Path, seq_len: usize) -> Vec<Vec<u32>> {
-    let tok = Tokenizer::from_dir(dir).unwrap();
-    let corpus = Corpus::load(&[sample_text()], &tok).unwrap();
-    corpus
-        .windows(seq_len, None)
-        .unwrap()
-        .into_iter()
-        .map(<[u32]>::to_vec)
-        .collect()
-}
-
-#[test]
-fn decisions_match_the_brute_force_reference() {
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("prune_reference.json")).unwrap(),
-    )
-    .unwrap();
-    let seq_len = reference["seq_len"].as_u64().unwrap() as usize;
-    let n1 = reference["stage1_samples"].as_u64().unwrap() as usize;
-    let n2 = reference["stage2_samples"].as_u64().unwrap() as usize;
-    let cases = reference["cases"].as_array().unwrap();
-    assert!(cases.len() >= 8, "expected cases for every architecture");
-    for case in cases {
-        let name = case["model"].as_str().unwrap();
-        let dir = common::fixtures().join(name);
-        let mut model = Model::load(&dir).unwrap();
-        let windows = calibration(&dir, seq_len);
-        let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-        let budget = match case["alpha"].as_f64() {
-            Some(a) => AttentionBudget::Alpha(a),
-            None => AttentionBudget::Fixed(case["n_attn"].as_u64().unwrap() as usize),
-        };
-        let opts = PruneOptions {
-            sparsity: case["sparsity"].as_f64().unwrap(),
-            budget,
-            ffn_multiple_of: None,
-            protected_attention: vec![],
-        };
-        let (out, _) = prune::run(&mut model, &opts, &w[..n1], &w[..n2], None).unwrap();
-        let label = format!("{name}/{}", case["case"]);
-        assert_eq!(
-            out.plan.n_attn as u64,
-            case["n_attn"].as_u64().unwrap(),
-            "{label} n_attn"
-        );
-        assert_eq!(
-            out.plan.keep as u64,
-            case["keep"].as_u64().unwrap(),
-            "{label} keep"
-        );
-        assert_eq!(
-            out.counts.p_attn,
-            case["p_attn"].as_u64().unwrap(),
-            "{label} p_attn"
-        );
-        assert_eq!(
-            out.counts.p_ffn,
-            case["p_ffn"].as_u64().unwrap(),
-            "{label} p_ffn"
-        );
-        assert_eq!(
-            out.counts.p_main,
-            case["p_main"].as_u64().unwrap(),
-            "{label} p_main"
-        );
-        if case["fragile"].as_bool().unwrap_or(false) {
-            println!(
-                "{label}: decisions have a near-tie in the reference, compared by counts only"
-            );
-            continue;
-        }
-        let kept: Vec<Vec<usize>> = serde_json::from_value(case["ffn_kept"].clone()).unwrap();
-        assert_eq!(out.ffn_kept, kept, "{label} kept neurons");
-        let removed: Vec<usize> =
-            serde_json::from_value(case["removed_attention"].clone()).unwrap();
-        assert_eq!(out.stage2.removed, removed, "{label} removal order");
-        let ppl: Vec<f64> = serde_json::from_value(case["stage2_ppl"].clone()).unwrap();
-        for (got, want) in out.stage2.ppl_after.iter().zip(&ppl) {
-            assert!(
-                (got - want).abs() / want < 1e-5,
-                "{label} stage-2 ppl {got} vs {want}"
-            );
-        }
-        println!(
-            "{label}: n_attn {} keep {} removed {:?} — identical",
-            out.plan.n_attn, out.plan.keep, removed
-        );
-    }
 }
 
 #[test]
 fn suffix_reuse_gives_the_full_forward_perplexity() {
     let dir = common::fixtures().join("llama");
     let mut model = Model::load(&dir).unwrap();
-    let windows = calibration(&dir, 64);
+    let windows = common::calibration(&dir, 64);
     let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let opts = PruneOptions {
         sparsity: 0.375,
@@ -134,7 +42,7 @@ fn suffix_reuse_gives_the_full_forward_perplexity() {
 fn protected_blocks_keep_their_attention() {
     let dir = common::fixtures().join("gemma3");
     let mut model = Model::load(&dir).unwrap();
-    let windows = calibration(&dir, 64);
+    let windows = common::calibration(&dir, 64);
     let w: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let opts = PruneOptions {
         sparsity: 0.375,

@@ -1,7 +1,8 @@
-//! Compute backends: the CPU reference backend and, with the `cuda` feature, the CUDA backend.
+//! Compute backends: the CPU reference backend and, with the `cuda` feature, the CUDA backend
+//! (without it, `cuda` holds stand-ins that cannot be constructed, so call sites need no `cfg`).
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg_attr(not(feature = "cuda"), path = "no_cuda.rs")]
 pub mod cuda;
 
 /// The backend a command runs on.
@@ -9,7 +10,6 @@ pub enum Backend {
     /// The CPU reference backend, keeping matrices at this precision (`None`: the checkpoint's).
     Cpu(Option<crate::weights::Precision>),
     /// A GPU.
-    #[cfg(feature = "cuda")]
     Cuda(std::sync::Arc<cuda::Gpu>),
 }
 
@@ -19,7 +19,6 @@ impl Backend {
         match self {
             Backend::Cpu(None) => "cpu".into(),
             Backend::Cpu(Some(p)) => format!("cpu ({})", p.name()),
-            #[cfg(feature = "cuda")]
             Backend::Cuda(gpu) => format!("cuda ({})", gpu.name()),
         }
     }
@@ -31,10 +30,19 @@ impl Backend {
         let precision = match self {
             Backend::Cpu(Some(p)) => *p,
             Backend::Cpu(None) => crate::weights::TensorStore::open(dir)?.native_precision()?,
-            #[cfg(feature = "cuda")]
             Backend::Cuda(_) => return Ok(format!("{} bf16", self.describe())),
         };
         Ok(format!("cpu: {}", cpu::kernels_for(precision)))
+    }
+
+    /// Why this backend cannot run a model of `config` (`None`: it can).
+    pub fn refuses(&self, config: &crate::config::ModelConfig) -> Option<String> {
+        match self {
+            Backend::Cpu(_) => None,
+            Backend::Cuda(_) => crate::gpu_model::check_supported(config)
+                .err()
+                .map(|e| e.to_string()),
+        }
     }
 
     /// Perplexity of the checkpoint folder `dir` on `windows`, loaded on this backend.
@@ -52,5 +60,26 @@ impl Backend {
             }
         }
         self.with_model(dir, Verify(windows))
+    }
+}
+
+/// `cuda` or `cuda:N` as given to `--device`; `None` when the string names no CUDA device.
+pub fn parse_cuda_ordinal(device: &str) -> Option<usize> {
+    match device {
+        "cuda" => Some(0),
+        _ => device.strip_prefix("cuda:")?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cuda_ordinal;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!(parse_cuda_ordinal("cuda"), Some(0));
+        assert_eq!(parse_cuda_ordinal("cuda:3"), Some(3));
+        assert_eq!(parse_cuda_ordinal("cuda:x"), None);
+        assert_eq!(parse_cuda_ordinal("gpu"), None);
     }
 }

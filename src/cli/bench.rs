@@ -3,6 +3,7 @@
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::bench::{BenchResult, BenchSettings, Measure};
+use crate::engine::Engine;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -58,7 +59,6 @@ fn measure_on(
 
 /// Synthetic model on the GPU: (model result, baseline result); with `--sparsity` the model is the
 /// 2SSP-pruned one and the baseline the dense one.
-#[cfg(feature = "cuda")]
 fn measure_synthetic(
     args: &BenchArgs,
     backend: &Backend,
@@ -78,21 +78,12 @@ fn measure_synthetic(
         ffn_multiple_of: None,
         protected_attention: Vec::new(),
     };
-    let vocab = model.config.vocab;
+    let vocab = model.config().vocab;
     let windows =
         super::device::random_windows(1, args.prefill_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     crate::prune::run(&mut model, &opts, &refs, &refs, None)?;
     Ok((crate::bench::measure(&model, settings)?, Some(dense)))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn measure_synthetic(
-    _: &BenchArgs,
-    _: &Backend,
-    _: &BenchSettings,
-) -> Result<(BenchResult, Option<BenchResult>)> {
-    anyhow::bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
 /// Runs `bench`.

@@ -1,9 +1,11 @@
 //! `--device` and `--synthetic-weights`: where a command computes and what model it uses.
 
+use crate::backend::cuda::Gpu;
 use crate::weights::Precision;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Backend selection shared by `eval`, `prune` and `bench`.
 #[derive(Args, Debug, Clone)]
@@ -48,7 +50,6 @@ pub use crate::backend::Backend;
 
 impl DeviceArgs {
     /// The `--synthetic-weights` model generated on the GPU, or `None` without the flag.
-    #[cfg(feature = "cuda")]
     pub fn synthetic_model(&self, backend: &Backend) -> Result<Option<crate::gpu_model::GpuModel>> {
         let Some(path) = &self.synthetic_weights else {
             return Ok(None);
@@ -102,35 +103,20 @@ pub fn random_windows(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<
     (0..n).map(|_| (0..len).map(|_| next()).collect()).collect()
 }
 
-#[cfg(feature = "cuda")]
+/// The GPU when one is present and `dtype` allows it, else the CPU.
 fn default_backend(dtype: Option<Precision>) -> Result<Backend> {
-    use crate::backend::cuda::Gpu;
     // An explicit f32/f16 choice is a CPU-only computation: it keeps the default on the CPU.
     if Gpu::available() && !matches!(dtype, Some(Precision::F32 | Precision::F16)) {
-        Ok(Backend::Cuda(std::sync::Arc::new(Gpu::new(0)?)))
+        Ok(Backend::Cuda(Arc::new(Gpu::new(0)?)))
     } else {
         Ok(Backend::Cpu(dtype))
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn default_backend(dtype: Option<Precision>) -> Result<Backend> {
-    Ok(Backend::Cpu(dtype))
-}
-
-#[cfg(feature = "cuda")]
+/// The GPU a `cuda` / `cuda:N` value names (an error in builds without CUDA).
 fn cuda_backend(device: &str) -> Result<Backend> {
-    use crate::backend::cuda::Gpu;
-    let Some(ordinal) = crate::backend::cuda::parse_ordinal(device) else {
+    let Some(ordinal) = crate::backend::parse_cuda_ordinal(device) else {
         bail!("unknown --device '{device}' (expected cpu, cuda or cuda:N)");
     };
-    Ok(Backend::Cuda(std::sync::Arc::new(Gpu::new(ordinal)?)))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_backend(device: &str) -> Result<Backend> {
-    if device == "cuda" || device.starts_with("cuda:") {
-        bail!("this build has no CUDA support: rebuild with `cargo build --release --features cuda` (see README, GPU)");
-    }
-    bail!("unknown --device '{device}' (expected cpu, cuda or cuda:N)");
+    Ok(Backend::Cuda(Arc::new(Gpu::new(ordinal)?)))
 }

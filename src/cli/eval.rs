@@ -49,11 +49,9 @@ fn load_and_evaluate(args: &EvalArgs, backend: &Backend) -> Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("--model is required on the CPU"))?;
             evaluate(args, backend, Model::load_as(dir, *dtype)?)
         }
-        #[cfg(feature = "cuda")]
         Backend::Cuda(gpu) => {
-            use crate::gpu_model::GpuModel;
             let gpu_model = match (&args.model, args.device.synthetic_model(backend)?) {
-                (Some(dir), _) => GpuModel::load(gpu.clone(), dir)?,
+                (Some(dir), _) => crate::gpu_model::GpuModel::load(gpu.clone(), dir)?,
                 (None, Some(synthetic)) => synthetic,
                 (None, None) => anyhow::bail!("--model or --synthetic-weights is required"),
             };

@@ -2,6 +2,7 @@
 
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
+use crate::engine::Engine;
 use crate::export::Format;
 use crate::prune::balance::AttentionBudget;
 use crate::prune::pipeline::{self, PruneJob};
@@ -86,7 +87,6 @@ pub struct PruneArgs {
 }
 
 /// 2SSP on a synthetic model on the GPU (timing only: random calibration tokens, nothing saved).
-#[cfg(feature = "cuda")]
 fn prune_synthetic(
     args: &PruneArgs,
     backend: &Backend,
@@ -97,7 +97,7 @@ fn prune_synthetic(
         bail!("--synthetic-weights is required here");
     };
     let n = args.stage1_samples.max(args.stage2_samples);
-    let vocab = model.config.vocab;
+    let vocab = model.config().vocab;
     let windows = super::device::random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (main_before, total_before) = (model.params_main(), model.params_total());
@@ -148,11 +148,6 @@ fn prune_synthetic(
     ];
     print_table(&["2SSP (synthetic)", "value"], &rows);
     Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn prune_synthetic(_: &PruneArgs, _: &Backend, _: &PruneOptions, _: &Path) -> Result<()> {
-    bail!("--synthetic-weights needs a CUDA build (--features cuda)")
 }
 
 /// "stage-1 scores, 2 stage-2 removals" / "nothing" / "cache off".

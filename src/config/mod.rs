@@ -5,6 +5,7 @@
 //! `attention.no_op`, `attention.n_heads_in_group` and `ffn.intermediate_size` or `ffn.ffn_mult`),
 //! added to the original config so that every family keeps its own `model_type`.
 
+mod params;
 pub mod rope;
 
 use crate::arch::{is_sliding_layer_type, ArchTraits, Family};

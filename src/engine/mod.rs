@@ -29,10 +29,6 @@ pub trait Engine {
     fn precision(&self) -> Precision;
     /// The matrix precision and the kernels that compute with it (for reports).
     fn kernels(&self) -> String;
-    /// Parameters of the decoder blocks.
-    fn params_main(&self) -> u64;
-    /// All parameters.
-    fn params_total(&self) -> u64;
     /// Bytes of the weights as this backend holds them.
     fn weight_bytes(&self) -> u64;
     /// Scratch for up to `max_tokens` tokens per call, at positions below `positions`.
@@ -78,6 +74,16 @@ pub trait Engine {
         cache: &mut Self::KvCache,
     ) -> Result<Vec<f32>>;
 
+    /// Parameters of the decoder blocks (counted from the config, which pruning keeps in step).
+    fn params_main(&self) -> u64 {
+        self.config().params_main()
+    }
+
+    /// All parameters.
+    fn params_total(&self) -> u64 {
+        self.config().params_total()
+    }
+
     /// Sum of next-token NLLs of one window and the number of predicted tokens.
     fn window_nll(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<(f64, usize)> {
         self.embed(ws, ids)?;
@@ -107,7 +113,6 @@ impl Backend {
     pub fn with_model<J: EngineJob>(&self, dir: &Path, job: J) -> Result<J::Output> {
         match self {
             Backend::Cpu(dtype) => job.run(crate::model::Model::load_as(dir, *dtype)?),
-            #[cfg(feature = "cuda")]
             Backend::Cuda(gpu) => job.run(crate::gpu_model::GpuModel::load(gpu.clone(), dir)?),
         }
     }

@@ -30,14 +30,6 @@ impl Engine for GpuModel {
         "bf16 weights, CUDA kernels".into()
     }
 
-    fn params_main(&self) -> u64 {
-        GpuModel::params_main(self)
-    }
-
-    fn params_total(&self) -> u64 {
-        GpuModel::params_total(self)
-    }
-
     fn weight_bytes(&self) -> u64 {
         self.device_bytes()
     }

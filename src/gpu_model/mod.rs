@@ -167,51 +167,6 @@ impl GpuModel {
             + self.lm_head.as_ref().map_or(0, |h| bytes(&h.data))
     }
 
-    /// Parameters of the decoder blocks (device padding not counted).
-    pub fn params_main(&self) -> u64 {
-        let len = |b: &GpuBuffer<f32>| b.len() as u64;
-        let opt = |b: &Option<GpuBuffer<f32>>| b.as_ref().map_or(0, len);
-        let matrix = |m: &GpuMatrix| (m.rows * m.cols) as u64;
-        let hidden = self.config.hidden as u64;
-        self.blocks
-            .iter()
-            .map(|b| {
-                let attn = b.attention.as_ref().map_or(0, |a| {
-                    len(&a.norm)
-                        + matrix(&a.qkv)
-                        + matrix(&a.o)
-                        + opt(&a.qkv_bias)
-                        + opt(&a.o_bias)
-                        + opt(&a.q_norm)
-                        + opt(&a.k_norm)
-                        + opt(&a.post_norm)
-                });
-                let ffn = b.ffn.as_ref().map_or(0, |f| {
-                    let w = f.width as u64;
-                    let gate_up_bias = f.gate_up_bias.as_ref().map_or(0, |_| 2 * w);
-                    len(&f.norm)
-                        + 3 * w * hidden
-                        + gate_up_bias
-                        + opt(&f.down_bias)
-                        + opt(&f.post_norm)
-                });
-                attn + ffn
-            })
-            .sum()
-    }
-
-    /// All parameters: blocks, embeddings, final norm and an untied LM head.
-    pub fn params_total(&self) -> u64 {
-        let head = self
-            .lm_head
-            .as_ref()
-            .map_or(0, |h| (h.rows * h.cols) as u64);
-        self.params_main()
-            + (self.embed.rows * self.embed.cols) as u64
-            + self.final_norm.len() as u64
-            + head
-    }
-
     /// LM head weights (its own or the tied embeddings).
     pub fn head(&self) -> &GpuMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -34,14 +34,6 @@ impl Engine for Model {
         crate::backend::cpu::kernels_for(Model::precision(self))
     }
 
-    fn params_main(&self) -> u64 {
-        Model::params_main(self)
-    }
-
-    fn params_total(&self) -> u64 {
-        Model::params_total(self)
-    }
-
     fn weight_bytes(&self) -> u64 {
         Model::weight_bytes(self)
     }

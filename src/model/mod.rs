@@ -102,46 +102,9 @@ impl Linear {
         self.weight
             .linear(x, self.bias.as_deref(), y, n, self.out_dim, self.in_dim);
     }
-
-    /// Number of parameters (weights and bias).
-    pub fn n_params(&self) -> u64 {
-        (self.weight.len() + self.bias.as_ref().map_or(0, Vec::len)) as u64
-    }
-}
-
-impl Block {
-    /// Parameters of the block (projections, biases and norms).
-    pub fn n_params(&self) -> u64 {
-        let norm = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |w| w.len() as u64);
-        let attn = self.attention.as_ref().map_or(0, |a| {
-            a.norm.len() as u64
-                + a.qkv.n_params()
-                + a.o.n_params()
-                + norm(&a.q_norm)
-                + norm(&a.k_norm)
-                + norm(&a.post_norm)
-        });
-        let ffn = self.ffn.as_ref().map_or(0, |f| {
-            f.norm.len() as u64 + f.gate_up.n_params() + f.down.n_params() + norm(&f.post_norm)
-        });
-        attn + ffn
-    }
 }
 
 impl Model {
-    /// Parameters of all decoder blocks (P_main).
-    pub fn params_main(&self) -> u64 {
-        self.blocks.iter().map(Block::n_params).sum()
-    }
-
-    /// All parameters: blocks, embeddings, final norm and an untied LM head.
-    pub fn params_total(&self) -> u64 {
-        self.params_main()
-            + self.embed.len() as u64
-            + self.final_norm.len() as u64
-            + self.lm_head.as_ref().map_or(0, Linear::n_params)
-    }
-
     /// LM head weight `[vocab, hidden]`: its own or the tied embeddings.
     pub fn head_weight(&self) -> &Weights {
         self.lm_head.as_ref().map_or(&self.embed, |h| &h.weight)
@@ -169,6 +132,11 @@ impl Model {
         let (bytes, elems) = self
             .matrices()
             .fold((0, 0), |(b, e), w| (b + w.n_bytes(), e + w.len() as u64));
-        bytes + 4 * (self.params_total() - elems)
+        // A tied checkpoint that also stores lm_head.weight holds the head twice; the config counts it once.
+        let head_copy = match (&self.lm_head, self.config.tie_embeddings) {
+            (Some(head), true) => head.weight.len() as u64,
+            _ => 0,
+        };
+        bytes + 4 * (self.config.params_total() + head_copy - elems)
     }
 }

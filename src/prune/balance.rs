@@ -38,21 +38,9 @@ impl ParamCounts {
         {
             bail!("2SSP needs a dense model: this one is already pruned (blocks differ)");
         }
-        let (h, arch) = (config.hidden as u64, &config.arch);
-        let (q, kv) = (att.q_dim() as u64, att.kv_dim() as u64);
-        let qkv_bias = if arch.qkv_bias { q + 2 * kv } else { 0 };
-        let o_bias = if arch.o_bias { h } else { 0 };
-        let qk_norm = if arch.qk_norm {
-            2 * att.head_dim as u64
-        } else {
-            0
-        };
-        let p_attn = h * (q + 2 * kv) + q * h + qkv_bias + o_bias + qk_norm;
-        let f = d_ff as u64;
-        let mlp_bias = if arch.mlp_bias { 2 * f + h } else { 0 };
-        let p_ffn = 3 * h * f + mlp_bias;
-        let norms_per_block = if arch.sandwich_norms { 4 * h } else { 2 * h };
-        let p_main = config.blocks.len() as u64 * (p_attn + p_ffn + norms_per_block);
+        let p_attn = config.attention_params(att);
+        let p_ffn = config.ffn_params(d_ff);
+        let p_main = config.params_main();
         Ok(Self {
             n_layers: config.blocks.len(),
             d_ff,

@@ -80,3 +80,32 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
             }
         })
 }
+
+/// Calibration windows of `seq_len` tokens of the sample text, with the fixture's tokenizer.
+pub fn calibration(dir: &std::path::Path, seq_len: usize) -> Vec<Vec<u32>> {
+    use twossp_engine::{data::Corpus, tokenizer::Tokenizer};
+    let tok = Tokenizer::from_dir(dir).unwrap();
+    let corpus = Corpus::load(&[fixtures().join("text/sample.txt")], &tok).unwrap();
+    corpus
+        .windows(seq_len, None)
+        .unwrap()
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect()
+}
+
+/// Every backend this build and machine have: the CPU in f32 (the reference) and, in a CUDA
+/// build with a device (a real GPU, or the host emulation of `cuda-host`), the GPU.
+#[allow(unreachable_code)] // without CUDA, `Gpu` has no values
+pub fn backends() -> Vec<twossp_engine::backend::Backend> {
+    use twossp_engine::backend::{cuda::Gpu, Backend};
+    let mut out = vec![Backend::Cpu(Some(twossp_engine::weights::Precision::F32))];
+    match Gpu::available() {
+        true => out.push(Backend::Cuda(std::sync::Arc::new(Gpu::new(0).unwrap()))),
+        false if cfg!(feature = "cuda") => println!("SKIPPED on cuda: no GPU on this machine"),
+        false => println!(
+            "cuda: not in this build (tests/engines.rs runs it with --features cuda or cuda-host)"
+        ),
+    }
+    out
+}

@@ -32,24 +32,3 @@ fn check_copy(n: usize, src_len: usize, dst_len: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// `cuda` or `cuda:N` as given to `--device`; `None` when the string names no CUDA device.
-pub fn parse_ordinal(device: &str) -> Option<usize> {
-    match device {
-        "cuda" => Some(0),
-        _ => device.strip_prefix("cuda:")?.parse().ok(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ordinal;
-
-    #[test]
-    fn device_names_parse() {
-        assert_eq!(parse_ordinal("cuda"), Some(0));
-        assert_eq!(parse_ordinal("cuda:3"), Some(3));
-        assert_eq!(parse_ordinal("cuda:x"), None);
-        assert_eq!(parse_ordinal("gpu"), None);
-    }
-}
