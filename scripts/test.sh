@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked
 scripts/fetch-model.sh all
 scripts/fetch-data.sh
+scripts/fetch-tasks.sh
 if [ "${TWOSSP_SKIP_LLAMA_CPP:-0}" != 1 ]; then
   benches/peers/build-llama-cpp.sh >&2
   export TWOSSP_REQUIRE_LLAMA_CPP=1

@@ -8,6 +8,7 @@ mod generate;
 mod import;
 mod output;
 mod prune;
+mod tasks;
 mod tokenize;
 
 use anyhow::Result;
@@ -40,6 +41,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Write a model as DeciLM (vLLM, HF), GGUF (llama.cpp) or a native HF folder, verified by reload.
     Export(export::ExportArgs),
+    /// Zero-shot multiple-choice accuracy (ARC, HellaSwag, PIQA, WinoGrande, MMLU) as lm-eval computes it.
+    Tasks(tasks::TasksArgs),
     /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
+        Command::Tasks(args) => tasks::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

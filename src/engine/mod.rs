@@ -43,9 +43,14 @@ pub trait Engine {
     fn store_hidden(&self, ws: &Self::Workspace, dst: &mut Self::Hidden, n: usize) -> Result<()>;
     /// Makes `src` (`n` rows) the residual stream.
     fn load_hidden(&self, ws: &mut Self::Workspace, src: &Self::Hidden, n: usize) -> Result<()>;
-    /// Sum of next-token NLLs of `ids` from the residual stream after the last block (final norm and
-    /// LM head applied here; the stream is clobbered).
-    fn nll_from_hidden(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<f64>;
+    /// NLL of `targets[k]` under the logits of row `first_row + k` of the residual stream after the
+    /// last block (final norm and LM head applied here; those rows are clobbered).
+    fn target_nlls_from_hidden(
+        &self,
+        ws: &mut Self::Workspace,
+        first_row: usize,
+        targets: &[u32],
+    ) -> Result<Vec<f32>>;
     /// Stage 1: every FFN neuron's mean over samples of its L2 norm over tokens, on the dense model.
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores>;
     /// Keeps only the listed neurons of each block's FFN (ascending indices).
@@ -66,6 +71,15 @@ pub trait Engine {
     fn kv_cache(&self, positions: usize) -> Result<Self::KvCache>;
     /// Bytes a KV cache of `positions` positions takes on this backend.
     fn kv_cache_bytes(&self, positions: usize) -> u64;
+    /// Runs `ids` after the positions already in `cache`, leaving their residual stream in `ws`.
+    fn forward_cached_hidden(
+        &self,
+        ws: &mut Self::Workspace,
+        ids: &[u32],
+        cache: &mut Self::KvCache,
+    ) -> Result<()>;
+    /// Forgets the cached positions from `positions` on.
+    fn rewind_kv_cache(&self, cache: &mut Self::KvCache, positions: usize);
     /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
     fn forward_cached(
         &self,
@@ -82,6 +96,13 @@ pub trait Engine {
     /// All parameters.
     fn params_total(&self) -> u64 {
         self.config().params_total()
+    }
+
+    /// Sum of the next-token NLLs of `ids` from the residual stream after the last block
+    /// (accumulated in f64).
+    fn nll_from_hidden(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<f64> {
+        let nlls = self.target_nlls_from_hidden(ws, 0, ids.get(1..).unwrap_or_default())?;
+        Ok(nlls.iter().map(|&v| v as f64).sum())
     }
 
     /// Sum of next-token NLLs of one window and the number of predicted tokens.

@@ -1,3 +1,4 @@
 //! Model evaluation.
 
 pub mod perplexity;
+pub mod tasks;

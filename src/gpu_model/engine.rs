@@ -61,8 +61,13 @@ impl Engine for GpuModel {
         self.gpu.copy(src, &mut ws.x, n * self.config.hidden)
     }
 
-    fn nll_from_hidden(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<f64> {
-        GpuModel::nll_from_hidden(self, ws, ids)
+    fn target_nlls_from_hidden(
+        &self,
+        ws: &mut GpuWorkspace,
+        first_row: usize,
+        targets: &[u32],
+    ) -> Result<Vec<f32>> {
+        GpuModel::target_nlls_from_hidden(self, ws, first_row, targets)
     }
 
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores> {
@@ -137,6 +142,19 @@ impl Engine for GpuModel {
             .filter_map(|b| b.attention.as_ref())
             .map(|a| (2 * 2 * positions * a.kv_dim()) as u64) // bf16 keys and values
             .sum()
+    }
+
+    fn forward_cached_hidden(
+        &self,
+        ws: &mut GpuWorkspace,
+        ids: &[u32],
+        cache: &mut GpuKvCache,
+    ) -> Result<()> {
+        GpuModel::forward_cached_hidden(self, ws, ids, cache)
+    }
+
+    fn rewind_kv_cache(&self, cache: &mut GpuKvCache, positions: usize) {
+        cache.len = cache.len.min(positions);
     }
 
     fn forward_cached(

@@ -466,17 +466,23 @@ impl GpuModel {
         kernels::matmul(gpu, &mm, Epilogue::store_f32(gpu.ptr(&ws.logits, 0), vocab))
     }
 
-    /// Sum of next-token NLLs of `ids` from the residual stream after the last block.
-    pub fn nll_from_hidden(&self, ws: &mut GpuWorkspace, ids: &[u32]) -> Result<f64> {
+    /// NLL of `targets[k]` under the logits of row `first_row + k` of the residual stream after
+    /// the last block.
+    pub fn target_nlls_from_hidden(
+        &self,
+        ws: &mut GpuWorkspace,
+        first_row: usize,
+        targets: &[u32],
+    ) -> Result<Vec<f32>> {
         let (gpu, vocab) = (&self.gpu, self.config.vocab);
-        let n_pred = ids.len().saturating_sub(1);
+        let n_pred = targets.len();
         if n_pred == 0 {
-            return Ok(0.0);
+            return Ok(Vec::new());
         }
-        gpu.write(&ids[1..], &mut ws.ids)?;
+        gpu.write(targets, &mut ws.ids)?;
         for start in (0..n_pred).step_by(ws.logit_rows) {
             let rows = ws.logit_rows.min(n_pred - start);
-            self.head_logits(ws, start, rows)?;
+            self.head_logits(ws, first_row + start, rows)?;
             let targets = gpu.ptr(&ws.ids, start);
             kernels::row_nll(
                 gpu,
@@ -488,8 +494,7 @@ impl GpuModel {
                 gpu.ptr(&ws.nll, start),
             )?;
         }
-        let nll = gpu.download_prefix(&ws.nll, n_pred)?;
-        Ok(nll.iter().map(|&v| v as f64).sum())
+        gpu.download_prefix(&ws.nll, n_pred)
     }
 
     /// Runs `ids` after the positions already in `cache` and returns the logits of the last one.
@@ -499,9 +504,19 @@ impl GpuModel {
         ids: &[u32],
         cache: &mut GpuKvCache,
     ) -> Result<Vec<f32>> {
-        self.embed(ws, ids)?;
-        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)?;
+        self.forward_cached_hidden(ws, ids, cache)?;
         self.row_logits(ws, ids.len() - 1)
+    }
+
+    /// Runs `ids` after the positions already in `cache`, leaving their residual stream in `ws`.
+    pub fn forward_cached_hidden(
+        &self,
+        ws: &mut GpuWorkspace,
+        ids: &[u32],
+        cache: &mut GpuKvCache,
+    ) -> Result<()> {
+        self.embed(ws, ids)?;
+        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)
     }
 
     /// Logits of row `row` of the residual stream (after the final norm and the LM head).

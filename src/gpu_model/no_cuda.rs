@@ -69,7 +69,18 @@ impl Engine for GpuModel {
     fn load_hidden(&self, _: &mut Infallible, _: &Infallible, _: usize) -> Result<()> {
         match *self {}
     }
-    fn nll_from_hidden(&self, _: &mut Infallible, _: &[u32]) -> Result<f64> {
+    fn target_nlls_from_hidden(&self, _: &mut Infallible, _: usize, _: &[u32]) -> Result<Vec<f32>> {
+        match *self {}
+    }
+    fn forward_cached_hidden(
+        &self,
+        _: &mut Infallible,
+        _: &[u32],
+        _: &mut Infallible,
+    ) -> Result<()> {
+        match *self {}
+    }
+    fn rewind_kv_cache(&self, _: &mut Infallible, _: usize) {
         match *self {}
     }
     fn score_neurons(&self, _: &[&[u32]]) -> Result<NeuronScores> {

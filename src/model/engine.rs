@@ -68,10 +68,16 @@ impl Engine for Model {
         Ok(())
     }
 
-    fn nll_from_hidden(&self, ws: &mut CpuWorkspace, ids: &[u32]) -> Result<f64> {
-        let x = &mut ws.x[..ids.len() * self.config.hidden];
+    fn target_nlls_from_hidden(
+        &self,
+        ws: &mut CpuWorkspace,
+        first_row: usize,
+        targets: &[u32],
+    ) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden;
+        let x = &mut ws.x[first_row * hidden..(first_row + targets.len()) * hidden];
         self.apply_final_norm(x);
-        Ok(Model::nll_from_hidden(self, x, ids))
+        Ok(Model::target_nlls(self, x, targets))
     }
 
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores> {
@@ -113,6 +119,28 @@ impl Engine for Model {
 
     fn kv_cache_bytes(&self, positions: usize) -> u64 {
         KvCache::bytes_for(self, positions)
+    }
+
+    fn forward_cached_hidden(
+        &self,
+        ws: &mut CpuWorkspace,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<()> {
+        ws.x = self.embed_tokens(ids)?;
+        self.run_blocks_cached(
+            &mut ws.x,
+            0..self.blocks.len(),
+            &mut ws.scratch,
+            None,
+            Some(cache),
+        );
+        cache.advance(ids.len());
+        Ok(())
+    }
+
+    fn rewind_kv_cache(&self, cache: &mut KvCache, positions: usize) {
+        cache.truncate(positions);
     }
 
     fn forward_cached(

@@ -168,26 +168,38 @@ impl Model {
 
     /// Sum of next-token NLLs over `n - 1` predicted positions, from final hidden states.
     pub fn nll_from_hidden(&self, hidden_states: &[f32], ids: &[u32]) -> f64 {
+        self.token_nlls(hidden_states, ids)
+            .iter()
+            .map(|&v| v as f64)
+            .sum()
+    }
+
+    /// Next-token NLL of `ids[r + 1]` at every row `r` of the final-normed hidden states.
+    pub fn token_nlls(&self, hidden_states: &[f32], ids: &[u32]) -> Vec<f32> {
+        self.target_nlls(hidden_states, ids.get(1..).unwrap_or_default())
+    }
+
+    /// NLL of `targets[r]` under the logits of row `r` of the final-normed hidden states.
+    pub fn target_nlls(&self, hidden_states: &[f32], targets: &[u32]) -> Vec<f32> {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
-        let n_pred = ids.len().saturating_sub(1);
+        let n_pred = targets.len();
         let head_rows = if computes_in_bf16(self.precision()) {
             HEAD_ROWS_BF16
         } else {
             HEAD_ROWS
         };
         let mut logits = vec![0f32; head_rows * vocab];
-        let mut total = 0f64;
+        let mut nlls = vec![0f32; n_pred];
         for start in (0..n_pred).step_by(head_rows) {
             let rows = head_rows.min(n_pred - start);
             let out = &mut logits[..rows * vocab];
             self.head_rows(&hidden_states[start * hidden..(start + rows) * hidden], out);
-            total += out
-                .par_chunks(vocab)
+            out.par_chunks(vocab)
+                .zip(&mut nlls[start..start + rows])
                 .enumerate()
-                .map(|(r, row)| ops::nll(row, ids[start + r + 1] as usize) as f64)
-                .sum::<f64>();
+                .for_each(|(r, (row, nll))| *nll = ops::nll(row, targets[start + r] as usize));
         }
-        total
+        nlls
     }
 
     /// Sum of next-token NLLs of one window and the number of predicted tokens.

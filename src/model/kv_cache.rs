@@ -35,6 +35,24 @@ impl KvCache {
         }
     }
 
+    /// Counts `n` more positions as held (after a forward pass appended their keys and values).
+    pub fn advance(&mut self, n: usize) {
+        self.positions += n;
+    }
+
+    /// Forgets every position from `positions` on.
+    pub fn truncate(&mut self, positions: usize) {
+        if positions >= self.positions {
+            return;
+        }
+        for (keys, values) in self.layers.iter_mut().flatten() {
+            let kv_dim = keys.len() / self.positions;
+            keys.truncate(positions * kv_dim);
+            values.truncate(positions * kv_dim);
+        }
+        self.positions = positions;
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.positions
@@ -72,7 +90,7 @@ impl Model {
     ) -> anyhow::Result<Vec<f32>> {
         let mut x = self.embed_tokens(ids)?;
         self.run_blocks_cached(&mut x, 0..self.blocks.len(), ws, None, Some(cache));
-        cache.positions += ids.len();
+        cache.advance(ids.len());
         let hidden = self.config.hidden;
         let last = &mut x[(ids.len() - 1) * hidden..];
         self.apply_final_norm(last);
