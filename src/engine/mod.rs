@@ -65,6 +65,10 @@ pub trait Engine {
     fn restore_attention(&mut self, i: usize, attention: Option<Self::Attention>);
     /// Removes block `i`'s attention for good (its memory is released).
     fn remove_attention(&mut self, i: usize);
+    /// Removes block `i`'s FFN for good (the block becomes `h + attention(h)`, or the identity).
+    fn remove_ffn(&mut self, i: usize);
+    /// Row `row` of the residual stream, copied to the host.
+    fn hidden_row(&self, ws: &Self::Workspace, row: usize) -> Result<Vec<f32>>;
     /// Waits for queued work (a no-op where work is synchronous).
     fn sync(&self) -> Result<()>;
     /// An empty KV cache for up to `positions` positions.

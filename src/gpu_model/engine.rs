@@ -127,6 +127,17 @@ impl Engine for GpuModel {
         GpuModel::remove_attention(self, i)
     }
 
+    fn remove_ffn(&mut self, i: usize) {
+        self.config.blocks[i].ffn_width = 0;
+        self.blocks[i].ffn = None;
+    }
+
+    fn hidden_row(&self, ws: &GpuWorkspace, row: usize) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden;
+        let rows = self.gpu.download_prefix(&ws.x, (row + 1) * hidden)?;
+        Ok(rows[row * hidden..].to_vec())
+    }
+
     fn sync(&self) -> Result<()> {
         self.gpu.sync()
     }

@@ -104,6 +104,12 @@ impl Engine for GpuModel {
     fn remove_attention(&mut self, _: usize) {
         match *self {}
     }
+    fn remove_ffn(&mut self, _: usize) {
+        match *self {}
+    }
+    fn hidden_row(&self, _: &Infallible, _: usize) -> Result<Vec<f32>> {
+        match *self {}
+    }
     fn sync(&self) -> Result<()> {
         match *self {}
     }

@@ -109,6 +109,16 @@ impl Engine for Model {
         Model::remove_attention(self, i)
     }
 
+    fn remove_ffn(&mut self, i: usize) {
+        self.blocks[i].ffn = None;
+        self.config.blocks[i].ffn_width = 0;
+    }
+
+    fn hidden_row(&self, ws: &CpuWorkspace, row: usize) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden;
+        Ok(ws.x[row * hidden..(row + 1) * hidden].to_vec())
+    }
+
     fn sync(&self) -> Result<()> {
         Ok(())
     }
