@@ -72,3 +72,63 @@ fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
         assert!(max_diff < 1e-4, "{name}: scores differ by {max_diff}");
     }
 }
+
+/// Runs `prune` on the llama fixture; returns (exit code, stderr, output folder).
+fn prune_cli(tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
+    let out = std::env::temp_dir().join(format!("twossp-baselines-{}-{tag}", std::process::id()));
+    let model = common::fixtures().join("llama");
+    let text = common::fixtures().join("text/sample.txt");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+        .args([
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--calib",
+            text.to_str().unwrap(),
+            "--seq-len",
+            "64",
+            "--samples",
+            "4",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (output.status.code().unwrap_or(-1), stderr, out)
+}
+
+#[test]
+fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
+    for method in ["shortgpt", "window"] {
+        let (code, err, out) = prune_cli(method, &["--method", method, "--sparsity", "0.25"]);
+        assert_eq!(code, 0, "{err}");
+        let report = common::reference_json_file(&out.join("pruning_report.json"));
+        assert_eq!(report["method"], method);
+        assert!(
+            report["verification"]["identical"].as_bool().unwrap(),
+            "{report}"
+        );
+        let removed: Vec<usize> = serde_json::from_value(report["removed_blocks"].clone()).unwrap();
+        let config = twossp_engine::config::ModelConfig::from_dir(&out).unwrap();
+        let n = config.blocks.len();
+        assert_eq!(removed.len(), blocks_to_remove(0.25, n).unwrap());
+        for (i, block) in config.blocks.iter().enumerate() {
+            let gone = removed.contains(&i);
+            assert_eq!(block.attention.is_none(), gone, "{method} block {i}");
+            assert_eq!(block.ffn_width == 0, gone, "{method} block {i}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let (code, err, out) = prune_cli("too-many", &["--method", "window", "--sparsity", "0.99"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a whole-block method needs"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+    let (code, err, _) = prune_cli("unknown", &["--method", "sleb2", "--sparsity", "0.25"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("sleb2"), "{err}");
+}

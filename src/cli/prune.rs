@@ -5,11 +5,24 @@ use super::output::{print_json, print_table};
 use crate::engine::Engine;
 use crate::export::Format;
 use crate::prune::balance::AttentionBudget;
+use crate::prune::block_pipeline::{self, BlockMethod};
 use crate::prune::pipeline::{self, PruneJob};
 use crate::prune::PruneOptions;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
+
+/// `--method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// 2SSP (both stages).
+    #[value(name = "2ssp")]
+    TwoSsp,
+    /// ShortGPT.
+    Shortgpt,
+    /// Window / angular distance.
+    Window,
+}
 
 /// Arguments of `prune`.
 #[derive(Args, Debug)]
@@ -21,9 +34,17 @@ pub struct PruneArgs {
         conflicts_with = "synthetic_weights"
     )]
     pub model: Option<PathBuf>,
-    /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1).
+    /// Pruning method: 2ssp (the paper's), or a whole-block baseline as the 2SSP authors run it:
+    /// shortgpt (block influence, Men et al. 2024) or window (most similar block window, Gromov et al. 2024).
+    #[arg(long, value_enum, default_value = "2ssp")]
+    pub method: Method,
+    /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1); whole-block methods
+    /// remove ceil(sparsity x blocks) blocks, as the authors' main.py.
     #[arg(long)]
     pub sparsity: f64,
+    /// Calibration windows a whole-block method scores (the authors' default: 256).
+    #[arg(long, default_value_t = 256)]
+    pub samples: usize,
     /// Output folder (a .gguf file with --format gguf; the report is then written beside it).
     #[arg(
         long,
@@ -214,6 +235,41 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 .or_else(crate::prune::cache::default_root)
         },
     };
+    let block_method = match args.method {
+        Method::TwoSsp => None,
+        Method::Shortgpt => Some(BlockMethod::ShortGpt),
+        Method::Window => Some(BlockMethod::Window),
+    };
+    if let Some(method) = block_method {
+        let report = block_pipeline::run(&job, method, args.samples, &backend)?;
+        if args.json {
+            return print_json(&report);
+        }
+        let rows = vec![
+            vec!["method".into(), report.method.clone()],
+            vec![
+                "removed blocks".into(),
+                format!("{:?}", report.removed_blocks),
+            ],
+            vec![
+                "blocks / P_main removed".into(),
+                format!(
+                    "{:.4} / {:.4}",
+                    report.block_fraction_removed, report.sparsity_achieved
+                ),
+            ],
+            vec![
+                "seconds (scoring / total)".into(),
+                format!(
+                    "{:.2} / {:.2}",
+                    report.seconds.scoring, report.seconds.total
+                ),
+            ],
+            vec!["output".into(), report.export.path.display().to_string()],
+        ];
+        print_table(&["prune", "value"], &rows);
+        return Ok(());
+    }
     let report = pipeline::run(&job, &backend)?;
     if args.json {
         return print_json(&report);

@@ -6,6 +6,7 @@
 //! - Window (Gromov et al., 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"): the
 //!   contiguous `n` blocks whose input and output are most similar (mean cosine at the last token,
 //!   as the authors' code takes it; ties to the later window); block 0 is never in a window.
+//!
 //! Both remove ceil(s × L) whole blocks (exactly s × L when that is an integer), as `main.py`.
 
 use crate::engine::Engine;
@@ -132,8 +133,9 @@ mod tests {
     fn ties_follow_the_authors_rules() {
         // Four blocks whose outputs are equal to their inputs except block 2: ShortGPT keeps the
         // lower indices on ties; Window prefers the later of equally good windows.
-        let v = |x: f32| vec![x, 1.0];
-        let one = vec![v(1.0), v(1.0), v(5.0), v(5.0), v(5.0)];
+        // Vectors whose cosines are exactly 1 or 0 in floating point.
+        let (a, b) = (vec![1.0f32, 0.0], vec![0.0f32, 5.0]);
+        let one = vec![a.clone(), a, b.clone(), b.clone(), b];
         let choice = shortgpt(std::slice::from_ref(&one), 2);
         assert_eq!(choice.removed_blocks, [1, 3]);
         let choice = window(std::slice::from_ref(&one), 1);

@@ -3,6 +3,7 @@
 //! backend (an [`Engine`]) in place.
 
 pub mod balance;
+pub mod block_pipeline;
 pub mod block_similarity;
 pub mod cache;
 pub mod decisions;

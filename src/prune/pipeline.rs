@@ -136,17 +136,8 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     if job.export.ffn_mult && format != Format::Decilm {
         bail!("--ffn-mult applies to --format decilm only");
     }
-    let calib_files = if job.calib.is_empty() {
-        vec![PathBuf::from(DEFAULT_CALIB)]
-    } else {
-        job.calib.clone()
-    };
-    let tokenizer = Tokenizer::from_dir(&job.model)?;
-    let corpus = Corpus::load(&calib_files, &tokenizer)?;
-    let mut windows = corpus.windows(job.seq_len, None)?;
-    if let Some(seed) = job.seed {
-        shuffle(&mut windows, seed);
-    }
+    let (calib_files, corpus) = calibration_corpus(job)?;
+    let windows = calibration_windows(&corpus, job)?;
     let needed = job.stage1_samples.max(job.stage2_samples);
     if windows.len() < needed {
         bail!(
@@ -279,15 +270,27 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         export: summary,
         reused: outcome.reused.clone(),
     };
-    let text = serde_json::to_string_pretty(&report)?;
+    commit_with_report(staged, format, &beside, &report)?;
+    Ok(report)
+}
+
+/// Writes `report` as `pruning_report.json` into the staged output (beside it for GGUF) and
+/// moves the output into place.
+pub(super) fn commit_with_report<R: serde::Serialize>(
+    staged: crate::fsutil::Staged,
+    format: Format,
+    beside: &Path,
+    report: &R,
+) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
     if format == Format::Gguf {
         staged.commit()?;
-        crate::fsutil::write_atomic(&beside, text.as_bytes())?;
+        crate::fsutil::write_atomic(beside, text.as_bytes())?;
     } else {
         crate::fsutil::write_atomic(&staged.path().join("pruning_report.json"), text.as_bytes())?;
         staged.commit()?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// `OUT.pruning_report.json` beside a single-file output.
@@ -336,8 +339,32 @@ pub fn verify(
     })
 }
 
+/// The calibration files of `job` (default: [`DEFAULT_CALIB`]) and their corpus.
+pub(super) fn calibration_corpus(job: &PruneJob) -> Result<(Vec<PathBuf>, Corpus)> {
+    let calib_files = if job.calib.is_empty() {
+        vec![PathBuf::from(DEFAULT_CALIB)]
+    } else {
+        job.calib.clone()
+    };
+    let tokenizer = Tokenizer::from_dir(&job.model)?;
+    let corpus = Corpus::load(&calib_files, &tokenizer)?;
+    Ok((calib_files, corpus))
+}
+
+/// The corpus's windows of `job.seq_len` tokens, shuffled when `job.seed` is set.
+pub(super) fn calibration_windows<'c>(
+    corpus: &'c Corpus,
+    job: &PruneJob,
+) -> Result<Vec<&'c [u32]>> {
+    let mut windows = corpus.windows(job.seq_len, None)?;
+    if let Some(seed) = job.seed {
+        shuffle(&mut windows, seed);
+    }
+    Ok(windows)
+}
+
 /// Hex SHA-256 of a file.
-fn sha256_file(path: &Path) -> Result<String> {
+pub(super) fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Sha256::digest(&bytes)
         .iter()

@@ -195,8 +195,9 @@ mod tests {
     #[test]
     fn hellaswag_preprocessing_follows_the_python_steps() {
         assert_eq!(
+            // Brackets go after the strip, so the space after "[header]" stays (as in Python).
             preprocess("  [header] How to x [title] Do it.  "),
-            "How to x. Do it."
+            " How to x. Do it."
         );
         assert_eq!(preprocess("[substeps] Many  people"), " Many people");
         assert_eq!(preprocess("a   b"), "a  b");
