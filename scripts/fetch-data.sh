@@ -48,23 +48,9 @@ AUSTEN_SHA256=df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95
 AUSTEN_URL="http://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/$AUSTEN_DEB"
 PY_REQS=(mwparserfromhell==0.7.2 rdata==1.1.0)
 
-log() { printf '[fetch-data] %s\n' "$*" >&2; }
-sha256_of() {
-  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | awk '{print $1}'
-  else "$PY" -c 'import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; fi
-}
-# verify FILE SHA256: exit with an error on mismatch (the file is left for inspection)
-verify() {
-  local got
-  got="$(sha256_of "$1")"
-  if [ "$got" != "$2" ]; then
-    log "sha256 mismatch for $1"; log "  expected $2"; log "  got      $got"; return 1
-  fi
-}
-# new_tmpdir: private temporary directory under the cache (all removed on exit)
-TMPROOT="$(mktemp -d "$CACHE/.tmp.XXXXXX")"
-trap 'rm -rf "$TMPROOT"' EXIT
-new_tmpdir() { mktemp -d "$TMPROOT/XXXXXX"; }
+LOG_TAG=fetch-data
+# shellcheck source=fetch-common.sh
+source "$REPO/scripts/fetch-common.sh"
 
 # ---- downloads ---------------------------------------------------------------
 fetch_gensim() {

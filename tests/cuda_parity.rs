@@ -31,13 +31,11 @@ use twossp_engine::backend::cuda::kernels::{
 };
 use twossp_engine::backend::cuda::{Gpu, GpuBuffer};
 use twossp_engine::config::{Activation, ModelConfig};
-use twossp_engine::data::Corpus;
 use twossp_engine::engine::Engine;
 use twossp_engine::gpu_model::{padded_width, GpuKvCache, GpuModel, GpuWorkspace};
 use twossp_engine::model::{Model, Workspace};
 use twossp_engine::prune::balance::AttentionBudget;
 use twossp_engine::prune::{self, stage1, PruneOptions};
-use twossp_engine::tokenizer::Tokenizer;
 
 /// `u(seed, i)` of kernels/synthetic.cu: uniform in [-1, 1) from 24 bits of a SplitMix64-style hash.
 fn synthetic_uniform(seed: u64, i: u64) -> f32 {
@@ -1394,40 +1392,15 @@ fn kv_cached_decode_matches_full_forward() {
 /// Kept neurons that differ between the device and the CPU must have CPU scores within 1e-2
 /// (relative) of the keep threshold, the midpoint between the last kept and the first dropped score.
 fn check_kept(checks: &mut Checks, label: &str, got: &[usize], want: &[usize], cpu_scores: &[f32]) {
-    let keep = want.len();
-    if got.len() != keep {
-        checks.truth(
-            format!("{label}: device keeps {} neurons, CPU {keep}", got.len()),
-            false,
-        );
-        return;
-    }
-    let mut sorted = cpu_scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let threshold = if keep < sorted.len() {
-        0.5 * (sorted[keep - 1] + sorted[keep])
-    } else {
-        f32::NEG_INFINITY
+    let scores: Vec<f64> = cpu_scores.iter().map(|&v| v as f64).collect();
+    let verdict = common::kept_differences_near_threshold(got, want, &scores, 1e-2);
+    let detail = match &verdict {
+        Ok(n) => format!("{n} neurons differ from the CPU, all within 1e-2 of the threshold"),
+        Err(why) => why.clone(),
     };
-    let differ: Vec<usize> = got
-        .iter()
-        .filter(|j| want.binary_search(j).is_err())
-        .chain(want.iter().filter(|j| got.binary_search(j).is_err()))
-        .copied()
-        .collect();
-    let far: Vec<usize> = differ
-        .iter()
-        .copied()
-        .filter(|&j| (cpu_scores[j] - threshold).abs() > 1e-2 * threshold.abs())
-        .collect();
     checks.truth(
-        format!(
-            "{label}: keep {keep}/{}, {} neurons differ from the CPU, {} of them not within 1e-2 of the threshold {threshold:.4} {far:?}",
-            cpu_scores.len(),
-            differ.len(),
-            far.len()
-        ),
-        far.is_empty(),
+        format!("{label}: keep {}: {detail}", want.len()),
+        verdict.is_ok(),
     );
 }
 

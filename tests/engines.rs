@@ -1,6 +1,7 @@
 //! Whole-model tests written once and run on every backend present (the CPU always; the GPU in a
 //! CUDA build with a device, or on the host emulation of `cuda-host`): perplexity against HF
-//! transformers, 2SSP decisions against the brute-force HF reference, and prune → save → reload.
+//! transformers, 2SSP decisions against the brute-force HF reference, prune → save → reload, and
+//! the zero-shot tasks' KV-cached scoring against the CPU's.
 //! The CPU computes in f32 and must match exactly; a bf16 backend must match within bounds that
 //! tell its rounding from errors (near-threshold neurons and near-tie removals may differ).
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use twossp_engine::backend::Backend;
 use twossp_engine::config::ModelConfig;
 use twossp_engine::engine::{Engine, EngineJob};
+use twossp_engine::eval::tasks::{load_docs, score_docs, Doc, Selection, TaskSpec};
 use twossp_engine::export::{ExportOptions, Format};
 use twossp_engine::prune::balance::AttentionBudget;
 use twossp_engine::prune::pipeline::{self, PruneJob};
@@ -104,42 +106,6 @@ impl EngineJob for TwoStage<'_> {
     fn run<E: Engine>(self, mut model: E) -> anyhow::Result<(PruneOutcome, Precision)> {
         let (outcome, _) = prune::run(&mut model, self.options, self.stage1, self.stage2, None)?;
         Ok((outcome, model.precision()))
-    }
-}
-
-/// Kept sets may differ from the reference only in neurons whose reference score lies within
-/// [`BF16_SCORE_TOL`] of the keep threshold (midway between the last kept and first dropped).
-fn kept_differences_near_threshold(
-    got: &[usize],
-    want: &[usize],
-    scores: &[f64],
-) -> Result<usize, String> {
-    let mut sorted = scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let keep = want.len();
-    if got.len() != keep {
-        return Err(format!("keeps {} neurons, the reference {keep}", got.len()));
-    }
-    let threshold = match sorted.get(keep) {
-        Some(next) => 0.5 * (sorted[keep - 1] + next),
-        None => f64::NEG_INFINITY,
-    };
-    let differ: Vec<usize> = got
-        .iter()
-        .filter(|j| want.binary_search(j).is_err())
-        .chain(want.iter().filter(|j| got.binary_search(j).is_err()))
-        .copied()
-        .collect();
-    let far: Vec<usize> = differ
-        .iter()
-        .copied()
-        .filter(|&j| (scores[j] - threshold).abs() > BF16_SCORE_TOL * threshold.abs())
-        .collect();
-    match far.is_empty() {
-        true => Ok(differ.len()),
-        false => Err(format!(
-            "neurons {far:?} differ, away from the threshold {threshold:.4}"
-        )),
     }
 }
 
@@ -254,7 +220,7 @@ fn pruning_decisions_match_the_brute_force_reference_on_every_backend() {
             let scores: Vec<Vec<f64>> = serde_json::from_value(case["ffn_scores"].clone()).unwrap();
             let mut differ = 0;
             for (block, ((g, w), s)) in out.ffn_kept.iter().zip(&kept).zip(&scores).enumerate() {
-                match kept_differences_near_threshold(g, w, s) {
+                match common::kept_differences_near_threshold(g, w, s, BF16_SCORE_TOL) {
                     Ok(n) => differ += n,
                     Err(e) => failures.push(format!("{label} block {block}: {e}")),
                 }
@@ -334,5 +300,79 @@ fn pruned_models_save_and_reload_with_the_same_perplexity_on_every_backend() {
             }
             std::fs::remove_dir_all(&out).unwrap();
         }
+    }
+}
+
+/// Scores tasks' first documents (the KV-cached scoring path of `tasks`).
+struct TaskScores<'a> {
+    tokenizer: &'a twossp_engine::tokenizer::Tokenizer,
+    work: &'a [(TaskSpec, Vec<Doc>)],
+}
+
+impl EngineJob for TaskScores<'_> {
+    type Output = (Vec<Vec<f64>>, Precision);
+    fn run<E: Engine>(self, model: E) -> anyhow::Result<Self::Output> {
+        let mut lls = Vec::new();
+        for (spec, docs) in self.work {
+            let result = score_docs(&model, self.tokenizer, spec, "-", 0, docs)?;
+            lls.extend(result.docs.into_iter().map(|d| d.ll));
+        }
+        Ok((lls, model.precision()))
+    }
+}
+
+#[test]
+fn task_log_likelihoods_agree_on_every_backend() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/tasks");
+    assert!(
+        data.join("arc_easy/test.jsonl").exists(),
+        "run scripts/fetch-tasks.sh (scripts/test.sh does)"
+    );
+    let dir = common::fixtures().join("gpu_llama");
+    let tokenizer = twossp_engine::tokenizer::Tokenizer::from_dir(&dir).unwrap();
+    let selection = Selection {
+        split: None,
+        limit: Some(3),
+        num_fewshot: 0,
+    };
+    let work: Vec<(TaskSpec, Vec<Doc>)> = ["arc_easy", "winogrande", "mmlu_anatomy"]
+        .iter()
+        .map(|t| {
+            let spec = TaskSpec::parse(t).unwrap();
+            let docs = load_docs(&data, &spec, &selection).unwrap();
+            (spec, docs)
+        })
+        .collect();
+    let mut reference: Option<Vec<Vec<f64>>> = None;
+    for backend in common::backends() {
+        let (lls, precision) = backend
+            .with_model(
+                &dir,
+                TaskScores {
+                    tokenizer: &tokenizer,
+                    work: &work,
+                },
+            )
+            .unwrap();
+        let Some(want) = &reference else {
+            assert_eq!(
+                precision,
+                Precision::F32,
+                "the first backend is the f32 CPU reference"
+            );
+            reference = Some(lls);
+            continue;
+        };
+        let worst = lls
+            .iter()
+            .flatten()
+            .zip(want.iter().flatten())
+            .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+            .fold(0f64, f64::max);
+        println!(
+            "{}: task log-likelihoods within {worst:.2e} (relative) of the CPU's",
+            backend.describe()
+        );
+        assert!(worst < BF16_PPL_TOL, "{}: {worst}", backend.describe());
     }
 }

@@ -109,3 +109,42 @@ pub fn backends() -> Vec<twossp_engine::backend::Backend> {
     }
     out
 }
+
+/// Kept FFN neurons of a bf16 backend may differ from the reference's only in neurons whose
+/// reference score lies within `tol` (relative) of the keep threshold (midway between the last
+/// kept and the first dropped score); returns how many differ, or why that is too many.
+pub fn kept_differences_near_threshold(
+    got: &[usize],
+    want: &[usize],
+    scores: &[f64],
+    tol: f64,
+) -> Result<usize, String> {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let keep = want.len();
+    if got.len() != keep {
+        return Err(format!("keeps {} neurons, the reference {keep}", got.len()));
+    }
+    let threshold = match sorted.get(keep) {
+        Some(next) => 0.5 * (sorted[keep - 1] + next),
+        None => f64::NEG_INFINITY,
+    };
+    let differ: Vec<usize> = got
+        .iter()
+        .filter(|j| want.binary_search(j).is_err())
+        .chain(want.iter().filter(|j| got.binary_search(j).is_err()))
+        .copied()
+        .collect();
+    let far: Vec<usize> = differ
+        .iter()
+        .copied()
+        .filter(|&j| (scores[j] - threshold).abs() > tol * threshold.abs())
+        .collect();
+    match far.is_empty() {
+        true => Ok(differ.len()),
+        false => Err(format!(
+            "{} neurons differ, {far:?} of them away from the threshold {threshold:.4}",
+            differ.len()
+        )),
+    }
+}
