@@ -21,6 +21,58 @@ impl EngineJob for Outputs<'_> {
     }
 }
 
+/// SLEB's search on a loaded model.
+struct Sleb<'a>(&'a [&'a [u32]], usize);
+
+impl EngineJob for Sleb<'_> {
+    type Output = twossp_engine::prune::block_search::SlebRun;
+    fn run<E: Engine>(self, mut model: E) -> anyhow::Result<Self::Output> {
+        twossp_engine::prune::block_search::sleb(&mut model, self.0, self.1)
+    }
+}
+
+#[test]
+fn sleb_removes_the_blocks_the_sleb_authors_code_removes() {
+    let reference = common::reference_json_file(&common::fixtures().join("baselines_authors.json"));
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1");
+    assert!(
+        model.join("config.json").exists(),
+        "run scripts/fetch-model.sh all (scripts/test.sh does)"
+    );
+    let windows: Vec<Vec<u32>> =
+        serde_json::from_value(reference["calibration"]["windows"].clone()).unwrap();
+    let want = &reference["methods"]["sleb"];
+    let search: Vec<usize> = serde_json::from_value(want["calibration_windows"].clone()).unwrap();
+    let refs: Vec<&[u32]> = search.iter().map(|&i| windows[i].as_slice()).collect();
+    // The search is greedy, so its first rounds are those of the full run: two keep CI short
+    // (all 12 agree: BENCHMARKS §13).
+    let n = 2.min(want["blocks_to_remove"].as_u64().unwrap() as usize);
+    let run = Backend::Cpu(Some(Precision::F32))
+        .with_model(&model, Sleb(&refs, n))
+        .unwrap();
+    let order: Vec<usize> = serde_json::from_value(want["removal_order"].clone()).unwrap();
+    let order = order[..n].to_vec();
+    let ppl: Vec<f64> = want["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(n)
+        .map(|s| s["ppl"].as_f64().unwrap())
+        .collect();
+    let worst = run
+        .ppl
+        .iter()
+        .zip(&ppl)
+        .map(|(g, w)| (g - w).abs() / w)
+        .fold(0f64, f64::max);
+    println!(
+        "sleb: removed {:?} (SLEB authors {order:?}), perplexities within {worst:.2e}",
+        run.removal_order
+    );
+    assert_eq!(run.removal_order, order);
+    assert!(worst < 1e-4, "perplexities differ by {worst}");
+}
+
 #[test]
 fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
     let reference = common::reference_json_file(&common::fixtures().join("baselines_authors.json"));
@@ -104,7 +156,7 @@ fn prune_cli(tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
 
 #[test]
 fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
-    for method in ["shortgpt", "window"] {
+    for method in ["shortgpt", "window", "sleb"] {
         let (code, err, out) = prune_cli(method, &["--method", method, "--sparsity", "0.25"]);
         assert_eq!(code, 0, "{err}");
         let report = common::reference_json_file(&out.join("pruning_report.json"));
@@ -127,6 +179,13 @@ fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
     let (code, err, out) = prune_cli("too-many", &["--method", "window", "--sparsity", "0.99"]);
     assert_ne!(code, 0);
     assert!(err.contains("a whole-block method needs"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+    let (code, err, out) = prune_cli("sleb-ends", &["--method", "sleb", "--sparsity", "0.5"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("SLEB never removes the first or the last block"),
+        "{err}"
+    );
     assert!(!out.exists(), "nothing may be written");
     let (code, err, _) = prune_cli("unknown", &["--method", "sleb2", "--sparsity", "0.25"]);
     assert_ne!(code, 0);

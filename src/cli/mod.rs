@@ -37,7 +37,7 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Prefill/decode speed and memory, optionally against a baseline model.
     Bench(bench::BenchArgs),
-    /// 2SSP structured pruning: FFN neurons (stage 1), then attention submodules (stage 2).
+    /// Structured pruning: 2SSP (FFN neurons, then attention submodules) or a whole-block baseline (--method).
     Prune(prune::PruneArgs),
     /// Write a model as DeciLM (vLLM, HF), GGUF (llama.cpp) or a native HF folder, verified by reload.
     Export(export::ExportArgs),

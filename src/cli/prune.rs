@@ -1,4 +1,5 @@
-//! `prune`: 2SSP on a checkpoint folder, saved as a new folder with a report, then reloaded and verified.
+//! `prune`: 2SSP (or a whole-block baseline) on a checkpoint folder, saved as a new folder with a
+//! report, then reloaded and verified.
 
 use super::device::{Backend, DeviceArgs};
 use super::output::{print_json, print_table};
@@ -22,6 +23,8 @@ pub enum Method {
     Shortgpt,
     /// Window / angular distance.
     Window,
+    /// SLEB.
+    Sleb,
 }
 
 /// Arguments of `prune`.
@@ -34,17 +37,19 @@ pub struct PruneArgs {
         conflicts_with = "synthetic_weights"
     )]
     pub model: Option<PathBuf>,
-    /// Pruning method: 2ssp (the paper's), or a whole-block baseline as the 2SSP authors run it:
-    /// shortgpt (block influence, Men et al. 2024) or window (most similar block window, Gromov et al. 2024).
+    /// Pruning method: 2ssp (the paper's), or a whole-block baseline as its authors' code runs it:
+    /// shortgpt (block influence, Men et al. 2024), window (most similar block window, Gromov et
+    /// al. 2024) or sleb (iterative removal by calibration perplexity, Song et al. 2024).
     #[arg(long, value_enum, default_value = "2ssp")]
     pub method: Method,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1); whole-block methods
     /// remove ceil(sparsity x blocks) blocks, as the authors' main.py.
     #[arg(long)]
     pub sparsity: f64,
-    /// Calibration windows a whole-block method scores (the authors' default: 256).
-    #[arg(long, default_value_t = 256)]
-    pub samples: usize,
+    /// Calibration windows a whole-block method scores [default: the authors': 256 for shortgpt
+    /// and window, 1 for sleb].
+    #[arg(long)]
+    pub samples: Option<usize>,
     /// Output folder (a .gguf file with --format gguf; the report is then written beside it).
     #[arg(
         long,
@@ -239,6 +244,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         Method::TwoSsp => None,
         Method::Shortgpt => Some(BlockMethod::ShortGpt),
         Method::Window => Some(BlockMethod::Window),
+        Method::Sleb => Some(BlockMethod::Sleb),
     };
     if let Some(method) = block_method {
         let report = block_pipeline::run(&job, method, args.samples, &backend)?;

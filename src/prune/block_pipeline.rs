@@ -1,6 +1,7 @@
-//! `prune --method shortgpt|window`: a whole-block baseline as one library call, sharing the
+//! `prune --method shortgpt|window|sleb`: a whole-block baseline as one library call, sharing the
 //! calibration, export, reload verification and report writing of the 2SSP pipeline.
 
+use super::block_search::sleb;
 use super::block_similarity::{
     blocks_to_remove, last_token_outputs, shortgpt, window, BlockChoice,
 };
@@ -27,6 +28,8 @@ pub enum BlockMethod {
     ShortGpt,
     /// Gromov et al.'s most similar window of blocks.
     Window,
+    /// SLEB's iterative search by calibration perplexity.
+    Sleb,
 }
 
 impl BlockMethod {
@@ -35,6 +38,15 @@ impl BlockMethod {
         match self {
             BlockMethod::ShortGpt => "shortgpt",
             BlockMethod::Window => "window",
+            BlockMethod::Sleb => "sleb",
+        }
+    }
+
+    /// Calibration windows the method's authors score by default (`--samples`).
+    pub fn default_samples(self) -> usize {
+        match self {
+            BlockMethod::ShortGpt | BlockMethod::Window => 256,
+            BlockMethod::Sleb => 1,
         }
     }
 }
@@ -52,7 +64,10 @@ pub struct BlockReport {
     pub sparsity_achieved: f64,
     /// Blocks removed, ascending.
     pub removed_blocks: Vec<usize>,
-    /// ShortGPT: influence per block; Window: mean cosine per window start.
+    /// The same in the method's order (ShortGPT: by influence; SLEB: as removed).
+    pub removal_order: Vec<usize>,
+    /// ShortGPT: influence per block; Window: mean cosine per window start; SLEB: calibration
+    /// perplexity after each removal.
     pub scores: Vec<f64>,
     /// Decoder-block parameters before.
     pub params_main_before: u64,
@@ -121,10 +136,13 @@ impl EngineJob for ScoreBlocks<'_> {
 
     fn run<E: Engine>(self, mut model: E) -> Result<Scored> {
         let params_before = (model.params_main(), model.params_total());
-        let outputs = last_token_outputs(&model, self.windows)?;
         let choice = match self.method {
-            BlockMethod::ShortGpt => shortgpt(&outputs, self.n),
-            BlockMethod::Window => window(&outputs, self.n),
+            BlockMethod::ShortGpt => shortgpt(&last_token_outputs(&model, self.windows)?, self.n),
+            BlockMethod::Window => window(&last_token_outputs(&model, self.windows)?, self.n),
+            BlockMethod::Sleb => {
+                let run = sleb(&mut model, self.windows, self.n)?;
+                BlockChoice::from_order(run.removal_order, run.ppl)
+            }
         };
         for &b in &choice.removed_blocks {
             model.remove_attention(b);
@@ -143,16 +161,24 @@ impl EngineJob for ScoreBlocks<'_> {
     }
 }
 
-/// Runs a whole-block method: score on `samples` calibration windows, write, verify, report.
+/// Runs a whole-block method: score on `samples` calibration windows (`None`: the method's
+/// default), write, verify, report.
 pub fn run(
     job: &PruneJob,
     method: BlockMethod,
-    samples: usize,
+    samples: Option<usize>,
     backend: &Backend,
 ) -> Result<BlockReport> {
     let start = Instant::now();
     let config = ModelConfig::from_dir(&job.model)?;
     let n = blocks_to_remove(job.options.sparsity, config.blocks.len())?;
+    if method == BlockMethod::Sleb && n + 2 > config.blocks.len() {
+        bail!(
+            "SLEB never removes the first or the last block: {n} of {} blocks cannot be removed",
+            config.blocks.len()
+        );
+    }
+    let samples = samples.unwrap_or(method.default_samples());
     if samples == 0 {
         bail!("--samples must be at least 1");
     }
@@ -235,6 +261,7 @@ pub fn run(
         block_fraction_removed: n as f64 / config.blocks.len() as f64,
         sparsity_achieved: 1.0 - scored.params_after.0 as f64 / scored.params_before.0 as f64,
         removed_blocks: removed,
+        removal_order: scored.choice.removal_order,
         scores: scored.choice.scores,
         params_main_before: scored.params_before.0,
         params_main_after: scored.params_after.0,

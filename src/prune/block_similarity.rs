@@ -69,8 +69,24 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub struct BlockChoice {
     /// Blocks removed, ascending.
     pub removed_blocks: Vec<usize>,
-    /// ShortGPT: each block's influence; Window: each window start's mean cosine.
+    /// The same in the method's order (ShortGPT: by influence; SLEB: as removed).
+    pub removal_order: Vec<usize>,
+    /// ShortGPT: each block's influence; Window: each window start's mean cosine; SLEB: the
+    /// calibration perplexity after each removal.
     pub scores: Vec<f64>,
+}
+
+impl BlockChoice {
+    /// A choice from blocks in removal order and the scores behind it.
+    pub fn from_order(removal_order: Vec<usize>, scores: Vec<f64>) -> Self {
+        let mut removed_blocks = removal_order.clone();
+        removed_blocks.sort_unstable();
+        Self {
+            removed_blocks,
+            removal_order,
+            scores,
+        }
+    }
 }
 
 /// ShortGPT: the `n` blocks of least influence (ties: lower index).
@@ -84,12 +100,7 @@ pub fn shortgpt(outputs: &[Vec<Vec<f32>>], n: usize) -> BlockChoice {
     }
     let mut order: Vec<usize> = (0..n_layers).collect();
     order.sort_by(|&a, &b| influence[a].total_cmp(&influence[b]));
-    let mut removed = order[..n].to_vec();
-    removed.sort_unstable();
-    BlockChoice {
-        removed_blocks: removed,
-        scores: influence,
-    }
+    BlockChoice::from_order(order[..n].to_vec(), influence)
 }
 
 /// Window: blocks `l+1 ..= l+n` for the start `l` whose output is most similar to block `l+n`'s
@@ -110,10 +121,7 @@ pub fn window(outputs: &[Vec<Vec<f32>>], n: usize) -> BlockChoice {
         0,
         |best, l| if scores[l] >= scores[best] { l } else { best },
     );
-    BlockChoice {
-        removed_blocks: (start + 1..=start + n).collect(),
-        scores,
-    }
+    BlockChoice::from_order((start + 1..=start + n).collect(), scores)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod block_pipeline;
+pub mod block_search;
 pub mod block_similarity;
 pub mod cache;
 pub mod decisions;
