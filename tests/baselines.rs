@@ -31,16 +31,21 @@ impl EngineJob for Sleb<'_> {
     }
 }
 
-#[test]
-fn sleb_removes_the_blocks_the_sleb_authors_code_removes() {
+/// The authors' fixture, the SmolLM2 folder it was made on, and its calibration windows.
+fn authors_reference() -> (serde_json::Value, PathBuf, Vec<Vec<u32>>) {
     let reference = common::reference_json_file(&common::fixtures().join("baselines_authors.json"));
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1");
     assert!(
         model.join("config.json").exists(),
         "run scripts/fetch-model.sh all (scripts/test.sh does)"
     );
-    let windows: Vec<Vec<u32>> =
-        serde_json::from_value(reference["calibration"]["windows"].clone()).unwrap();
+    let windows = serde_json::from_value(reference["calibration"]["windows"].clone()).unwrap();
+    (reference, model, windows)
+}
+
+#[test]
+fn sleb_removes_the_blocks_the_sleb_authors_code_removes() {
+    let (reference, model, windows) = authors_reference();
     let want = &reference["methods"]["sleb"];
     let search: Vec<usize> = serde_json::from_value(want["calibration_windows"].clone()).unwrap();
     let refs: Vec<&[u32]> = search.iter().map(|&i| windows[i].as_slice()).collect();
@@ -75,14 +80,7 @@ fn sleb_removes_the_blocks_the_sleb_authors_code_removes() {
 
 #[test]
 fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
-    let reference = common::reference_json_file(&common::fixtures().join("baselines_authors.json"));
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1");
-    assert!(
-        model.join("config.json").exists(),
-        "run scripts/fetch-model.sh all (scripts/test.sh does)"
-    );
-    let windows: Vec<Vec<u32>> =
-        serde_json::from_value(reference["calibration"]["windows"].clone()).unwrap();
+    let (reference, model, windows) = authors_reference();
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let outputs = Backend::Cpu(Some(Precision::F32))
         .with_model(&model, Outputs(&refs))
