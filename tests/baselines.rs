@@ -78,6 +78,51 @@ fn sleb_removes_the_blocks_the_sleb_authors_code_removes() {
     assert!(worst < 1e-4, "perplexities differ by {worst}");
 }
 
+/// BlockPruner's search on a loaded model.
+struct BlockPruner<'a>(&'a [&'a [u32]], usize);
+
+impl EngineJob for BlockPruner<'_> {
+    type Output = Vec<twossp_engine::prune::block_search::SubBlockStep>;
+    fn run<E: Engine>(self, mut model: E) -> anyhow::Result<Self::Output> {
+        twossp_engine::prune::block_search::blockpruner(&mut model, self.0, self.1)
+    }
+}
+
+#[test]
+fn blockpruner_removes_the_submodules_the_authors_code_removes() {
+    let (reference, model, windows) = authors_reference();
+    let want = &reference["methods"]["blockpruner"];
+    let search: Vec<usize> = serde_json::from_value(want["calibration_windows"].clone()).unwrap();
+    let refs: Vec<&[u32]> = search.iter().map(|&i| windows[i].as_slice()).collect();
+    // Greedy, so the first rounds are those of the full run: two rounds (four removals) keep CI
+    // short (all 24 agree: BENCHMARKS §13).
+    let rounds = 2;
+    let steps = Backend::Cpu(Some(Precision::F32))
+        .with_model(&model, BlockPruner(&refs, rounds))
+        .unwrap();
+    let expected = want["steps"].as_array().unwrap();
+    let mut worst = 0f64;
+    for (got, want) in steps.iter().zip(expected) {
+        let kind = match got.part {
+            twossp_engine::engine::SubModule::Attention => "attn",
+            twossp_engine::engine::SubModule::Mlp => "mlp",
+        };
+        assert_eq!(
+            (kind, got.block as u64),
+            (
+                want["kind"].as_str().unwrap(),
+                want["block"].as_u64().unwrap()
+            ),
+            "removals so far: {steps:?}"
+        );
+        let ppl = want["ppl"].as_f64().unwrap();
+        worst = worst.max((got.ppl - ppl).abs() / ppl);
+    }
+    println!("blockpruner: {steps:?}, perplexities within {worst:.2e} of the authors'");
+    assert_eq!(steps.len(), 2 * rounds);
+    assert!(worst < 1e-4, "perplexities differ by {worst}");
+}
+
 #[test]
 fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
     let (reference, model, windows) = authors_reference();
@@ -153,8 +198,8 @@ fn prune_cli(tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
 }
 
 #[test]
-fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
-    for method in ["shortgpt", "window", "sleb"] {
+fn block_removal_methods_write_verified_models_and_refuse_impossible_budgets() {
+    for method in ["shortgpt", "window", "sleb", "blockpruner"] {
         let (code, err, out) = prune_cli(method, &["--method", method, "--sparsity", "0.25"]);
         assert_eq!(code, 0, "{err}");
         let report = common::reference_json_file(&out.join("pruning_report.json"));
@@ -163,14 +208,24 @@ fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
             report["verification"]["identical"].as_bool().unwrap(),
             "{report}"
         );
-        let removed: Vec<usize> = serde_json::from_value(report["removed_blocks"].clone()).unwrap();
+        let list =
+            |key: &str| -> Vec<usize> { serde_json::from_value(report[key].clone()).unwrap() };
+        let (attention, mlp) = (list("removed_attention"), list("removed_mlp"));
         let config = twossp_engine::config::ModelConfig::from_dir(&out).unwrap();
         let n = config.blocks.len();
-        assert_eq!(removed.len(), blocks_to_remove(0.25, n).unwrap());
+        assert_eq!(attention.len(), blocks_to_remove(0.25, n).unwrap());
+        assert_eq!(mlp.len(), attention.len());
+        if method != "blockpruner" {
+            assert_eq!(attention, list("removed_blocks"), "{method}");
+            assert_eq!(mlp, attention, "{method}");
+        }
         for (i, block) in config.blocks.iter().enumerate() {
-            let gone = removed.contains(&i);
-            assert_eq!(block.attention.is_none(), gone, "{method} block {i}");
-            assert_eq!(block.ffn_width == 0, gone, "{method} block {i}");
+            assert_eq!(
+                block.attention.is_none(),
+                attention.contains(&i),
+                "{method} block {i}"
+            );
+            assert_eq!(block.ffn_width == 0, mlp.contains(&i), "{method} block {i}");
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
@@ -184,6 +239,20 @@ fn whole_block_methods_write_verified_models_and_refuse_impossible_budgets() {
         err.contains("SLEB never removes the first or the last block"),
         "{err}"
     );
+    assert!(!out.exists(), "nothing may be written");
+    let (code, err, out) = prune_cli(
+        "bp-decilm",
+        &[
+            "--method",
+            "blockpruner",
+            "--sparsity",
+            "0.25",
+            "--format",
+            "decilm",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("only --format hf expresses"), "{err}");
     assert!(!out.exists(), "nothing may be written");
     let (code, err, _) = prune_cli("unknown", &["--method", "sleb2", "--sparsity", "0.25"]);
     assert_ne!(code, 0);

@@ -25,6 +25,8 @@ pub enum Method {
     Window,
     /// SLEB.
     Sleb,
+    /// BlockPruner.
+    Blockpruner,
 }
 
 /// Arguments of `prune`.
@@ -37,17 +39,18 @@ pub struct PruneArgs {
         conflicts_with = "synthetic_weights"
     )]
     pub model: Option<PathBuf>,
-    /// Pruning method: 2ssp (the paper's), or a whole-block baseline as its authors' code runs it:
-    /// shortgpt (block influence, Men et al. 2024), window (most similar block window, Gromov et
-    /// al. 2024) or sleb (iterative removal by calibration perplexity, Song et al. 2024).
+    /// Pruning method: 2ssp (the paper's), or a block-removal baseline as its authors' code runs
+    /// it: shortgpt (block influence, Men et al. 2024), window (most similar block window, Gromov
+    /// et al. 2024), sleb (iterative block removal by calibration perplexity, Song et al. 2024) or
+    /// blockpruner (iterative attention and MLP removal by perplexity, Zhong et al. 2024).
     #[arg(long, value_enum, default_value = "2ssp")]
     pub method: Method,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1); whole-block methods
     /// remove ceil(sparsity x blocks) blocks, as the authors' main.py.
     #[arg(long)]
     pub sparsity: f64,
-    /// Calibration windows a whole-block method scores [default: the authors': 256 for shortgpt
-    /// and window, 1 for sleb].
+    /// Calibration windows a block-removal method scores [default: the authors': 256 for
+    /// shortgpt and window, 1 for sleb and blockpruner].
     #[arg(long)]
     pub samples: Option<usize>,
     /// Output folder (a .gguf file with --format gguf; the report is then written beside it).
@@ -245,6 +248,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         Method::Shortgpt => Some(BlockMethod::ShortGpt),
         Method::Window => Some(BlockMethod::Window),
         Method::Sleb => Some(BlockMethod::Sleb),
+        Method::Blockpruner => Some(BlockMethod::BlockPruner),
     };
     if let Some(method) = block_method {
         let report = block_pipeline::run(&job, method, args.samples, &backend)?;
@@ -256,6 +260,10 @@ pub fn run(args: PruneArgs) -> Result<()> {
             vec![
                 "removed blocks".into(),
                 format!("{:?}", report.removed_blocks),
+            ],
+            vec![
+                "removed attention / MLP".into(),
+                format!("{:?} / {:?}", report.removed_attention, report.removed_mlp),
             ],
             vec![
                 "blocks / P_main removed".into(),

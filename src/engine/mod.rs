@@ -10,6 +10,16 @@ use anyhow::Result;
 use std::ops::Range;
 use std::path::Path;
 
+/// A submodule of a decoder block that pruning can remove whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubModule {
+    /// The attention submodule (with its norm).
+    Attention,
+    /// The FFN / MLP submodule (with its norm).
+    Mlp,
+}
+
 /// What prune and eval need from a loaded model, on any backend.
 pub trait Engine {
     /// A residual stream `[tokens, hidden]` kept aside between blocks (host memory or a device buffer).
@@ -18,6 +28,8 @@ pub trait Engine {
     type Workspace;
     /// An attention submodule held out while a model without it is evaluated.
     type Attention;
+    /// An FFN (MLP) submodule held out while a model without it is evaluated.
+    type Ffn;
     /// Keys and values of the positions decoded so far.
     type KvCache;
     /// Whether the weights live on a device (reports then give the device memory pruning freed).
@@ -65,6 +77,12 @@ pub trait Engine {
     fn restore_attention(&mut self, i: usize, attention: Option<Self::Attention>);
     /// Removes block `i`'s attention for good (its memory is released).
     fn remove_attention(&mut self, i: usize);
+    /// Whether block `i` still has its FFN.
+    fn has_ffn(&self, i: usize) -> bool;
+    /// Takes block `i`'s FFN out (the block then skips it) until [`Engine::restore_ffn`].
+    fn take_ffn(&mut self, i: usize) -> Option<Self::Ffn>;
+    /// Puts back what [`Engine::take_ffn`] took.
+    fn restore_ffn(&mut self, i: usize, ffn: Option<Self::Ffn>);
     /// Removes block `i`'s FFN for good (the block becomes `h + attention(h)`, or the identity).
     fn remove_ffn(&mut self, i: usize);
     /// Row `row` of the residual stream, copied to the host.

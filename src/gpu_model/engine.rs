@@ -1,7 +1,7 @@
 //! The GPU model as an [`Engine`]: the residual stream and every saved block input stay on the device;
 //! stage 1 accumulates the neurons' squared activations in the gated GEMM's epilogue.
 
-use super::{FfnStats, GpuAttention, GpuKvCache, GpuModel, GpuWorkspace};
+use super::{FfnStats, GpuAttention, GpuFfn, GpuKvCache, GpuModel, GpuWorkspace};
 use crate::backend::cuda::GpuBuffer;
 use crate::config::ModelConfig;
 use crate::engine::Engine;
@@ -15,6 +15,7 @@ impl Engine for GpuModel {
     type Hidden = GpuBuffer<f32>;
     type Workspace = GpuWorkspace;
     type Attention = GpuAttention;
+    type Ffn = GpuFfn;
     type KvCache = GpuKvCache;
     const ON_DEVICE: bool = true;
 
@@ -125,6 +126,18 @@ impl Engine for GpuModel {
 
     fn remove_attention(&mut self, i: usize) {
         GpuModel::remove_attention(self, i)
+    }
+
+    fn has_ffn(&self, i: usize) -> bool {
+        self.blocks[i].ffn.is_some()
+    }
+
+    fn take_ffn(&mut self, i: usize) -> Option<GpuFfn> {
+        self.blocks[i].ffn.take()
+    }
+
+    fn restore_ffn(&mut self, i: usize, ffn: Option<GpuFfn>) {
+        self.blocks[i].ffn = ffn;
     }
 
     fn remove_ffn(&mut self, i: usize) {

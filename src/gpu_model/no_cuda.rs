@@ -36,6 +36,7 @@ impl Engine for GpuModel {
     type Hidden = Infallible;
     type Workspace = Infallible;
     type Attention = Infallible;
+    type Ffn = Infallible;
     type KvCache = Infallible;
     const ON_DEVICE: bool = true;
 
@@ -102,6 +103,15 @@ impl Engine for GpuModel {
         match *self {}
     }
     fn remove_attention(&mut self, _: usize) {
+        match *self {}
+    }
+    fn has_ffn(&self, _: usize) -> bool {
+        match *self {}
+    }
+    fn take_ffn(&mut self, _: usize) -> Option<Infallible> {
+        match *self {}
+    }
+    fn restore_ffn(&mut self, _: usize, _: Option<Infallible>) {
         match *self {}
     }
     fn remove_ffn(&mut self, _: usize) {

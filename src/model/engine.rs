@@ -1,6 +1,6 @@
 //! The CPU model as an [`Engine`]: the residual stream lives in host memory.
 
-use super::{Attention, KvCache, Model, Workspace};
+use super::{Attention, Ffn, KvCache, Model, Workspace};
 use crate::config::ModelConfig;
 use crate::engine::Engine;
 use crate::prune::stage1::{self, NeuronScores};
@@ -19,6 +19,7 @@ impl Engine for Model {
     type Hidden = Vec<f32>;
     type Workspace = CpuWorkspace;
     type Attention = Attention;
+    type Ffn = Ffn;
     type KvCache = KvCache;
     const ON_DEVICE: bool = false;
 
@@ -107,6 +108,18 @@ impl Engine for Model {
 
     fn remove_attention(&mut self, i: usize) {
         Model::remove_attention(self, i)
+    }
+
+    fn has_ffn(&self, i: usize) -> bool {
+        self.blocks[i].ffn.is_some()
+    }
+
+    fn take_ffn(&mut self, i: usize) -> Option<Ffn> {
+        self.blocks[i].ffn.take()
+    }
+
+    fn restore_ffn(&mut self, i: usize, ffn: Option<Ffn>) {
+        self.blocks[i].ffn = ffn;
     }
 
     fn remove_ffn(&mut self, i: usize) {

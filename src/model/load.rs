@@ -150,6 +150,9 @@ pub(crate) fn load_block(
             f.keep_neurons(&(0..width).collect::<Vec<_>>());
         }
     }
+    if effective.ffn_width == 0 {
+        ffn = None; // all zero padding: the FFN was removed
+    }
     Ok(Block { attention, ffn })
 }
 

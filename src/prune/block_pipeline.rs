@@ -1,24 +1,23 @@
-//! `prune --method shortgpt|window|sleb`: a whole-block baseline as one library call, sharing the
-//! calibration, export, reload verification and report writing of the 2SSP pipeline.
+//! `prune --method shortgpt|window|sleb|blockpruner`: a block-removal baseline as one library
+//! call, sharing the calibration, export, reload verification and report writing of the 2SSP
+//! pipeline. Whole blocks and attention/MLP submodules are all expressed as [`Decisions`].
 
-use super::block_search::sleb;
+use super::block_search::{blockpruner, sleb, SubBlockStep};
 use super::block_similarity::{
     blocks_to_remove, last_token_outputs, shortgpt, window, BlockChoice,
 };
 use super::decisions::Decisions;
 use super::pipeline::{
-    calibration_corpus, calibration_windows, commit_with_report, report_path_beside, sha256_file,
-    verify, PruneJob,
+    calibration_corpus, calibration_files, calibration_windows, claim_outputs, commit_with_report,
+    save_verified, PruneJob,
 };
 use super::report::{CalibrationFile, Verification};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
-use crate::engine::{Engine, EngineJob};
+use crate::engine::{Engine, EngineJob, SubModule};
 use crate::export::{self, ExportOptions, Format};
-use crate::weights::TensorStore;
 use anyhow::{bail, Result};
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// A whole-block method.
@@ -30,6 +29,8 @@ pub enum BlockMethod {
     Window,
     /// SLEB's iterative search by calibration perplexity.
     Sleb,
+    /// BlockPruner's iterative search over attention and MLP submodules.
+    BlockPruner,
 }
 
 impl BlockMethod {
@@ -39,6 +40,7 @@ impl BlockMethod {
             BlockMethod::ShortGpt => "shortgpt",
             BlockMethod::Window => "window",
             BlockMethod::Sleb => "sleb",
+            BlockMethod::BlockPruner => "blockpruner",
         }
     }
 
@@ -46,28 +48,54 @@ impl BlockMethod {
     pub fn default_samples(self) -> usize {
         match self {
             BlockMethod::ShortGpt | BlockMethod::Window => 256,
-            BlockMethod::Sleb => 1,
+            BlockMethod::Sleb | BlockMethod::BlockPruner => 1,
         }
     }
 }
 
-/// What `pruning_report.json` holds for a whole-block method.
+/// What one step of a method removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// A whole block.
+    Block,
+    /// An attention submodule.
+    Attention,
+    /// An MLP submodule.
+    Mlp,
+}
+
+/// One removal, in the method's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Removal {
+    /// What went.
+    pub part: Part,
+    /// From which block.
+    pub block: usize,
+}
+
+/// What `pruning_report.json` holds for a block-removal method.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockReport {
     /// Method.
     pub method: String,
     /// Requested sparsity (fraction of blocks, rounded up to whole blocks as the authors' main.py).
     pub sparsity_target: f64,
-    /// Blocks removed / all blocks.
+    /// Block equivalents removed / all blocks (BlockPruner: as many attention and MLP submodules
+    /// as a whole-block method removes blocks).
     pub block_fraction_removed: f64,
     /// Fraction of P_main removed.
     pub sparsity_achieved: f64,
-    /// Blocks removed, ascending.
+    /// Blocks removed whole (attention and MLP), ascending.
     pub removed_blocks: Vec<usize>,
-    /// The same in the method's order (ShortGPT: by influence; SLEB: as removed).
-    pub removal_order: Vec<usize>,
-    /// ShortGPT: influence per block; Window: mean cosine per window start; SLEB: calibration
-    /// perplexity after each removal.
+    /// Blocks whose attention was removed, ascending.
+    pub removed_attention: Vec<usize>,
+    /// Blocks whose MLP was removed, ascending.
+    pub removed_mlp: Vec<usize>,
+    /// The removals in the method's order (ShortGPT: by influence; SLEB, BlockPruner: as removed).
+    pub removal_order: Vec<Removal>,
+    /// ShortGPT: influence per block; Window: mean cosine per window start; SLEB, BlockPruner:
+    /// calibration perplexity after each removal.
     pub scores: Vec<f64>,
     /// Decoder-block parameters before.
     pub params_main_before: u64,
@@ -91,7 +119,7 @@ pub struct BlockReport {
     pub export: export::ExportSummary,
 }
 
-/// Calibration of a whole-block run.
+/// Calibration of a block-removal run.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockCalibration {
     /// Files and their hashes.
@@ -104,7 +132,7 @@ pub struct BlockCalibration {
     pub window_order: String,
 }
 
-/// Timings of a whole-block run.
+/// Timings of a block-removal run.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockSeconds {
     /// Block outputs and scores.
@@ -115,7 +143,60 @@ pub struct BlockSeconds {
     pub total: f64,
 }
 
-/// Scores, removes the chosen blocks in memory, and measures what verification compares.
+/// What a method removed, in its order, with the scores behind it.
+struct Removed {
+    order: Vec<Removal>,
+    scores: Vec<f64>,
+}
+
+impl Removed {
+    /// Whole blocks chosen in `choice`'s order.
+    fn blocks(choice: BlockChoice) -> Self {
+        Self {
+            order: choice
+                .removal_order
+                .iter()
+                .map(|&block| Removal {
+                    part: Part::Block,
+                    block,
+                })
+                .collect(),
+            scores: choice.scores,
+        }
+    }
+
+    /// Submodules removed one by one.
+    fn sub_blocks(steps: Vec<SubBlockStep>) -> Self {
+        Self {
+            order: steps
+                .iter()
+                .map(|s| Removal {
+                    part: match s.part {
+                        SubModule::Attention => Part::Attention,
+                        SubModule::Mlp => Part::Mlp,
+                    },
+                    block: s.block,
+                })
+                .collect(),
+            scores: steps.iter().map(|s| s.ppl).collect(),
+        }
+    }
+
+    /// Blocks that lost `part` (a whole block loses both), ascending.
+    fn ascending(&self, part: Part) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .order
+            .iter()
+            .filter(|r| r.part == part || r.part == Part::Block)
+            .map(|r| r.block)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Scores, removes the chosen parts in memory (the searches remove them as they go), and measures
+/// what verification compares.
 struct ScoreBlocks<'a> {
     method: BlockMethod,
     n: usize,
@@ -125,7 +206,7 @@ struct ScoreBlocks<'a> {
 
 /// The loaded run's results.
 struct Scored {
-    choice: BlockChoice,
+    removed: Removed,
     params_before: (u64, u64),
     params_after: (u64, u64),
     ppl_in_memory: Option<f64>,
@@ -136,24 +217,34 @@ impl EngineJob for ScoreBlocks<'_> {
 
     fn run<E: Engine>(self, mut model: E) -> Result<Scored> {
         let params_before = (model.params_main(), model.params_total());
-        let choice = match self.method {
-            BlockMethod::ShortGpt => shortgpt(&last_token_outputs(&model, self.windows)?, self.n),
-            BlockMethod::Window => window(&last_token_outputs(&model, self.windows)?, self.n),
+        let removed = match self.method {
+            BlockMethod::ShortGpt | BlockMethod::Window => {
+                let outputs = last_token_outputs(&model, self.windows)?;
+                let choice = if self.method == BlockMethod::ShortGpt {
+                    shortgpt(&outputs, self.n)
+                } else {
+                    window(&outputs, self.n)
+                };
+                for &b in &choice.removed_blocks {
+                    model.remove_attention(b);
+                    model.remove_ffn(b);
+                }
+                Removed::blocks(choice)
+            }
             BlockMethod::Sleb => {
                 let run = sleb(&mut model, self.windows, self.n)?;
-                BlockChoice::from_order(run.removal_order, run.ppl)
+                Removed::blocks(BlockChoice::from_order(run.removal_order, run.ppl))
+            }
+            BlockMethod::BlockPruner => {
+                Removed::sub_blocks(blockpruner(&mut model, self.windows, self.n)?)
             }
         };
-        for &b in &choice.removed_blocks {
-            model.remove_attention(b);
-            model.remove_ffn(b);
-        }
         let ppl_in_memory = self
             .verify
             .then(|| model.perplexity(&self.windows[..1], "verify"))
             .transpose()?;
         Ok(Scored {
-            choice,
+            removed,
             params_before,
             params_after: (model.params_main(), model.params_total()),
             ppl_in_memory,
@@ -161,7 +252,7 @@ impl EngineJob for ScoreBlocks<'_> {
     }
 }
 
-/// Runs a whole-block method: score on `samples` calibration windows (`None`: the method's
+/// Runs a block-removal method: score on `samples` calibration windows (`None`: the method's
 /// default), write, verify, report.
 pub fn run(
     job: &PruneJob,
@@ -182,15 +273,16 @@ pub fn run(
     if samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
-    let format = job.format.unwrap_or_else(|| Format::default_for(&config));
-    let beside = report_path_beside(&job.out);
-    if format == Format::Gguf && beside.exists() && !job.force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            beside.display()
-        );
+    if method == BlockMethod::BlockPruner && job.format.is_some_and(|f| f != Format::Hf) {
+        bail!("--method blockpruner removes MLPs without their attention, which only --format hf expresses (its default)");
     }
+    let job = &PruneJob {
+        format: job
+            .format
+            .or((method == BlockMethod::BlockPruner).then_some(Format::Hf)),
+        ..job.clone()
+    };
+    let (claim, format, beside) = claim_outputs(job, &config)?;
     let (calib_files, corpus) = calibration_corpus(job)?;
     let windows = calibration_windows(&corpus, job)?;
     if windows.len() < samples {
@@ -210,10 +302,11 @@ pub fn run(
     };
     let scored = backend.with_model(&job.model, job_on_model)?;
     let seconds_scoring = t_score.elapsed().as_secs_f64();
-    let removed = scored.choice.removed_blocks.clone();
-    if removed.contains(&0) && format.needs_block0_attention(&config) {
+    let removed_attention = scored.removed.ascending(Part::Attention);
+    let removed_mlp = scored.removed.ascending(Part::Mlp);
+    if removed_attention.contains(&0) && format.needs_block0_attention(&config) {
         bail!(
-            "{} chose to remove block 0, which --format {} cannot express (use --format hf)",
+            "{} chose to remove block 0's attention, which --format {} cannot express (use --format hf)",
             method.name(),
             format.name()
         );
@@ -225,58 +318,55 @@ pub fn run(
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                if removed.contains(&i) {
+                if removed_mlp.contains(&i) {
                     Vec::new()
                 } else {
                     (0..b.ffn_width).collect()
                 }
             })
             .collect(),
-        removed_attention: removed.clone(),
+        removed_attention: scored
+            .removed
+            .order
+            .iter()
+            .filter(|r| r.part != Part::Mlp)
+            .map(|r| r.block)
+            .collect(),
     };
-    let t_save = Instant::now();
-    let store = TensorStore::open(&job.model)?;
     let export_opts = ExportOptions {
         format,
         ..job.export.clone()
     };
-    let (staged, summary) =
-        export::write_staged(&job.model, &config, &store, &decisions, claim, &export_opts)?;
-    drop(store);
-    let seconds_save = t_save.elapsed().as_secs_f64();
-    let verification = match scored.ppl_in_memory {
-        Some(ppl) => Some(verify(
-            backend,
-            staged.path(),
-            format,
-            ppl,
-            job.export.dtype,
-            &windows[..1],
-        )?),
-        None => None,
-    };
+    let saved = save_verified(
+        job,
+        &config,
+        &export_opts,
+        claim,
+        &decisions,
+        scored.ppl_in_memory,
+        &windows[..1],
+        backend,
+    )?;
     let report = BlockReport {
         method: method.name().into(),
         sparsity_target: job.options.sparsity,
         block_fraction_removed: n as f64 / config.blocks.len() as f64,
         sparsity_achieved: 1.0 - scored.params_after.0 as f64 / scored.params_before.0 as f64,
-        removed_blocks: removed,
-        removal_order: scored.choice.removal_order,
-        scores: scored.choice.scores,
+        removed_blocks: removed_attention
+            .iter()
+            .copied()
+            .filter(|b| removed_mlp.contains(b))
+            .collect(),
+        removed_attention,
+        removed_mlp,
+        removal_order: scored.removed.order,
+        scores: scored.removed.scores,
         params_main_before: scored.params_before.0,
         params_main_after: scored.params_after.0,
         params_total_before: scored.params_before.1,
         params_total_after: scored.params_after.1,
         calibration: BlockCalibration {
-            files: calib_files
-                .iter()
-                .map(|f: &PathBuf| {
-                    Ok(CalibrationFile {
-                        path: f.clone(),
-                        sha256: sha256_file(f)?,
-                    })
-                })
-                .collect::<Result<_>>()?,
+            files: calibration_files(&calib_files)?,
             seq_len: job.seq_len,
             samples,
             window_order: if job.seed.is_some() {
@@ -288,14 +378,14 @@ pub fn run(
         },
         seconds: BlockSeconds {
             scoring: seconds_scoring,
-            save: seconds_save,
+            save: saved.seconds,
             total: start.elapsed().as_secs_f64(),
         },
-        verification,
+        verification: saved.verification,
         backend: backend.describe(),
         decisions,
-        export: summary,
+        export: saved.summary,
     };
-    commit_with_report(staged, format, &beside, &report)?;
+    commit_with_report(saved.staged, format, &beside, &report)?;
     Ok(report)
 }

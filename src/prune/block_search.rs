@@ -4,10 +4,18 @@
 //! one is tried out, and the one whose removal gives the lowest calibration NLL goes for good
 //! (ties: the lower index). Each round walks the prefix once per window and reuses it for every
 //! candidate's suffix, as 2SSP's stage 2 does.
+//!
+//! BlockPruner (Zhong et al., 2024, "BlockPruner: Fine-grained Pruning for Large Language Models")
+//! as the 2SSP authors' `blockpruner()` computes it (FabrizioSandri/2SSP `src/pruning.py`): `n`
+//! rounds; in each, the attention submodule whose removal gives the lowest calibration perplexity
+//! goes, then the MLP chosen the same way (ties: the lower index). Candidates are scored with
+//! stage 2's suffix evaluator, so a candidate in block `i` recomputes only blocks `i..L`.
 
-use crate::engine::Engine;
+use super::stage2::Suffix;
+use crate::engine::{Engine, SubModule};
 use crate::progress;
 use anyhow::Result;
+use serde::Serialize;
 
 /// SLEB's choices.
 #[derive(Clone, Debug)]
@@ -71,4 +79,51 @@ pub fn sleb<E: Engine>(model: &mut E, windows: &[&[u32]], n: usize) -> Result<Sl
     }
     bar.finish_and_clear();
     Ok(run)
+}
+
+/// One removal of BlockPruner's search.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubBlockStep {
+    /// What was removed.
+    pub part: SubModule,
+    /// From which block.
+    pub block: usize,
+    /// Calibration perplexity after the removal.
+    pub ppl: f64,
+}
+
+/// Removes `n` attention and `n` MLP submodules from `model` by BlockPruner's search on `windows`,
+/// returning the removals in order.
+pub fn blockpruner<E: Engine>(
+    model: &mut E,
+    windows: &[&[u32]],
+    n: usize,
+) -> Result<Vec<SubBlockStep>> {
+    let n_blocks = model.n_blocks();
+    let mut suffix = Suffix::new(model, windows)?;
+    let candidates: usize = (0..n).map(|r| 2 * n_blocks.saturating_sub(r)).sum();
+    let bar = progress::bar(candidates as u64, "BlockPruner");
+    let mut steps = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        for part in [SubModule::Attention, SubModule::Mlp] {
+            let mut best: Option<(usize, f64)> = None;
+            let present: Vec<usize> = (0..n_blocks)
+                .filter(|&i| suffix.has_part(part, i))
+                .collect();
+            for i in present {
+                let ppl = suffix.ppl_without_part(Some((part, i)))?;
+                if best.is_none_or(|(_, b)| ppl < b) {
+                    best = Some((i, ppl));
+                }
+                bar.inc(1);
+            }
+            let Some((block, ppl)) = best else {
+                anyhow::bail!("BlockPruner: no {part:?} submodule is left to remove");
+            };
+            suffix.remove_part(part, block)?;
+            steps.push(SubBlockStep { part, block, ppl });
+        }
+    }
+    bar.finish_and_clear();
+    Ok(steps)
 }

@@ -105,16 +105,8 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     if job.stage1_samples == 0 || job.stage2_samples == 0 {
         bail!("--stage1-samples and --stage2-samples must be at least 1");
     }
-    let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
     let config = ModelConfig::from_dir(&job.model)?;
-    let format = job.format.unwrap_or_else(|| Format::default_for(&config));
-    let beside = report_path_beside(&job.out);
-    if format == Format::Gguf && beside.exists() && !job.force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            beside.display()
-        );
-    }
+    let (claim, format, beside) = claim_outputs(job, &config)?;
     let export_opts = ExportOptions {
         format,
         ..job.export.clone()
@@ -177,23 +169,16 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         removed_attention: outcome.stage2.removed.clone(),
     };
 
-    let t_save = Instant::now();
-    let store = TensorStore::open(&job.model)?;
-    let (staged, summary) =
-        export::write_staged(&job.model, &config, &store, &decisions, claim, &export_opts)?;
-    drop(store);
-    let seconds_save = t_save.elapsed().as_secs_f64();
-    let verification = match run.ppl_in_memory {
-        Some(ppl) => Some(verify(
-            backend,
-            staged.path(),
-            format,
-            ppl,
-            job.export.dtype,
-            stage2,
-        )?),
-        None => None,
-    };
+    let saved = save_verified(
+        job,
+        &config,
+        &export_opts,
+        claim,
+        &decisions,
+        run.ppl_in_memory,
+        stage2,
+        backend,
+    )?;
     let (main_before, total_before) = run.params_before;
     let (main_after, total_after) = run.params_after;
     let report = PruningReport {
@@ -228,15 +213,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
             target_removed: outcome.plan.target,
         },
         calibration: Calibration {
-            files: calib_files
-                .iter()
-                .map(|f| {
-                    Ok(CalibrationFile {
-                        path: f.clone(),
-                        sha256: sha256_file(f)?,
-                    })
-                })
-                .collect::<Result<_>>()?,
+            files: calibration_files(&calib_files)?,
             documents: corpus.n_documents,
             tokens: corpus.ids.len(),
             seq_len: job.seq_len,
@@ -254,11 +231,11 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         seconds: Seconds {
             stage1: outcome.seconds_stage1,
             stage2: outcome.seconds_stage2,
-            save: seconds_save,
+            save: saved.seconds,
             total: start.elapsed().as_secs_f64(),
         },
-        weight_bytes: summary.weight_bytes,
-        verification,
+        weight_bytes: saved.summary.weight_bytes,
+        verification: saved.verification,
         backend: backend.describe(),
         dtype: run.precision.name().into(),
         device_memory: run.device_memory.clone(),
@@ -267,11 +244,92 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         seed: job.seed,
         source_model: job.model.clone(),
         decisions,
-        export: summary,
+        export: saved.summary,
         reused: outcome.reused.clone(),
     };
-    commit_with_report(staged, format, &beside, &report)?;
+    commit_with_report(saved.staged, format, &beside, &report)?;
     Ok(report)
+}
+
+/// Claims `job.out` and picks the format; refuses an existing report beside a GGUF output
+/// without `--force` (before any work).
+pub(super) fn claim_outputs(
+    job: &PruneJob,
+    config: &ModelConfig,
+) -> Result<(crate::fsutil::OutputClaim, Format, PathBuf)> {
+    let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
+    let format = job.format.unwrap_or_else(|| Format::default_for(config));
+    let beside = report_path_beside(&job.out);
+    if format == Format::Gguf && beside.exists() && !job.force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            beside.display()
+        );
+    }
+    Ok((claim, format, beside))
+}
+
+/// A staged output with what was written and its verification.
+pub(super) struct Saved {
+    /// The output, not yet moved into place.
+    pub staged: crate::fsutil::Staged,
+    /// What was written.
+    pub summary: export::ExportSummary,
+    /// Reload check (None when not verifying).
+    pub verification: Option<Verification>,
+    /// Seconds spent writing.
+    pub seconds: f64,
+}
+
+/// Writes `decisions` applied to the memory-mapped source into the claimed output, then (given the
+/// in-memory perplexity on `windows`) reloads it and checks it computes the same.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn save_verified(
+    job: &PruneJob,
+    config: &ModelConfig,
+    export_opts: &ExportOptions,
+    claim: crate::fsutil::OutputClaim,
+    decisions: &Decisions,
+    ppl_in_memory: Option<f64>,
+    windows: &[&[u32]],
+    backend: &Backend,
+) -> Result<Saved> {
+    let t_save = Instant::now();
+    let store = TensorStore::open(&job.model)?;
+    let (staged, summary) =
+        export::write_staged(&job.model, config, &store, decisions, claim, export_opts)?;
+    drop(store);
+    let seconds = t_save.elapsed().as_secs_f64();
+    let verification = match ppl_in_memory {
+        Some(ppl) => Some(verify(
+            backend,
+            staged.path(),
+            export_opts.format,
+            ppl,
+            job.export.dtype,
+            windows,
+        )?),
+        None => None,
+    };
+    Ok(Saved {
+        staged,
+        summary,
+        verification,
+        seconds,
+    })
+}
+
+/// The calibration files with their SHA-256 hashes (for reports).
+pub(super) fn calibration_files(files: &[PathBuf]) -> Result<Vec<CalibrationFile>> {
+    files
+        .iter()
+        .map(|f| {
+            Ok(CalibrationFile {
+                path: f.clone(),
+                sha256: sha256_file(f)?,
+            })
+        })
+        .collect()
 }
 
 /// Writes `report` as `pruning_report.json` into the staged output (beside it for GGUF) and
@@ -364,7 +422,7 @@ pub(super) fn calibration_windows<'c>(
 }
 
 /// Hex SHA-256 of a file.
-pub(super) fn sha256_file(path: &Path) -> Result<String> {
+fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Sha256::digest(&bytes)
         .iter()

@@ -4,7 +4,7 @@
 //! (the reference recomputes all `L` blocks per candidate); the decisions are the same.
 
 use super::cache::{Stage2Journal, Stage2Progress};
-use crate::engine::Engine;
+use crate::engine::{Engine, SubModule};
 use crate::progress;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -200,9 +200,32 @@ impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
     }
 
     fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64> {
+        self.ppl_without_part(skip.map(|i| (SubModule::Attention, i)))
+    }
+
+    fn remove(&mut self, chosen: usize) -> Result<()> {
+        self.remove_part(SubModule::Attention, chosen)
+    }
+}
+
+impl<E: Engine> Suffix<'_, E> {
+    /// Whether block `i` still has `part`.
+    pub fn has_part(&self, part: SubModule, i: usize) -> bool {
+        match part {
+            SubModule::Attention => self.model.has_attention(i),
+            SubModule::Mlp => self.model.has_ffn(i),
+        }
+    }
+
+    /// Calibration perplexity with one block's `part` bypassed (None: the model as it is).
+    pub fn ppl_without_part(&mut self, skip: Option<(SubModule, usize)>) -> Result<f64> {
         let n_blocks = self.model.n_blocks();
-        let first = skip.unwrap_or(n_blocks);
-        let saved = skip.and_then(|i| self.model.take_attention(i));
+        let first = skip.map_or(n_blocks, |(_, i)| i);
+        let (attention, ffn) = match skip {
+            Some((SubModule::Attention, i)) => (self.model.take_attention(i), None),
+            Some((SubModule::Mlp, i)) => (None, self.model.take_ffn(i)),
+            None => (None, None),
+        };
         let result = (|| {
             let (mut nll, mut count) = (0f64, 0usize);
             for (cached, w) in self.inputs.iter().zip(self.windows) {
@@ -215,14 +238,20 @@ impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
             }
             Ok((nll / count as f64).exp())
         })();
-        if let Some(i) = skip {
-            self.model.restore_attention(i, saved);
+        match skip {
+            Some((SubModule::Attention, i)) => self.model.restore_attention(i, attention),
+            Some((SubModule::Mlp, i)) => self.model.restore_ffn(i, ffn),
+            None => {}
         }
         result
     }
 
-    fn remove(&mut self, chosen: usize) -> Result<()> {
-        self.model.remove_attention(chosen);
+    /// Removes block `chosen`'s `part` for good and refreshes the cached inputs after it.
+    pub fn remove_part(&mut self, part: SubModule, chosen: usize) -> Result<()> {
+        match part {
+            SubModule::Attention => self.model.remove_attention(chosen),
+            SubModule::Mlp => self.model.remove_ffn(chosen),
+        }
         let n_blocks = self.model.n_blocks();
         for (per_block, w) in self.inputs.iter_mut().zip(self.windows) {
             self.model
