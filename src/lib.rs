@@ -4,6 +4,7 @@ pub mod arch;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod engine;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 mod bench;
+mod compare;
 mod device;
 mod eval;
 mod export;
@@ -37,12 +38,14 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Prefill/decode speed and memory, optionally against a baseline model.
     Bench(bench::BenchArgs),
-    /// Structured pruning: 2SSP (FFN neurons, then attention submodules) or a whole-block baseline (--method).
+    /// Structured pruning: 2SSP (FFN neurons, then attention submodules) or a block-removal baseline (--method).
     Prune(prune::PruneArgs),
     /// Write a model as DeciLM (vLLM, HF), GGUF (llama.cpp) or a native HF folder, verified by reload.
     Export(export::ExportArgs),
     /// Zero-shot multiple-choice accuracy (ARC, HellaSwag, PIQA, WinoGrande, MMLU) as lm-eval computes it.
     Tasks(tasks::TasksArgs),
+    /// Every method x sparsity pruned, scored on perplexity and tasks beside the dense model: tables and plots (resumable).
+    Compare(compare::CompareArgs),
     /// Token ids of text files as `eval` sees them (for comparisons with other tokenizers).
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
         Command::Tasks(args) => tasks::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     }
 }

@@ -6,28 +6,13 @@ use super::output::{print_json, print_table};
 use crate::engine::Engine;
 use crate::export::Format;
 use crate::prune::balance::AttentionBudget;
-use crate::prune::block_pipeline::{self, BlockMethod};
+use crate::prune::block_pipeline;
 use crate::prune::pipeline::{self, PruneJob};
+use crate::prune::Method;
 use crate::prune::PruneOptions;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-
-/// `--method`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
-    /// 2SSP (both stages).
-    #[value(name = "2ssp")]
-    TwoSsp,
-    /// ShortGPT.
-    Shortgpt,
-    /// Window / angular distance.
-    Window,
-    /// SLEB.
-    Sleb,
-    /// BlockPruner.
-    Blockpruner,
-}
 
 /// Arguments of `prune`.
 #[derive(Args, Debug)]
@@ -243,14 +228,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 .or_else(crate::prune::cache::default_root)
         },
     };
-    let block_method = match args.method {
-        Method::TwoSsp => None,
-        Method::Shortgpt => Some(BlockMethod::ShortGpt),
-        Method::Window => Some(BlockMethod::Window),
-        Method::Sleb => Some(BlockMethod::Sleb),
-        Method::Blockpruner => Some(BlockMethod::BlockPruner),
-    };
-    if let Some(method) = block_method {
+    if let Some(method) = args.method.block_method() {
         let report = block_pipeline::run(&job, method, args.samples, &backend)?;
         if args.json {
             return print_json(&report);

@@ -252,6 +252,16 @@ impl EngineJob for ScoreBlocks<'_> {
     }
 }
 
+/// The blocks (or, for BlockPruner, attention and MLP pairs) `method` removes at `sparsity` from
+/// `n_blocks` blocks; refuses a budget it cannot meet.
+pub fn check_budget(method: BlockMethod, sparsity: f64, n_blocks: usize) -> Result<usize> {
+    let n = blocks_to_remove(sparsity, n_blocks)?;
+    if method == BlockMethod::Sleb && n + 2 > n_blocks {
+        bail!("SLEB never removes the first or the last block: {n} of {n_blocks} blocks cannot be removed");
+    }
+    Ok(n)
+}
+
 /// Runs a block-removal method: score on `samples` calibration windows (`None`: the method's
 /// default), write, verify, report.
 pub fn run(
@@ -262,13 +272,7 @@ pub fn run(
 ) -> Result<BlockReport> {
     let start = Instant::now();
     let config = ModelConfig::from_dir(&job.model)?;
-    let n = blocks_to_remove(job.options.sparsity, config.blocks.len())?;
-    if method == BlockMethod::Sleb && n + 2 > config.blocks.len() {
-        bail!(
-            "SLEB never removes the first or the last block: {n} of {} blocks cannot be removed",
-            config.blocks.len()
-        );
-    }
+    let n = check_budget(method, job.options.sparsity, config.blocks.len())?;
     let samples = samples.unwrap_or(method.default_samples());
     if samples == 0 {
         bail!("--samples must be at least 1");

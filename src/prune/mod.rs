@@ -21,6 +21,41 @@ use cache::PruneCache;
 use serde::Serialize;
 use std::time::Instant;
 
+/// A pruning method (`prune --method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// 2SSP (both stages).
+    #[value(name = "2ssp")]
+    TwoSsp,
+    /// ShortGPT.
+    Shortgpt,
+    /// Window / angular distance.
+    Window,
+    /// SLEB.
+    Sleb,
+    /// BlockPruner.
+    Blockpruner,
+}
+
+impl Method {
+    /// The block-removal baseline this is, or None for 2SSP.
+    pub fn block_method(self) -> Option<block_pipeline::BlockMethod> {
+        use block_pipeline::BlockMethod;
+        match self {
+            Method::TwoSsp => None,
+            Method::Shortgpt => Some(BlockMethod::ShortGpt),
+            Method::Window => Some(BlockMethod::Window),
+            Method::Sleb => Some(BlockMethod::Sleb),
+            Method::Blockpruner => Some(BlockMethod::BlockPruner),
+        }
+    }
+
+    /// Name as `--method` spells it.
+    pub fn name(self) -> &'static str {
+        self.block_method().map_or("2ssp", |m| m.name())
+    }
+}
+
 /// User choices for one 2SSP run.
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
