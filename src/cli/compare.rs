@@ -1,6 +1,5 @@
 //! `compare`: every method × sparsity on one model, with the dense model, as tables and plots.
 
-use super::device::select_backend;
 use super::output::{print_json, print_table};
 use crate::compare::evaluate::{Corpus, Task};
 use crate::compare::{CompareJob, PruneSettings};
@@ -65,7 +64,7 @@ pub struct CompareArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "arc_easy,arc_challenge,hellaswag,piqa,winogrande,mmlu"
+        default_value = tasks::DEFAULT_TASKS
     )]
     pub task: Vec<String>,
     /// Only the first N documents of each task's split (per subject for MMLU).
@@ -83,12 +82,9 @@ pub struct CompareArgs {
     /// Print compare.json instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Precision of the matrices.
+    /// Backend and precision.
     #[command(flatten)]
-    pub dtype: super::device::DtypeArg,
+    pub backend: super::device::BackendArgs,
 }
 
 /// The corpora of `args`, tokenized with the model's tokenizer and cut into windows.
@@ -151,7 +147,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let tasks = tasks(&args)?;
     let corpora = corpora(&args, &tokenizer)?;
-    let backend = select_backend(args.device.as_deref(), args.dtype.choice)?;
+    let backend = args.backend.backend()?;
     let job = CompareJob {
         model: args.model.clone(),
         methods,

@@ -7,6 +7,25 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// `--device` and `--dtype`, shared by the commands that load a real checkpoint only (`tasks`,
+/// `generate`, `compare`).
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Precision of the matrices.
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+}
+
+impl BackendArgs {
+    /// The selected backend.
+    pub fn backend(&self) -> Result<Backend> {
+        select_backend(self.device.as_deref(), self.dtype.choice)
+    }
+}
+
 /// Backend selection shared by `eval`, `prune` and `bench`.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {

@@ -1,6 +1,5 @@
 //! `generate`: greedy continuation of a prompt, for a quick qualitative look at a (pruned) model.
 
-use super::device::select_backend;
 use super::output::print_json;
 use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineJob};
@@ -25,12 +24,9 @@ pub struct GenerateArgs {
     /// Print JSON instead of plain text.
     #[arg(long)]
     pub json: bool,
-    /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Precision of the matrices.
+    /// Backend and precision.
     #[command(flatten)]
-    pub dtype: super::device::DtypeArg,
+    pub backend: super::device::BackendArgs,
 }
 
 /// Greedy generation of a prompt's continuation, as a job for [`Backend::with_model`].
@@ -51,7 +47,7 @@ impl EngineJob for Greedy<'_> {
 /// Runs `generate`.
 pub fn run(args: GenerateArgs) -> Result<()> {
     crate::limits::check_positions(&[("--max-new-tokens", args.max_new_tokens)])?;
-    let backend = select_backend(args.device.as_deref(), args.dtype.choice)?;
+    let backend = args.backend.backend()?;
     let config = ModelConfig::from_dir(&args.model)?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let prompt = tokenizer.encode_with_special(&args.prompt)?;

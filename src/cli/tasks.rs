@@ -1,6 +1,5 @@
 //! `tasks`: zero-shot (or few-shot) multiple-choice accuracy as lm-eval 0.4 computes it.
 
-use super::device::select_backend;
 use super::output::{print_json, print_table};
 use crate::engine::{Engine, EngineJob};
 use crate::eval::tasks::{
@@ -22,7 +21,7 @@ pub struct TasksArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "arc_easy,arc_challenge,hellaswag,piqa,winogrande,mmlu"
+        default_value = tasks::DEFAULT_TASKS
     )]
     pub task: Vec<String>,
     /// Split [default: lm-eval's: test for ARC and MMLU, validation for the others].
@@ -44,12 +43,9 @@ pub struct TasksArgs {
     /// With --json: every document's log-likelihoods and outcome too.
     #[arg(long)]
     pub log_samples: bool,
-    /// Backend: cpu, cuda or cuda:N [default: cuda when this build has CUDA and a GPU is present, else cpu].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Precision of the matrices.
+    /// Backend and precision.
     #[command(flatten)]
-    pub dtype: super::device::DtypeArg,
+    pub backend: super::device::BackendArgs,
 }
 
 /// Every task's documents, scored on one loaded model.
@@ -100,7 +96,7 @@ pub fn run(args: TasksArgs) -> Result<()> {
         let docs = load_docs(&data_dir, &spec, &selection)?;
         work.push((spec, split, docs));
     }
-    let backend = select_backend(args.device.as_deref(), args.dtype.choice)?;
+    let backend = args.backend.backend()?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let job = Score {
         tokenizer: &tokenizer,

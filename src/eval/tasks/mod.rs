@@ -344,6 +344,9 @@ fn build_doc(
     }
 }
 
+/// The paper's six tasks, as `--task` spells them.
+pub const DEFAULT_TASKS: &str = "arc_easy,arc_challenge,hellaswag,piqa,winogrande,mmlu";
+
 /// The task data folder: `--data-dir`, else [`DEFAULT_TASK_DIR`].
 pub fn data_dir(arg: Option<&Path>) -> PathBuf {
     arg.map_or_else(|| PathBuf::from(DEFAULT_TASK_DIR), Path::to_path_buf)
