@@ -21,8 +21,9 @@ fn model() -> PathBuf {
 }
 
 /// `compare` on the gemma3 fixture with small settings, plus `extra` arguments.
-fn compare(out: &Path, extra: &[&str]) -> Output {
-    let output = bin()
+fn compare_command(out: &Path, extra: &[&str]) -> Command {
+    let mut command = bin();
+    command
         .args(["compare", "--model"])
         .arg(model())
         .arg("--out")
@@ -39,9 +40,13 @@ fn compare(out: &Path, extra: &[&str]) -> Output {
         } else {
             &["--limit", "6"][..]
         })
-        .args(extra)
-        .output()
-        .unwrap();
+        .args(extra);
+    command
+}
+
+/// Runs `compare_command` to the end.
+fn compare(out: &Path, extra: &[&str]) -> Output {
+    let output = compare_command(out, extra).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     output
@@ -185,4 +190,55 @@ fn compare_refuses_bad_input_before_writing_anything() {
         assert!(err.contains(message), "{tag}: {err}");
         assert!(!out.exists(), "{tag}: nothing may be written");
     }
+}
+
+#[test]
+fn an_interrupted_compare_keeps_its_finished_cells_and_resumes() {
+    let out = temp("interrupted");
+    // Stalls after every finished cell: killed after the first, the dense model's.
+    let mut child = compare_command(&out, &["--sparsity", "0.25", "--methods", "2ssp,sleb"])
+        .env("TWOSSP_TEST_STALL", "compare-cell:60")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dense = out.join("cells/dense-0.json");
+    let start = std::time::Instant::now();
+    while !dense.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "compare ended early");
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the dense cell never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(!child.wait().unwrap().success(), "SIGINT ends the run");
+    let before = std::fs::read(&dense).unwrap();
+    let stamp = std::fs::metadata(&dense).unwrap().modified().unwrap();
+    let resumed = compare_command(&out, &["--sparsity", "0.25", "--methods", "2ssp,sleb"])
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        err.contains("dense at sparsity 0: done in an earlier run"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&dense).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&dense).unwrap().modified().unwrap(),
+        stamp
+    );
+    let result: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(result["cells"].as_array().unwrap().len(), 3);
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -300,6 +300,7 @@ impl CompareJob {
                 }
             };
             crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&cell)?.as_bytes())?;
+            crate::fsutil::stall_point("compare-cell");
             eprintln!("{label}: {:.0} s", start.elapsed().as_secs_f64());
             cells.push(cell);
             table::write_all(&self.out, &cells)?;
