@@ -298,7 +298,7 @@ fn pruned_models_save_and_reload_with_the_same_perplexity_on_every_backend() {
                 name(&dir)
             );
             let config = ModelConfig::from_dir(&out).unwrap();
-            assert_eq!(config.params_main(), report.params_main_after);
+            assert_eq!(config.params_main(), report.params.params_main_after);
             for &i in &report.removed_attention {
                 assert!(config.blocks[i].attention.is_none());
             }

@@ -286,14 +286,14 @@ pub fn run(args: PruneArgs) -> Result<()> {
             "params main".into(),
             format!(
                 "{} -> {}",
-                report.params_main_before, report.params_main_after
+                report.params.params_main_before, report.params.params_main_after
             ),
         ],
         vec![
             "params total".into(),
             format!(
                 "{} -> {}",
-                report.params_total_before, report.params_total_after
+                report.params.params_total_before, report.params.params_total_after
             ),
         ],
         vec![

@@ -11,7 +11,7 @@ use super::pipeline::{
     calibration_corpus, calibration_files, calibration_windows, claim_outputs, commit_with_report,
     save_verified, PruneJob,
 };
-use super::report::{CalibrationFile, Verification};
+use super::report::{CalibrationFile, ParamsChange, Verification};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineJob, SubModule};
@@ -97,14 +97,9 @@ pub struct BlockReport {
     /// ShortGPT: influence per block; Window: mean cosine per window start; SLEB, BlockPruner:
     /// calibration perplexity after each removal.
     pub scores: Vec<f64>,
-    /// Decoder-block parameters before.
-    pub params_main_before: u64,
-    /// And after.
-    pub params_main_after: u64,
-    /// All parameters before.
-    pub params_total_before: u64,
-    /// And after.
-    pub params_total_after: u64,
+    /// Parameters before and after.
+    #[serde(flatten)]
+    pub params: ParamsChange,
     /// Calibration text and windows.
     pub calibration: BlockCalibration,
     /// Seconds spent scoring, saving, in all.
@@ -207,8 +202,7 @@ struct ScoreBlocks<'a> {
 /// The loaded run's results.
 struct Scored {
     removed: Removed,
-    params_before: (u64, u64),
-    params_after: (u64, u64),
+    params: ParamsChange,
     ppl_in_memory: Option<f64>,
 }
 
@@ -245,8 +239,7 @@ impl EngineJob for ScoreBlocks<'_> {
             .transpose()?;
         Ok(Scored {
             removed,
-            params_before,
-            params_after: (model.params_main(), model.params_total()),
+            params: ParamsChange::new(params_before, (model.params_main(), model.params_total())),
             ppl_in_memory,
         })
     }
@@ -355,7 +348,7 @@ pub fn run(
         method: method.name().into(),
         sparsity_target: job.options.sparsity,
         block_fraction_removed: n as f64 / config.blocks.len() as f64,
-        sparsity_achieved: 1.0 - scored.params_after.0 as f64 / scored.params_before.0 as f64,
+        sparsity_achieved: scored.params.sparsity_achieved(),
         removed_blocks: removed_attention
             .iter()
             .copied()
@@ -365,10 +358,7 @@ pub fn run(
         removed_mlp,
         removal_order: scored.removed.order,
         scores: scored.removed.scores,
-        params_main_before: scored.params_before.0,
-        params_main_after: scored.params_after.0,
-        params_total_before: scored.params_before.1,
-        params_total_after: scored.params_after.1,
+        params: scored.params,
         calibration: BlockCalibration {
             files: calibration_files(&calib_files)?,
             seq_len: job.seq_len,

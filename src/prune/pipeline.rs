@@ -3,7 +3,9 @@
 
 use super::cache::PruneCache;
 use super::decisions::Decisions;
-use super::report::{Balance, Calibration, CalibrationFile, PruningReport, Seconds, Verification};
+use super::report::{
+    Balance, Calibration, CalibrationFile, ParamsChange, PruningReport, Seconds, Verification,
+};
 use super::{PruneOptions, PruneOutcome};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
@@ -179,19 +181,15 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
         stage2,
         backend,
     )?;
-    let (main_before, total_before) = run.params_before;
-    let (main_after, total_after) = run.params_after;
+    let params = ParamsChange::new(run.params_before, run.params_after);
     let report = PruningReport {
         method: "2SSP".into(),
         sparsity_target: options.sparsity,
-        sparsity_achieved: 1.0 - main_after as f64 / main_before as f64,
+        sparsity_achieved: params.sparsity_achieved(),
         sparsity_achieved_reference_count: 1.0
             - outcome.plan.main_after as f64 / outcome.counts.p_main as f64,
-        params_main_before: main_before,
-        params_main_after: main_after,
+        params,
         params_main_after_reference_count: outcome.plan.main_after,
-        params_total_before: total_before,
-        params_total_after: total_after,
         alpha: match options.budget {
             super::balance::AttentionBudget::Alpha(a) => Some(a),
             super::balance::AttentionBudget::Fixed(_) => None,

@@ -6,6 +6,36 @@ use crate::export::ExportSummary;
 use serde::Serialize;
 use std::path::PathBuf;
 
+/// Parameter counts before and after pruning (every method's report has them).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ParamsChange {
+    /// Decoder-block parameters before.
+    pub params_main_before: u64,
+    /// Decoder-block parameters after.
+    pub params_main_after: u64,
+    /// All parameters before.
+    pub params_total_before: u64,
+    /// All parameters after.
+    pub params_total_after: u64,
+}
+
+impl ParamsChange {
+    /// From (P_main, P_total) before and after.
+    pub fn new(before: (u64, u64), after: (u64, u64)) -> Self {
+        Self {
+            params_main_before: before.0,
+            params_main_after: after.0,
+            params_total_before: before.1,
+            params_total_after: after.1,
+        }
+    }
+
+    /// Fraction of the decoder-block parameters removed.
+    pub fn sparsity_achieved(&self) -> f64 {
+        1.0 - self.params_main_after as f64 / self.params_main_before as f64
+    }
+}
+
 /// The report of one `prune` run.
 #[derive(Clone, Debug, Serialize)]
 pub struct PruningReport {
@@ -17,16 +47,11 @@ pub struct PruningReport {
     pub sparsity_achieved: f64,
     /// Achieved fraction by the reference implementation's count.
     pub sparsity_achieved_reference_count: f64,
-    /// Decoder-block parameters before.
-    pub params_main_before: u64,
-    /// Decoder-block parameters after.
-    pub params_main_after: u64,
+    /// Parameters before and after.
+    #[serde(flatten)]
+    pub params: ParamsChange,
     /// Decoder-block parameters after, by the reference's count.
     pub params_main_after_reference_count: u64,
-    /// All parameters before.
-    pub params_total_before: u64,
-    /// All parameters after.
-    pub params_total_after: u64,
     /// Balance exponent of Eq. 5 (absent with `--remove-attention`).
     pub alpha: Option<f64>,
     /// Attention submodules removed.
