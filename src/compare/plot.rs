@@ -42,6 +42,8 @@ struct Chart<'a> {
     x_desc: &'a str,
     y_desc: &'a str,
     log_y: bool,
+    /// Where the legend goes: the corner the lines leave free (rising lines: upper left).
+    legend: SeriesLabelPosition,
 }
 
 /// Draws `series` as lines with points onto `root`.
@@ -97,7 +99,7 @@ where
                     .map_err(err)?;
             }
             ctx.configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(chart.legend.clone())
                 .border_style(BLACK)
                 .background_style(WHITE.mix(0.85))
                 .draw()
@@ -180,6 +182,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
             x_desc: "sparsity (fraction of decoder-block parameters removed)",
             y_desc: "perplexity (log scale)",
             log_y: true,
+            legend: SeriesLabelPosition::UpperLeft,
         };
         write_chart(out, &format!("ppl_{}", corpus.corpus), &chart, &series)?;
     }
@@ -189,6 +192,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
             x_desc: "sparsity (fraction of decoder-block parameters removed)",
             y_desc: "mean accuracy",
             log_y: false,
+            legend: SeriesLabelPosition::LowerLeft,
         };
         write_chart(
             out,
@@ -207,6 +211,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
         x_desc: "sparsity",
         y_desc: "seconds (log scale)",
         log_y: true,
+        legend: SeriesLabelPosition::UpperLeft,
     };
     write_chart(
         out,
