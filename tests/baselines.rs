@@ -10,6 +10,7 @@ use twossp_engine::engine::{Engine, EngineJob};
 use twossp_engine::prune::block_similarity::{
     blocks_to_remove, last_token_outputs, shortgpt, window,
 };
+use twossp_engine::prune::evopress::EvoPressOptions;
 use twossp_engine::weights::Precision;
 
 struct Outputs<'a>(&'a [&'a [u32]]);
@@ -123,6 +124,71 @@ fn blockpruner_removes_the_submodules_the_authors_code_removes() {
     assert!(worst < 1e-4, "perplexities differ by {worst}");
 }
 
+/// EvoPress's search on a loaded model.
+struct EvoPress<'a>(&'a [&'a [u32]], usize, EvoPressOptions);
+
+impl EngineJob for EvoPress<'_> {
+    type Output = twossp_engine::prune::evopress::EvoPressRun;
+    fn run<E: Engine>(self, mut model: E) -> anyhow::Result<Self::Output> {
+        twossp_engine::prune::evopress::evopress(&mut model, self.0, self.1, &self.2)
+    }
+}
+
+#[test]
+fn evopress_makes_the_moves_the_authors_code_makes() {
+    let (reference, model, windows) = authors_reference();
+    let want = &reference["methods"]["evopress"];
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let overrides = &want["overrides_used"];
+    let int = |v: &serde_json::Value| v.as_u64().unwrap() as usize;
+    let opts = EvoPressOptions {
+        // One generation keeps CI short: its three selections (the initial one, then two on
+        // growing minibatches) exercise every random draw of the search (all ten: BENCHMARKS §13).
+        generations: Some(1),
+        offspring: int(&overrides["offspring"]),
+        initially_generated: int(&overrides["initially_generated"]),
+        initial_tokens: int(&overrides["initial_tokens"]),
+        tokens_per_selection: serde_json::from_value(overrides["tokens_per_selection"].clone())
+            .unwrap(),
+        seed: reference["seed"].as_u64().unwrap(),
+        ..EvoPressOptions::default()
+    };
+    assert_eq!(
+        refs.len() * refs[0].len(),
+        int(&overrides["calibration_tokens"])
+    );
+    let n = int(&want["blocks_to_remove"]);
+    let run = Backend::Cpu(Some(Precision::F32))
+        .with_model(&model, EvoPress(&refs, n, opts))
+        .unwrap();
+    let expected = want["selections"].as_array().unwrap();
+    assert_eq!(run.selections.len(), 3);
+    let mut worst = 0f64;
+    for (got, want) in run.selections.iter().zip(expected) {
+        assert_eq!(got.candidates, int(&want["candidates"]));
+        let minibatch: Vec<(usize, usize)> =
+            serde_json::from_value(want["minibatch_windows"].clone()).unwrap();
+        assert_eq!(got.minibatch, minibatch);
+        let survivors = want["survivors"].as_array().unwrap();
+        assert_eq!(got.survivors.len(), survivors.len());
+        for (g, w) in got.survivors.iter().zip(survivors) {
+            let blocks = |v: &serde_json::Value| -> Vec<usize> {
+                serde_json::from_value(v.clone()).unwrap()
+            };
+            assert_eq!(
+                (&g.attention, &g.mlp),
+                (&blocks(&w["attn"]), &blocks(&w["mlp"]))
+            );
+            let kl = w["kl"].as_f64().unwrap();
+            worst = worst.max((g.kl - kl).abs() / kl);
+        }
+    }
+    println!(
+        "evopress: the first generation's 3 selections as the authors', KL within {worst:.2e}"
+    );
+    assert!(worst < 1e-4, "KL divergences differ by {worst}");
+}
+
 #[test]
 fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
     let (reference, model, windows) = authors_reference();
@@ -199,8 +265,24 @@ fn prune_cli(tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
 
 #[test]
 fn block_removal_methods_write_verified_models_and_refuse_impossible_budgets() {
-    for method in ["shortgpt", "window", "sleb", "blockpruner"] {
-        let (code, err, out) = prune_cli(method, &["--method", method, "--sparsity", "0.25"]);
+    let evopress_settings = [
+        "--evo-initial",
+        "8",
+        "--evo-offspring",
+        "4",
+        "--evo-generations",
+        "2",
+        "--evo-initial-tokens",
+        "64",
+        "--evo-selection-tokens",
+        "64,128",
+    ];
+    for method in ["shortgpt", "window", "sleb", "blockpruner", "evopress"] {
+        let mut args = vec!["--method", method, "--sparsity", "0.25"];
+        if method == "evopress" {
+            args.extend(evopress_settings);
+        }
+        let (code, err, out) = prune_cli(method, &args);
         assert_eq!(code, 0, "{err}");
         let report = common::reference_json_file(&out.join("pruning_report.json"));
         assert_eq!(report["method"], method);
@@ -215,7 +297,18 @@ fn block_removal_methods_write_verified_models_and_refuse_impossible_budgets() {
         let n = config.blocks.len();
         assert_eq!(attention.len(), blocks_to_remove(0.25, n).unwrap());
         assert_eq!(mlp.len(), attention.len());
-        if method != "blockpruner" {
+        if method == "evopress" {
+            let selections = report["evopress"]["selections"].as_array().unwrap();
+            assert_eq!(
+                selections.len(),
+                1 + 2 * 2,
+                "initial + 2 steps x 2 generations"
+            );
+            let best = &selections.last().unwrap()["survivors"][0];
+            assert_eq!(best["attention"], report["removed_attention"]);
+            assert_eq!(best["mlp"], report["removed_mlp"]);
+        }
+        if !["blockpruner", "evopress"].contains(&method) {
             assert_eq!(attention, list("removed_blocks"), "{method}");
             assert_eq!(mlp, attention, "{method}");
         }
@@ -253,6 +346,32 @@ fn block_removal_methods_write_verified_models_and_refuse_impossible_budgets() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("only --format hf expresses"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+    let (code, err, out) = prune_cli(
+        "evo-initial",
+        &[
+            "--method",
+            "evopress",
+            "--sparsity",
+            "0.25",
+            "--evo-initial-tokens",
+            "64",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("exceeds the 9 distinct candidates"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+    let (code, err, out) = prune_cli(
+        "evo-tokens",
+        &[
+            &["--method", "evopress", "--sparsity", "0.25"],
+            &evopress_settings[..8],
+            &["--evo-selection-tokens", "64,4096"],
+        ]
+        .concat(),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("needs 2 to 256 calibration tokens"), "{err}");
     assert!(!out.exists(), "nothing may be written");
     let (code, err, _) = prune_cli("unknown", &["--method", "sleb2", "--sparsity", "0.25"]);
     assert_ne!(code, 0);

@@ -280,6 +280,7 @@ fn pruned_models_save_and_reload_with_the_same_perplexity_on_every_backend() {
                     ffn_mult: false,
                 },
                 cache_root: None,
+                evopress: Default::default(),
             };
             let report = pipeline::run(&job, &backend).unwrap();
             let verification = report.verification.expect("verified");

@@ -46,6 +46,9 @@ pub struct CompareArgs {
     /// Calibration windows of the block-removal methods [default: each one's authors' default].
     #[arg(long)]
     pub samples: Option<usize>,
+    /// EvoPress's search settings.
+    #[command(flatten)]
+    pub evopress: super::evopress::EvoPressArgs,
     /// Evaluation corpora; each gives a perplexity column.
     #[arg(
         long,
@@ -159,6 +162,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             stage1_samples: args.stage1_samples,
             stage2_samples: args.stage2_samples,
             samples: args.samples,
+            evopress: args.evopress.options(),
         },
         eval_key: serde_json::json!({
             "data": args.eval_data, "seq_len": args.eval_seq_len,

@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod device;
 mod eval;
+mod evopress;
 mod export;
 mod generate;
 mod import;

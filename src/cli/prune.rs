@@ -26,8 +26,10 @@ pub struct PruneArgs {
     pub model: Option<PathBuf>,
     /// Pruning method: 2ssp (the paper's), or a block-removal baseline as its authors' code runs
     /// it: shortgpt (block influence, Men et al. 2024), window (most similar block window, Gromov
-    /// et al. 2024), sleb (iterative block removal by calibration perplexity, Song et al. 2024) or
-    /// blockpruner (iterative attention and MLP removal by perplexity, Zhong et al. 2024).
+    /// et al. 2024), sleb (iterative block removal by calibration perplexity, Song et al. 2024),
+    /// blockpruner (iterative attention and MLP removal by perplexity, Zhong et al. 2024) or
+    /// evopress (evolutionary search over attention and MLP removals by KL divergence from the
+    /// dense model, Sieberling et al. 2024).
     #[arg(long, value_enum, default_value = "2ssp")]
     pub method: Method,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1); whole-block methods
@@ -35,7 +37,7 @@ pub struct PruneArgs {
     #[arg(long)]
     pub sparsity: f64,
     /// Calibration windows a block-removal method scores [default: the authors': 256 for
-    /// shortgpt and window, 1 for sleb and blockpruner].
+    /// shortgpt and window, 1 for sleb and blockpruner, 131072 tokens' worth for evopress].
     #[arg(long)]
     pub samples: Option<usize>,
     /// Output folder (a .gguf file with --format gguf; the report is then written beside it).
@@ -95,6 +97,9 @@ pub struct PruneArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// EvoPress's search settings.
+    #[command(flatten)]
+    pub evopress: super::evopress::EvoPressArgs,
     /// Backend and synthetic weights (synthetic: random calibration tokens, nothing saved).
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -227,6 +232,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 .clone()
                 .or_else(crate::prune::cache::default_root)
         },
+        evopress: args.evopress.options(),
     };
     if let Some(method) = args.method.block_method() {
         let report = block_pipeline::run(&job, method, args.samples, &backend)?;

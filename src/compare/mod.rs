@@ -32,6 +32,10 @@ pub struct PruneSettings {
     pub stage2_samples: usize,
     /// Windows a block-removal method scores (None: its authors' default).
     pub samples: Option<usize>,
+    /// EvoPress's search settings (in the cell key of EvoPress only, so adding it left the other
+    /// cells' keys as they were).
+    #[serde(skip)]
+    pub evopress: crate::prune::evopress::EvoPressOptions,
 }
 
 /// Everything one `compare` run needs.
@@ -120,9 +124,13 @@ fn mean_acc(scores: &Scores) -> Option<f64> {
 impl CompareJob {
     /// The settings a cell of `method` at `sparsity` depends on.
     fn key(&self, method: &str, sparsity: f64) -> serde_json::Value {
+        let mut prune = serde_json::to_value(&self.prune).unwrap_or_default();
+        if method == Method::Evopress.name() {
+            prune["evopress"] = serde_json::to_value(&self.prune.evopress).unwrap_or_default();
+        }
         serde_json::json!({
             "model": self.model, "method": method, "sparsity": sparsity,
-            "prune": if method == "dense" { serde_json::Value::Null } else { serde_json::to_value(&self.prune).unwrap_or_default() },
+            "prune": if method == "dense" { serde_json::Value::Null } else { prune },
             "eval": self.eval_key,
         })
     }
@@ -151,8 +159,17 @@ impl CompareJob {
                             .with_context(|| format!("2ssp at sparsity {s}"))?;
                     }
                     Some(b) => {
-                        block_pipeline::check_budget(b, s, config.blocks.len())
-                            .with_context(|| format!("{} at sparsity {s}", m.name()))?;
+                        let (seq_len, samples) = (self.prune.seq_len, self.prune.samples);
+                        let evo = &self.prune.evopress;
+                        block_pipeline::check_settings(
+                            b,
+                            s,
+                            config.blocks.len(),
+                            seq_len,
+                            samples,
+                            evo,
+                        )
+                        .with_context(|| format!("{} at sparsity {s}", m.name()))?;
                     }
                 }
             }
@@ -197,6 +214,7 @@ impl CompareJob {
                 ffn_mult: false,
             },
             cache_root: None,
+            evopress: self.prune.evopress.clone(),
         };
         let (seconds, removed, achieved, report) = match method.block_method() {
             None => {

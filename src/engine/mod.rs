@@ -63,6 +63,15 @@ pub trait Engine {
         first_row: usize,
         targets: &[u32],
     ) -> Result<Vec<f32>>;
+    /// Logits `[rows, vocab]` (soft cap applied), on the host, of rows `first_row..first_row + rows`
+    /// of the residual stream after the last block (final norm and LM head applied here; those
+    /// rows are clobbered).
+    fn logits_from_hidden(
+        &self,
+        ws: &mut Self::Workspace,
+        first_row: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>>;
     /// Stage 1: every FFN neuron's mean over samples of its L2 norm over tokens, on the dense model.
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores>;
     /// Keeps only the listed neurons of each block's FFN (ascending indices).

@@ -71,6 +71,15 @@ impl Engine for GpuModel {
         GpuModel::target_nlls_from_hidden(self, ws, first_row, targets)
     }
 
+    fn logits_from_hidden(
+        &self,
+        ws: &mut GpuWorkspace,
+        first_row: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        self.rows_logits(ws, first_row, rows)
+    }
+
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores> {
         let longest = samples.iter().map(|s| s.len()).max().unwrap_or(1);
         let mut ws = GpuWorkspace::new(self, longest, longest)?;

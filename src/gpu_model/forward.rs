@@ -505,7 +505,7 @@ impl GpuModel {
         cache: &mut GpuKvCache,
     ) -> Result<Vec<f32>> {
         self.forward_cached_hidden(ws, ids, cache)?;
-        self.row_logits(ws, ids.len() - 1)
+        self.rows_logits(ws, ids.len() - 1, 1)
     }
 
     /// Runs `ids` after the positions already in `cache`, leaving their residual stream in `ws`.
@@ -519,11 +519,21 @@ impl GpuModel {
         self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)
     }
 
-    /// Logits of row `row` of the residual stream (after the final norm and the LM head).
-    pub fn row_logits(&self, ws: &mut GpuWorkspace, row: usize) -> Result<Vec<f32>> {
+    /// Logits `[rows, vocab]` of rows `first..first + rows` of the residual stream, on the host
+    /// (after the final norm, the LM head and the soft cap).
+    pub fn rows_logits(
+        &self,
+        ws: &mut GpuWorkspace,
+        first: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
         let vocab = self.config.vocab;
-        self.head_logits(ws, row, 1)?;
-        let mut logits = self.gpu.download_prefix(&ws.logits, vocab)?;
+        let mut logits = Vec::with_capacity(rows * vocab);
+        for start in (0..rows).step_by(ws.logit_rows) {
+            let chunk = ws.logit_rows.min(rows - start);
+            self.head_logits(ws, first + start, chunk)?;
+            logits.extend(self.gpu.download_prefix(&ws.logits, chunk * vocab)?);
+        }
         if let Some(cap) = self.config.final_logit_softcap {
             crate::backend::cpu::ops::soft_cap(&mut logits, cap);
         }

@@ -73,6 +73,9 @@ impl Engine for GpuModel {
     fn target_nlls_from_hidden(&self, _: &mut Infallible, _: usize, _: &[u32]) -> Result<Vec<f32>> {
         match *self {}
     }
+    fn logits_from_hidden(&self, _: &mut Infallible, _: usize, _: usize) -> Result<Vec<f32>> {
+        match *self {}
+    }
     fn forward_cached_hidden(
         &self,
         _: &mut Infallible,

@@ -81,6 +81,20 @@ impl Engine for Model {
         Ok(Model::target_nlls(self, x, targets))
     }
 
+    fn logits_from_hidden(
+        &self,
+        ws: &mut CpuWorkspace,
+        first_row: usize,
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        let hidden = self.config.hidden;
+        let x = &mut ws.x[first_row * hidden..(first_row + rows) * hidden];
+        self.apply_final_norm(x);
+        let mut logits = vec![0f32; rows * self.config.vocab];
+        self.head_rows(x, &mut logits);
+        Ok(logits)
+    }
+
     fn score_neurons(&self, samples: &[&[u32]]) -> Result<NeuronScores> {
         stage1::score_neurons(self, samples)
     }

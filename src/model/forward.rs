@@ -140,7 +140,7 @@ impl Model {
     }
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` (LM head, then the soft cap).
-    fn head_rows(&self, hidden_states: &[f32], out: &mut [f32]) {
+    pub(crate) fn head_rows(&self, hidden_states: &[f32], out: &mut [f32]) {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let rows = hidden_states.len() / hidden;
         self.head_weight()

@@ -1,4 +1,4 @@
-//! `prune --method shortgpt|window|sleb|blockpruner`: a block-removal baseline as one library
+//! `prune --method shortgpt|window|sleb|blockpruner|evopress`: a block-removal baseline as one library
 //! call, sharing the calibration, export, reload verification and report writing of the 2SSP
 //! pipeline. Whole blocks and attention/MLP submodules are all expressed as [`Decisions`].
 
@@ -7,6 +7,7 @@ use super::block_similarity::{
     blocks_to_remove, last_token_outputs, shortgpt, window, BlockChoice,
 };
 use super::decisions::Decisions;
+use super::evopress::{evopress, EvoPressOptions, Selection, CALIBRATION_TOKENS};
 use super::pipeline::{
     calibration_corpus, calibration_files, calibration_windows, claim_outputs, commit_with_report,
     save_verified, PruneJob,
@@ -31,6 +32,8 @@ pub enum BlockMethod {
     Sleb,
     /// BlockPruner's iterative search over attention and MLP submodules.
     BlockPruner,
+    /// EvoPress's evolutionary search over attention and MLP submodules.
+    EvoPress,
 }
 
 impl BlockMethod {
@@ -41,15 +44,22 @@ impl BlockMethod {
             BlockMethod::Window => "window",
             BlockMethod::Sleb => "sleb",
             BlockMethod::BlockPruner => "blockpruner",
+            BlockMethod::EvoPress => "evopress",
         }
     }
 
-    /// Calibration windows the method's authors score by default (`--samples`).
-    pub fn default_samples(self) -> usize {
+    /// Calibration windows of `seq_len` tokens the method's authors score by default (`--samples`).
+    pub fn default_samples(self, seq_len: usize) -> usize {
         match self {
             BlockMethod::ShortGpt | BlockMethod::Window => 256,
             BlockMethod::Sleb | BlockMethod::BlockPruner => 1,
+            BlockMethod::EvoPress => CALIBRATION_TOKENS.div_ceil(seq_len.max(1)),
         }
+    }
+
+    /// Whether it removes attention and MLP submodules apart (only `--format hf` expresses that).
+    pub fn removes_sub_blocks(self) -> bool {
+        matches!(self, BlockMethod::BlockPruner | BlockMethod::EvoPress)
     }
 }
 
@@ -95,8 +105,12 @@ pub struct BlockReport {
     /// The removals in the method's order (ShortGPT: by influence; SLEB, BlockPruner: as removed).
     pub removal_order: Vec<Removal>,
     /// ShortGPT: influence per block; Window: mean cosine per window start; SLEB, BlockPruner:
-    /// calibration perplexity after each removal.
+    /// calibration perplexity after each removal; EvoPress: the best candidate's KL divergence
+    /// from the dense model after the initial selection and each generation.
     pub scores: Vec<f64>,
+    /// EvoPress: its settings and every selection step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evopress: Option<EvoPressReport>,
     /// Parameters before and after.
     #[serde(flatten)]
     pub params: ParamsChange,
@@ -127,6 +141,17 @@ pub struct BlockCalibration {
     pub window_order: String,
 }
 
+/// How an EvoPress search ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvoPressReport {
+    /// Settings.
+    pub settings: EvoPressOptions,
+    /// Generations run.
+    pub generations: usize,
+    /// Every selection step, in order (minibatch windows, survivors and their KL).
+    pub selections: Vec<Selection>,
+}
+
 /// Timings of a block-removal run.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockSeconds {
@@ -142,6 +167,7 @@ pub struct BlockSeconds {
 struct Removed {
     order: Vec<Removal>,
     scores: Vec<f64>,
+    evopress: Option<EvoPressReport>,
 }
 
 impl Removed {
@@ -157,6 +183,7 @@ impl Removed {
                 })
                 .collect(),
             scores: choice.scores,
+            evopress: None,
         }
     }
 
@@ -174,6 +201,7 @@ impl Removed {
                 })
                 .collect(),
             scores: steps.iter().map(|s| s.ppl).collect(),
+            evopress: None,
         }
     }
 
@@ -194,6 +222,7 @@ impl Removed {
 /// what verification compares.
 struct ScoreBlocks<'a> {
     method: BlockMethod,
+    evopress: &'a EvoPressOptions,
     n: usize,
     windows: &'a [&'a [u32]],
     verify: bool,
@@ -232,6 +261,23 @@ impl EngineJob for ScoreBlocks<'_> {
             BlockMethod::BlockPruner => {
                 Removed::sub_blocks(blockpruner(&mut model, self.windows, self.n)?)
             }
+            BlockMethod::EvoPress => {
+                let run = evopress(&mut model, self.windows, self.n, self.evopress)?;
+                let part = |part, blocks: Vec<usize>| {
+                    blocks.into_iter().map(move |block| Removal { part, block })
+                };
+                Removed {
+                    order: part(Part::Attention, run.best.removed_attention())
+                        .chain(part(Part::Mlp, run.best.removed_mlp()))
+                        .collect(),
+                    scores: run.fitness,
+                    evopress: Some(EvoPressReport {
+                        settings: self.evopress.clone(),
+                        generations: run.generations,
+                        selections: run.selections,
+                    }),
+                }
+            }
         };
         let ppl_in_memory = self
             .verify
@@ -255,6 +301,27 @@ pub fn check_budget(method: BlockMethod, sparsity: f64, n_blocks: usize) -> Resu
     Ok(n)
 }
 
+/// Checks a run's settings before any work: returns the blocks (or submodule pairs) to remove and
+/// the calibration windows to score (`samples`, or the method's default).
+pub fn check_settings(
+    method: BlockMethod,
+    sparsity: f64,
+    n_blocks: usize,
+    seq_len: usize,
+    samples: Option<usize>,
+    evopress: &EvoPressOptions,
+) -> Result<(usize, usize)> {
+    let n = check_budget(method, sparsity, n_blocks)?;
+    let samples = samples.unwrap_or(method.default_samples(seq_len));
+    if samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    if method == BlockMethod::EvoPress {
+        evopress.check(n, n_blocks, samples.saturating_mul(seq_len))?;
+    }
+    Ok((n, samples))
+}
+
 /// Runs a block-removal method: score on `samples` calibration windows (`None`: the method's
 /// default), write, verify, report.
 pub fn run(
@@ -265,18 +332,24 @@ pub fn run(
 ) -> Result<BlockReport> {
     let start = Instant::now();
     let config = ModelConfig::from_dir(&job.model)?;
-    let n = check_budget(method, job.options.sparsity, config.blocks.len())?;
-    let samples = samples.unwrap_or(method.default_samples());
-    if samples == 0 {
-        bail!("--samples must be at least 1");
-    }
-    if method == BlockMethod::BlockPruner && job.format.is_some_and(|f| f != Format::Hf) {
-        bail!("--method blockpruner removes MLPs without their attention, which only --format hf expresses (its default)");
+    let (n, samples) = check_settings(
+        method,
+        job.options.sparsity,
+        config.blocks.len(),
+        job.seq_len,
+        samples,
+        &job.evopress,
+    )?;
+    if method.removes_sub_blocks() && job.format.is_some_and(|f| f != Format::Hf) {
+        bail!(
+            "--method {} removes MLPs without their attention, which only --format hf expresses (its default)",
+            method.name()
+        );
     }
     let job = &PruneJob {
         format: job
             .format
-            .or((method == BlockMethod::BlockPruner).then_some(Format::Hf)),
+            .or(method.removes_sub_blocks().then_some(Format::Hf)),
         ..job.clone()
     };
     let (claim, format, beside) = claim_outputs(job, &config)?;
@@ -293,6 +366,7 @@ pub fn run(
     let t_score = Instant::now();
     let job_on_model = ScoreBlocks {
         method,
+        evopress: &job.evopress,
         n,
         windows,
         verify: job.verify,
@@ -358,6 +432,7 @@ pub fn run(
         removed_mlp,
         removal_order: scored.removed.order,
         scores: scored.removed.scores,
+        evopress: scored.removed.evopress,
         params: scored.params,
         calibration: BlockCalibration {
             files: calibration_files(&calib_files)?,

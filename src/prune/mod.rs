@@ -8,6 +8,7 @@ pub mod block_search;
 pub mod block_similarity;
 pub mod cache;
 pub mod decisions;
+pub mod evopress;
 pub mod pipeline;
 pub mod report;
 pub mod stage1;
@@ -35,6 +36,8 @@ pub enum Method {
     Sleb,
     /// BlockPruner.
     Blockpruner,
+    /// EvoPress.
+    Evopress,
 }
 
 impl Method {
@@ -47,6 +50,7 @@ impl Method {
             Method::Window => Some(BlockMethod::Window),
             Method::Sleb => Some(BlockMethod::Sleb),
             Method::Blockpruner => Some(BlockMethod::BlockPruner),
+            Method::Evopress => Some(BlockMethod::EvoPress),
         }
     }
 

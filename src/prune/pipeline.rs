@@ -51,6 +51,8 @@ pub struct PruneJob {
     pub export: ExportOptions,
     /// Root of the resumable-work cache (`None`: compute everything, keep nothing).
     pub cache_root: Option<PathBuf>,
+    /// EvoPress's search settings (used by `--method evopress`).
+    pub evopress: super::evopress::EvoPressOptions,
 }
 
 /// What a backend's 2SSP run returns.

@@ -12,7 +12,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
-mod softmax;
+pub(crate) mod softmax;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use softmax::exp512;
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::backend::cpu::isa::Isa;
 ///
 /// Returns `(m_new, sum)` with `m_new = max(m_old, max(row[a..b]))` and `sum = Σ exp(row - m_new)`
 /// over the visible part; `row` is overwritten by `exp(row - m_new)` there and by zero elsewhere.
-pub(super) fn softmax_update(
+pub(crate) fn softmax_update(
     isa: Isa,
     row: &mut [f32],
     a: usize,
