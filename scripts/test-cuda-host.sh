@@ -14,7 +14,7 @@ cargo test --release --locked --features cuda-host --lib backend::cuda 2>&1 | te
 # Every kernel-level test under the three schedules; the model-level tests (which compose the same
 # kernels, each already race-checked here) under one, to keep CI short.
 model_level=(device_model_matches_cpu_model kv_cached_decode_matches_full_forward
-  two_stage_pruning_on_gpu_matches_cpu synthetic_models_are_finite_and_seeded)
+  two_stage_pruning_on_gpu_matches_cpu evopress_fitness_on_gpu_matches_cpu synthetic_models_are_finite_and_seeded)
 skips=()
 for t in "${model_level[@]}"; do skips+=(--skip "$t"); done
 cargo test --release --locked --features cuda-host --test cuda_parity -- "${skips[@]}" 2>&1 | tee -a "$log"

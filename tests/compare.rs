@@ -167,7 +167,7 @@ fn compare_scores_every_cell_as_the_single_commands_do_and_resumes() {
 
 #[test]
 fn compare_refuses_bad_input_before_writing_anything() {
-    let cases: [(&str, &[&str], &str); 5] = [
+    let cases: [(&str, &[&str], &str); 6] = [
         ("method", &["--methods", "2ssp,obs"], "obs"),
         (
             "sparsity",
@@ -181,6 +181,18 @@ fn compare_refuses_bad_input_before_writing_anything() {
         ),
         ("task", &["--task", "arc_medium"], "arc_medium"),
         ("limit", &["--limit", "0"], "--limit must be at least 1"),
+        (
+            "evopress",
+            &[
+                "--methods",
+                "evopress",
+                "--evo-initial",
+                "8",
+                "--evo-selection-tokens",
+                "64,100000000",
+            ],
+            "EvoPress minibatch of 100000000 tokens",
+        ),
     ];
     for (tag, args, message) in cases {
         let out = temp(tag);

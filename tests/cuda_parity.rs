@@ -1276,7 +1276,7 @@ fn device_model_matches_cpu_model() {
     for (dir, model) in gpu_runnable_fixtures() {
         let name = fixture_name(&dir);
         let cpu = bf16_weights(&model);
-        let (ids, _, vocab) = common::reference(&dir);
+        let (ids, _, _) = common::reference(&dir);
         let t = ids.len();
         let gm = GpuModel::upload(gpu.clone(), &model).unwrap();
         let mut ws = GpuWorkspace::new(&gm, t, t).unwrap();
@@ -1308,12 +1308,9 @@ fn device_model_matches_cpu_model() {
 
         // Every row's logits after the full window (the residual stream is still in the workspace).
         let want = cpu.logits(&ids).unwrap();
-        let mut got = Vec::with_capacity(t * vocab);
-        for r in 0..t {
-            got.extend(gm.row_logits(&mut ws, r).unwrap());
-        }
+        let got = gm.rows_logits(&mut ws, 0, t).unwrap();
         checks.rel(
-            format!("{name} row_logits of all {t} rows"),
+            format!("{name} rows_logits of all {t} rows at once"),
             &got,
             &want,
             BF16_TOL,
@@ -1342,7 +1339,9 @@ fn kv_cached_decode_matches_full_forward() {
         // Full forward on the device and on the CPU.
         let mut ws = GpuWorkspace::new(&gm, t, t).unwrap();
         gm.window_nll(&mut ws, &ids).unwrap();
-        let full: Vec<Vec<f32>> = (0..t).map(|r| gm.row_logits(&mut ws, r).unwrap()).collect();
+        let full: Vec<Vec<f32>> = (0..t)
+            .map(|r| gm.rows_logits(&mut ws, r, 1).unwrap())
+            .collect();
         let cpu = bf16_weights(&model).logits(&ids).unwrap();
 
         // Prefill 17 tokens, then chunks of 1..4 tokens (GEMV path) until the end.
@@ -1402,6 +1401,53 @@ fn check_kept(checks: &mut Checks, label: &str, got: &[usize], want: &[usize], c
         format!("{label}: keep {}: {detail}", want.len()),
         verdict.is_ok(),
     );
+}
+
+/// EvoPress's fitness of one candidate (KL from the dense model) on the device and on the CPU.
+fn evopress_kl<E: Engine>(model: &mut E, windows: &[&[u32]]) -> f64 {
+    use twossp_engine::prune::evopress::fitness::{minibatch_kl, DenseTargets};
+    let longest = windows.iter().map(|w| w.len()).max().unwrap();
+    let mut ws = [
+        model.workspace(longest, longest).unwrap(),
+        model.workspace(longest, longest).unwrap(),
+    ];
+    let dense = DenseTargets::new(&*model, &mut ws[0], windows).unwrap();
+    let last = model.n_blocks() - 1;
+    let attention = model.take_attention(last);
+    let ffn = model.take_ffn(0);
+    let minibatch = [(0, windows[0].len()), (1, windows[1].len() / 2 + 1)];
+    let kl = minibatch_kl(&*model, &mut ws, windows, &dense, &minibatch).unwrap();
+    model.restore_attention(last, attention);
+    model.restore_ffn(0, ffn);
+    kl
+}
+
+#[test]
+fn evopress_fitness_on_gpu_matches_cpu() {
+    let Some(gpu) = gpu("evopress_fitness_on_gpu_matches_cpu") else {
+        return;
+    };
+    let mut checks = Checks::new("evopress_fitness_on_gpu_matches_cpu");
+    for name in GPU_FIXTURES {
+        let dir = common::fixtures().join(name);
+        let model = Model::load(&dir).unwrap();
+        let mut cpu = bf16_weights(&model);
+        let windows = common::calibration(&dir, 32);
+        let w: Vec<&[u32]> = windows.iter().take(2).map(Vec::as_slice).collect();
+        let mut gm = GpuModel::upload(gpu.clone(), &model).unwrap();
+        let (g, c) = (evopress_kl(&mut gm, &w), evopress_kl(&mut cpu, &w));
+        checks.truth(
+            format!("{name} KL {c:.5} is positive and finite"),
+            c > 0.0 && c.is_finite(),
+        );
+        checks.rel_scalar(
+            format!("{name} EvoPress KL fitness vs CPU"),
+            g,
+            c,
+            BF16_TOL as f64,
+        );
+    }
+    checks.finish();
 }
 
 #[test]

@@ -171,6 +171,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         }),
         corpora,
         tasks,
+        tokenizer,
         keep_models: args.keep_models,
         force: args.force,
     };

@@ -56,6 +56,8 @@ pub struct CompareJob {
     pub eval_key: serde_json::Value,
     /// Tasks with their documents.
     pub tasks: Vec<Task>,
+    /// The source checkpoint's tokenizer (the pruned ones keep it).
+    pub tokenizer: crate::tokenizer::Tokenizer,
     /// Keep each pruned checkpoint under `OUT/models/` (default: deleted once scored).
     pub keep_models: bool,
     /// Recompute cells whose settings differ from this run's (otherwise refused).
@@ -135,15 +137,14 @@ impl CompareJob {
         })
     }
 
-    /// Scores the checkpoint in `dir`.
+    /// Scores the checkpoint in `dir` (pruning keeps the source's tokenizer, loaded once).
     fn evaluate(&self, dir: &Path, backend: &Backend) -> Result<Scores> {
-        let tokenizer = crate::tokenizer::Tokenizer::from_dir(dir)?;
         backend.with_model(
             dir,
             Evaluate {
                 corpora: &self.corpora,
                 tasks: &self.tasks,
-                tokenizer: &tokenizer,
+                tokenizer: &self.tokenizer,
             },
         )
     }
@@ -216,7 +217,7 @@ impl CompareJob {
             cache_root: None,
             evopress: self.prune.evopress.clone(),
         };
-        let (seconds, removed, achieved, report) = match method.block_method() {
+        let (seconds, removed, achieved) = match method.block_method() {
             None => {
                 let r = pipeline::run(&job, backend)?;
                 let removed = format!(
@@ -226,12 +227,7 @@ impl CompareJob {
                     r.balance.d_ff
                 );
                 let seconds = r.seconds.stage1 + r.seconds.stage2;
-                (
-                    seconds,
-                    removed,
-                    r.sparsity_achieved,
-                    serde_json::to_value(&r)?,
-                )
+                (seconds, removed, r.sparsity_achieved)
             }
             Some(b) => {
                 let r = block_pipeline::run(&job, b, self.prune.samples, backend)?;
@@ -243,18 +239,17 @@ impl CompareJob {
                         r.removed_attention, r.removed_mlp
                     )
                 };
-                let v = serde_json::to_value(&r)?;
-                (r.seconds.scoring, removed, r.sparsity_achieved, v)
+                (r.seconds.scoring, removed, r.sparsity_achieved)
             }
         };
-        let report_path = self
+        let written = dir.join("pruning_report.json");
+        let report = std::fs::read(&written)
+            .with_context(|| format!("cannot read {}", written.display()))?;
+        let kept = self
             .out
             .join("reports")
             .join(format!("{}-{sparsity}.json", method.name()));
-        crate::fsutil::write_atomic(
-            &report_path,
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
+        crate::fsutil::write_atomic(&kept, &report)?;
         Ok((seconds, removed, achieved))
     }
 
@@ -321,7 +316,9 @@ impl CompareJob {
             crate::fsutil::stall_point("compare-cell");
             eprintln!("{label}: {:.0} s", start.elapsed().as_secs_f64());
             cells.push(cell);
-            table::write_all(&self.out, &cells)?;
+            if k + 1 < plan.len() {
+                table::write_all(&self.out, &cells)?;
+            }
         }
         table::write_all(&self.out, &cells)?;
         plot::write_all(&self.out, &cells)?;
