@@ -191,7 +191,7 @@ fn compare_refuses_bad_input_before_writing_anything() {
                 "--evo-selection-tokens",
                 "64,100000000",
             ],
-            "EvoPress minibatch of 100000000 tokens",
+            "EvoPress minibatch of 2048 tokens needs 2 to 128 calibration tokens",
         ),
     ];
     for (tag, args, message) in cases {
