@@ -9,8 +9,11 @@ use crate::gguf::{dequant, hf_config, tokenizer, tokenizer_meta};
 use crate::prune::balance::{self, AttentionBudget, ParamCounts};
 use std::path::{Path, PathBuf};
 
+/// A fuzz target: its name and the function that feeds it bytes.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name (the names of `fuzz/`'s binaries and of tests/fixtures/fuzz/ folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("gguf", gguf),
     ("safetensors", safetensors),
     ("config", config),

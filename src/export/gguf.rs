@@ -76,7 +76,7 @@ fn gguf_name(hf: &str, gemma: bool) -> Option<String> {
 /// `j * head_dim/2 + i` (the importer undoes exactly this).
 fn permute_rows(job: &mut TensorJob, n_heads: usize) -> Result<()> {
     let rows = job.shape[0];
-    if n_heads == 0 || rows % n_heads != 0 || !(rows / n_heads).is_multiple_of(2) {
+    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         bail!(
             "cannot permute '{}' for rope: {rows} rows for {n_heads} heads",
             job.name

@@ -305,7 +305,7 @@ pub fn config_json(g: &GgufFile, p: &ArchParams, ids: &SpecialIds) -> Result<Val
                         .filter(|&n| n > 0)
                         .with_context(|| format!("'{pattern_key}' must be a positive integer"))?;
                     (0..p.n_layers)
-                        .map(|i| (i as u64 + 1) % period != 0)
+                        .map(|i| !(i as u64 + 1).is_multiple_of(period))
                         .collect()
                 }
                 None => (0..p.n_layers).map(|i| (i + 1) % 6 != 0).collect(),

@@ -112,7 +112,11 @@ unsafe fn run_strip(
         // Full k-blocks straight from the weights; a k tail from a zero-padded 32 x 32 copy.
         let k_full = p.k / TK;
         let ldb = p.ldb;
-        let tail_len = if p.k % TK != 0 { STRIP * TK } else { 0 };
+        let tail_len = if !p.k.is_multiple_of(TK) {
+            STRIP * TK
+        } else {
+            0
+        };
         with_zeroed(&W_PAD, tail_len, |tail| {
             for r in 0..tail_len / TK {
                 let src = std::slice::from_raw_parts(w_bits.add((j0 + r) * ldb), p.k);
