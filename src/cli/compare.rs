@@ -16,7 +16,8 @@ pub struct CompareArgs {
     /// Dense HF checkpoint folder (never modified).
     #[arg(long)]
     pub model: PathBuf,
-    /// Methods, in table order (each as `prune --method` runs it).
+    /// Methods, in table order (each as `prune --method` runs it); evopress is not in the default
+    /// list: its authors' search settings take hours per cell on a CPU (see the --evo-* flags).
     #[arg(
         long,
         value_enum,
