@@ -12,7 +12,6 @@ use twossp_engine::backend::Backend;
 use twossp_engine::config::ModelConfig;
 use twossp_engine::engine::{Engine, EngineJob};
 use twossp_engine::eval::tasks::{load_docs, score_docs, Doc, Selection, TaskSpec};
-use twossp_engine::export::{ExportOptions, Format};
 use twossp_engine::prune::balance::AttentionBudget;
 use twossp_engine::prune::pipeline::{self, PruneJob};
 use twossp_engine::prune::{self as prune, PruneOptions, PruneOutcome};
@@ -274,11 +273,8 @@ fn pruned_models_save_and_reload_with_the_same_perplexity_on_every_backend() {
                 stage2_samples: 1,
                 seed: None,
                 format: None,
-                export: ExportOptions {
-                    format: Format::Decilm,
-                    dtype: None,
-                    ffn_mult: false,
-                },
+                dtype: None,
+                ffn_mult: false,
                 cache_root: None,
                 evopress: Default::default(),
             };

@@ -61,6 +61,13 @@ pub struct DtypeArg {
 #[derive(Clone, Copy, Debug)]
 pub struct DtypeChoice(pub Option<Precision>);
 
+impl DtypeChoice {
+    /// The dtype an output is written in (`None`: each tensor keeps the source's).
+    pub fn stored(self) -> Option<safetensors::Dtype> {
+        self.0.map(Precision::stored_dtype)
+    }
+}
+
 fn parse_dtype(s: &str) -> Result<DtypeChoice> {
     Precision::parse_choice(s).map(DtypeChoice)
 }

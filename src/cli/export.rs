@@ -5,7 +5,6 @@ use super::device::DtypeChoice;
 use super::output::{print_json, print_table};
 use crate::export::job::{self, ExportJob};
 use crate::export::{ExportOptions, Format};
-use crate::weights::Precision;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -60,7 +59,7 @@ impl OutputArgs {
     pub fn options(&self, format: Format, dtype: DtypeChoice) -> ExportOptions {
         ExportOptions {
             format,
-            dtype: dtype.0.map(Precision::stored_dtype),
+            dtype: dtype.stored(),
             ffn_mult: self.ffn_mult,
         }
     }

@@ -221,10 +221,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
         stage2_samples: args.stage2_samples,
         seed: args.seed,
         format: args.format,
-        export: args.output.options(
-            args.format.unwrap_or(Format::Decilm),
-            args.device.dtype.choice,
-        ),
+        dtype: args.device.dtype.choice.stored(),
+        ffn_mult: args.output.ffn_mult,
         cache_root: if args.no_cache {
             None
         } else {

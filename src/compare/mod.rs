@@ -209,11 +209,8 @@ impl CompareJob {
             stage2_samples: self.prune.stage2_samples,
             seed: None,
             format: Some(crate::export::Format::Hf),
-            export: crate::export::ExportOptions {
-                format: crate::export::Format::Hf,
-                dtype: None,
-                ffn_mult: false,
-            },
+            dtype: None,
+            ffn_mult: false,
             cache_root: None,
             evopress: self.prune.evopress.clone(),
         };

@@ -16,7 +16,7 @@ use super::report::{CalibrationFile, ParamsChange, Verification};
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::engine::{Engine, EngineJob, SubModule};
-use crate::export::{self, ExportOptions, Format};
+use crate::export::{self, Format};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -404,10 +404,7 @@ pub fn run(
             .map(|r| r.block)
             .collect(),
     };
-    let export_opts = ExportOptions {
-        format,
-        ..job.export.clone()
-    };
+    let export_opts = job.export_options(format);
     let saved = save_verified(
         job,
         &config,

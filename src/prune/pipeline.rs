@@ -47,12 +47,25 @@ pub struct PruneJob {
     pub seed: Option<u64>,
     /// Output format (`None`: [`Format::default_for`] the family).
     pub format: Option<Format>,
-    /// Output dtype and DeciLM profile (its `format` is ignored; see `format`).
-    pub export: ExportOptions,
+    /// Output dtype (`None`: each tensor keeps the source's dtype).
+    pub dtype: Option<safetensors::Dtype>,
+    /// DeciLM: write the portable `ffn_mult` profile.
+    pub ffn_mult: bool,
     /// Root of the resumable-work cache (`None`: compute everything, keep nothing).
     pub cache_root: Option<PathBuf>,
     /// EvoPress's search settings (used by `--method evopress`).
     pub evopress: super::evopress::EvoPressOptions,
+}
+
+impl PruneJob {
+    /// How the output is written in `format`.
+    pub fn export_options(&self, format: Format) -> ExportOptions {
+        ExportOptions {
+            format,
+            dtype: self.dtype,
+            ffn_mult: self.ffn_mult,
+        }
+    }
 }
 
 /// What a backend's 2SSP run returns.
@@ -111,10 +124,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     }
     let config = ModelConfig::from_dir(&job.model)?;
     let (claim, format, beside) = claim_outputs(job, &config)?;
-    let export_opts = ExportOptions {
-        format,
-        ..job.export.clone()
-    };
+    let export_opts = job.export_options(format);
     let mut options = job.options.clone();
     let protected_for_format = (format.needs_block0_attention(&config)
         && !options.protected_attention.contains(&0))
@@ -129,7 +139,7 @@ pub fn run(job: &PruneJob, backend: &Backend) -> Result<PruningReport> {
     if format == Format::Decilm {
         export::decilm::check_expressible(&config)?;
     }
-    if job.export.ffn_mult && format != Format::Decilm {
+    if job.ffn_mult && format != Format::Decilm {
         bail!("--ffn-mult applies to --format decilm only");
     }
     let (calib_files, corpus) = calibration_corpus(job)?;
@@ -306,7 +316,7 @@ pub(super) fn save_verified(
             staged.path(),
             export_opts.format,
             ppl,
-            job.export.dtype,
+            job.dtype,
             windows,
         )?),
         None => None,
