@@ -1405,7 +1405,9 @@ fn check_kept(checks: &mut Checks, label: &str, got: &[usize], want: &[usize], c
 
 /// EvoPress's fitness of one candidate (KL from the dense model) on the device and on the CPU.
 fn evopress_kl<E: Engine>(model: &mut E, windows: &[&[u32]]) -> f64 {
-    use twossp_engine::prune::evopress::fitness::{minibatch_kl, DenseTargets};
+    use twossp_engine::prune::evopress::fitness::{
+        minibatch_kl, DenseTargets, Minibatch, DENSE_CACHE_BYTES,
+    };
     let longest = windows.iter().map(|w| w.len()).max().unwrap();
     let mut ws = [
         model.workspace(longest, longest).unwrap(),
@@ -1415,8 +1417,19 @@ fn evopress_kl<E: Engine>(model: &mut E, windows: &[&[u32]]) -> f64 {
     let last = model.n_blocks() - 1;
     let attention = model.take_attention(last);
     let ffn = model.take_ffn(0);
-    let minibatch = [(0, windows[0].len()), (1, windows[1].len() / 2 + 1)];
-    let kl = minibatch_kl(&*model, &mut ws, windows, &dense, &minibatch).unwrap();
+    let parts = vec![(0, windows[0].len()), (1, windows[1].len() / 2 + 1)];
+    // Dense distributions computed for each call, then kept (filled, then read).
+    let mut fresh = Minibatch::new(parts.clone(), 0);
+    let mut kept = Minibatch::new(parts, DENSE_CACHE_BYTES);
+    let kl_fresh = minibatch_kl(&*model, &mut ws, windows, &dense, &mut fresh).unwrap();
+    let kl_filled = minibatch_kl(&*model, &mut ws, windows, &dense, &mut kept).unwrap();
+    let kl_kept = minibatch_kl(&*model, &mut ws, windows, &dense, &mut kept).unwrap();
+    assert_eq!(
+        (kl_filled, kl_kept),
+        (kl_fresh, kl_fresh),
+        "kept and fresh dense distributions differ"
+    );
+    let kl = kl_fresh;
     model.restore_attention(last, attention);
     model.restore_ffn(0, ffn);
     kl

@@ -6,7 +6,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 pub mod gemm;
-mod isa;
+pub(crate) mod isa;
 pub mod ops;
 pub use isa::{bf16_kernel, Bf16Kernel};
 mod out_ptr;

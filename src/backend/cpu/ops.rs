@@ -162,75 +162,9 @@ fn log_sum_exp(logits: &[f32]) -> f64 {
     max as f64 + sum.ln()
 }
 
-/// `KL(p || q) = sum p (log p - log q)` of the distributions `softmax(p_logits)` and
-/// `softmax(q_logits)` (as torch's `kl_div(log_softmax(q), log_softmax(p), log_target=True)` of one
-/// row): `sum e_v (p_v - q_v) / S_p + lse(q) - lse(p)` with `e = exp(p - max p)`, `S_p = sum e`,
-/// the exponentials vectorised and the sums of products in f64. `scratch` holds a row.
-pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32], scratch: &mut Vec<f32>) -> f64 {
-    use crate::backend::cpu::attention::softmax::softmax_update;
-    let isa = crate::backend::cpu::isa::detected_isa();
-    let n = p_logits.len();
-    scratch.clear();
-    scratch.extend_from_slice(q_logits);
-    let (max_q, sum_q) = softmax_update(isa, scratch, 0, n, f32::NEG_INFINITY);
-    let lse_q = max_q as f64 + (sum_q as f64).ln();
-    scratch.copy_from_slice(p_logits);
-    let (max_p, sum_p) = softmax_update(isa, scratch, 0, n, f32::NEG_INFINITY);
-    let lse_p = max_p as f64 + (sum_p as f64).ln();
-    let weighted: f64 = scratch
-        .iter()
-        .zip(p_logits.iter().zip(q_logits))
-        .map(|(&e, (&p, &q))| e as f64 * (p - q) as f64)
-        .sum();
-    weighted / sum_p as f64 + lse_q - lse_p
-}
-
 /// Gemma-style soft cap: `tanh(x / cap) * cap`.
 pub fn soft_cap(x: &mut [f32], cap: f32) {
     for v in x.iter_mut() {
         *v = (*v / cap).tanh() * cap;
-    }
-}
-
-#[cfg(test)]
-mod kl_tests {
-    use super::kl_divergence;
-
-    /// KL of two logit rows computed plainly in f64.
-    fn kl_f64(p: &[f32], q: &[f32]) -> f64 {
-        let lse = |x: &[f32]| {
-            let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-            m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
-        };
-        let (lp, lq) = (lse(p), lse(q));
-        p.iter()
-            .zip(q)
-            .map(|(&a, &b)| (a as f64 - lp).exp() * ((a as f64 - lp) - (b as f64 - lq)))
-            .sum()
-    }
-
-    #[test]
-    fn kl_divergence_matches_f64_at_vector_and_tail_lengths() {
-        let mut state = 12345u64;
-        let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 16.0
-        };
-        let mut scratch = Vec::new();
-        for n in [1usize, 7, 16, 33, 1000, 49157] {
-            let p: Vec<f32> = (0..n).map(|_| next()).collect();
-            let q: Vec<f32> = p.iter().map(|&v| v + next() * 0.2).collect();
-            let (got, want) = (kl_divergence(&p, &q, &mut scratch), kl_f64(&p, &q));
-            assert!(
-                (got - want).abs() <= 1e-5 * want.abs() + 1e-7,
-                "n {n}: {got} vs {want}"
-            );
-            assert!(
-                kl_divergence(&p, &p, &mut scratch).abs() < 1e-6,
-                "KL(p||p) at n {n}"
-            );
-        }
     }
 }

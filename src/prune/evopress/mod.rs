@@ -16,7 +16,7 @@ pub mod pyrandom;
 use crate::engine::Engine;
 use crate::progress;
 use anyhow::{bail, Result};
-use fitness::{minibatch_kl, DenseTargets};
+use fitness::{minibatch_kl, DenseTargets, Minibatch, DENSE_CACHE_BYTES};
 use pyrandom::PyRandom;
 use serde::Serialize;
 
@@ -189,7 +189,7 @@ struct Search<'a, E: Engine> {
 
 impl<E: Engine> Search<'_, E> {
     /// KL of `candidate` on `minibatch`, its submodules held out meanwhile.
-    fn fitness(&mut self, candidate: &Candidate, minibatch: &[(usize, usize)]) -> Result<f64> {
+    fn fitness(&mut self, candidate: &Candidate, minibatch: &mut Minibatch) -> Result<f64> {
         let n_blocks = self.model.n_blocks();
         let attention: Vec<_> = (0..n_blocks)
             .map(|i| {
@@ -243,10 +243,10 @@ impl<E: Engine> Search<'_, E> {
         survive: usize,
         tokens: usize,
     ) -> Result<(Vec<Candidate>, Vec<f64>)> {
-        let minibatch = self.minibatch(tokens);
+        let mut minibatch = Minibatch::new(self.minibatch(tokens), DENSE_CACHE_BYTES);
         let fitness = candidates
             .iter()
-            .map(|c| self.fitness(c, &minibatch))
+            .map(|c| self.fitness(c, &mut minibatch))
             .collect::<Result<Vec<f64>>>()?;
         let mut order: Vec<usize> = (0..candidates.len()).collect();
         order.sort_by(|&a, &b| fitness[a].total_cmp(&fitness[b]));
@@ -255,7 +255,7 @@ impl<E: Engine> Search<'_, E> {
         let kept: Vec<f64> = order.iter().map(|&i| fitness[i]).collect();
         self.selections.push(Selection {
             candidates: candidates.len(),
-            minibatch,
+            minibatch: minibatch.parts().to_vec(),
             survivors: survivors
                 .iter()
                 .zip(&kept)
