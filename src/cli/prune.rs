@@ -74,7 +74,8 @@ pub struct PruneArgs {
     /// Shuffle the calibration windows with this seed before taking samples (default: the first windows, as the reference).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Output format [default: decilm for Llama, Mistral, Qwen2 and Phi-3; hf for Qwen3 and Gemma-3].
+    /// Output format [default: decilm for Llama, Mistral, Qwen2 and Phi-3; hf for Qwen3 and Gemma-3,
+    /// and for blockpruner and evopress, whose MLP-only removals only hf expresses].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Output dtype and DeciLM profile.
