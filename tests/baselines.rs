@@ -377,3 +377,58 @@ fn block_removal_methods_write_verified_models_and_refuse_impossible_budgets() {
     assert_ne!(code, 0);
     assert!(err.contains("sleb2"), "{err}");
 }
+
+#[test]
+fn slicegpt_keeps_the_signal_and_perplexity_the_authors_code_keeps() {
+    use twossp_engine::model::Model;
+    use twossp_engine::prune::slicegpt::{sliced_width, slicegpt};
+    let (reference, model_dir, windows) = authors_reference();
+    let want = &reference["methods"]["slicegpt"];
+    let pick = |key: &str| -> Vec<&[u32]> {
+        let ids: Vec<usize> = serde_json::from_value(want[key].clone()).unwrap();
+        ids.iter().map(|&i| windows[i].as_slice()).collect()
+    };
+    let calibration = pick("calibration_windows");
+    let mut model = Model::load(&model_dir).unwrap();
+    let sparsity = reference["sparsity"].as_f64().unwrap();
+    let width = sliced_width(sparsity, model.config.hidden).unwrap();
+    assert_eq!(width as u64, want["sliced_dim"].as_u64().unwrap());
+    let run = slicegpt(&mut model, &calibration, width).unwrap();
+
+    // The same shapes: parameter counts to the unit.
+    assert_eq!(
+        model.params_main(),
+        want["params_main_after"].as_u64().unwrap()
+    );
+    assert_eq!(
+        model.params_total(),
+        want["params_total_after"].as_u64().unwrap()
+    );
+
+    // The quantity SliceGPT optimises: the share of each site's signal the kept directions hold.
+    let sites = want["explained_variance"].as_array().unwrap();
+    assert_eq!(run.sites.len(), sites.len());
+    let mut worst = 0f64;
+    for (got, want) in run.sites.iter().zip(sites) {
+        assert_eq!(got.site, want["site"].as_str().unwrap());
+        assert_eq!(got.kept_dims as u64, want["kept_dims"].as_u64().unwrap());
+        let lost = |kept: f64| 1.0 - kept;
+        let (g, w) = (
+            lost(got.fraction_kept),
+            lost(want["fraction_kept"].as_f64().unwrap()),
+        );
+        if w > 0.0 {
+            worst = worst.max((g - w).abs() / w);
+        }
+    }
+    let ppl = model.perplexity(&calibration, "ppl").unwrap();
+    let rel =
+        |g: f64, key: &str| (g - want[key].as_f64().unwrap()).abs() / want[key].as_f64().unwrap();
+    println!(
+        "slicegpt: discarded signal within {worst:.2e} (relative) at {} sites; ppl {ppl:.4} (authors {})",
+        sites.len(),
+        want["ppl_calibration_windows"],
+    );
+    assert!(worst < 1e-4, "discarded signal differs by {worst}");
+    assert!(rel(ppl, "ppl_calibration_windows") < 1e-4);
+}

@@ -8,6 +8,7 @@ use crate::export::Format;
 use crate::prune::balance::AttentionBudget;
 use crate::prune::block_pipeline;
 use crate::prune::pipeline::{self, PruneJob};
+use crate::prune::slicegpt;
 use crate::prune::Method;
 use crate::prune::PruneOptions;
 use anyhow::{bail, Result};
@@ -29,15 +30,17 @@ pub struct PruneArgs {
     /// et al. 2024), sleb (iterative block removal by calibration perplexity, Song et al. 2024),
     /// blockpruner (iterative attention and MLP removal by perplexity, Zhong et al. 2024) or
     /// evopress (evolutionary search over attention and MLP removals by KL divergence from the
-    /// dense model, Sieberling et al. 2024).
+    /// dense model, Sieberling et al. 2024); or slicegpt (PCA rotation of the residual stream,
+    /// sliced to int((1 - sparsity) x hidden) rounded down to a multiple of 8, Ashkboos et al.
+    /// 2024; CPU only; written in the engine's HF layout, which only this engine loads).
     #[arg(long, value_enum, default_value = "2ssp")]
     pub method: Method,
     /// Fraction of the decoder-block parameters (P_main) to remove, in (0, 1); whole-block methods
     /// remove ceil(sparsity x blocks) blocks, as the authors' main.py.
     #[arg(long)]
     pub sparsity: f64,
-    /// Calibration windows a block-removal method scores [default: the authors': 256 for
-    /// shortgpt and window, 1 for sleb and blockpruner, 131072 tokens' worth for evopress].
+    /// Calibration windows a baseline scores [default: the authors': 256 for shortgpt, window and
+    /// slicegpt, 1 for sleb and blockpruner, 131072 tokens' worth for evopress].
     #[arg(long)]
     pub samples: Option<usize>,
     /// Output folder (a .gguf file with --format gguf; the report is then written beside it).
@@ -233,6 +236,40 @@ pub fn run(args: PruneArgs) -> Result<()> {
         },
         evopress: args.evopress.options(),
     };
+    if args.method == Method::Slicegpt {
+        let report = slicegpt::pipeline::run(&job, args.samples, &backend)?;
+        if args.json {
+            return print_json(&report);
+        }
+        let rows = vec![
+            vec!["method".into(), report.method.clone()],
+            vec![
+                "hidden -> sliced width".into(),
+                format!("{} -> {}", report.hidden, report.sliced_width),
+            ],
+            vec![
+                "P_main removed".into(),
+                format!("{:.4}", report.sparsity_achieved),
+            ],
+            vec![
+                "signal kept (mean / min over sites)".into(),
+                format!(
+                    "{:.5} / {:.5}",
+                    report.mean_fraction_kept, report.min_fraction_kept
+                ),
+            ],
+            vec![
+                "seconds (slicing / total)".into(),
+                format!(
+                    "{:.2} / {:.2}",
+                    report.seconds.scoring, report.seconds.total
+                ),
+            ],
+            vec!["output".into(), report.export.path.display().to_string()],
+        ];
+        print_table(&["prune", "value"], &rows);
+        return Ok(());
+    }
     if let Some(method) = args.method.block_method() {
         let report = block_pipeline::run(&job, method, args.samples, &backend)?;
         if args.json {

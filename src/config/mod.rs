@@ -7,6 +7,7 @@
 
 mod params;
 pub mod rope;
+pub mod slicing;
 
 use crate::arch::{is_sliding_layer_type, ArchTraits, Family};
 use crate::limits::{
@@ -90,6 +91,8 @@ pub struct ModelConfig {
     /// (`twossp_ffn_widths`). Loading reads these shapes, checks the extra weights are zero and
     /// drops them, so the engine never computes them.
     pub stored_blocks: Option<Vec<BlockSpec>>,
+    /// Residual widths of a model sliced by SliceGPT (`None`: every site has the hidden size).
+    pub slicing: Option<slicing::Slicing>,
     /// The original JSON, kept so pruned models can be written back with every field intact.
     pub raw: Value,
 }
@@ -222,6 +225,13 @@ impl ModelConfig {
         if let Some(stored) = &stored_blocks {
             blocks = effective_blocks(&raw, stored)?;
         }
+        let slicing = slicing::Slicing::parse(&raw, hidden, n_layers)?;
+        if slicing.is_some() && (stored_blocks.is_some() || tie_embeddings) {
+            bail!(
+                "a SliceGPT model ('{}') has an untied LM head and no zero-padded blocks",
+                slicing::SLICING_KEY
+            );
+        }
         Ok(Self {
             model_type,
             arch,
@@ -233,6 +243,7 @@ impl ModelConfig {
             final_logit_softcap,
             blocks,
             stored_blocks,
+            slicing,
             raw,
         })
     }
@@ -247,6 +258,13 @@ impl ModelConfig {
     /// FFN width of every block.
     pub fn ffn_widths(&self) -> Vec<usize> {
         self.blocks.iter().map(|b| b.ffn_width).collect()
+    }
+
+    /// Width of the embedding rows (sliced by SliceGPT, else the hidden size).
+    pub fn embedding_width(&self) -> usize {
+        self.slicing
+            .as_ref()
+            .map_or(self.hidden, |s| s.embedding_width())
     }
 
     /// Number of decoder blocks.

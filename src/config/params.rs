@@ -52,11 +52,17 @@ impl ModelConfig {
 
     /// Parameters of all decoder blocks (P_main).
     pub fn params_main(&self) -> u64 {
+        if let Some(slicing) = &self.slicing {
+            return self.sliced_params_main(slicing);
+        }
         self.blocks.iter().map(|b| self.block_params(b)).sum()
     }
 
     /// All parameters: blocks, embeddings, final norm and an untied LM head.
     pub fn params_total(&self) -> u64 {
+        if let Some(slicing) = &self.slicing {
+            return self.sliced_params_total(slicing);
+        }
         let matrix = (self.vocab * self.hidden) as u64;
         let head = if self.tie_embeddings { 0 } else { matrix };
         self.params_main() + matrix + head + self.hidden as u64

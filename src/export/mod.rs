@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod hf;
 pub mod job;
 pub mod plan;
+pub mod sliced;
 pub mod tensors;
 
 use crate::arch::Family;
@@ -129,6 +130,9 @@ pub struct ExportSummary {
 
 /// Refuses an export that a format or its runtimes cannot take, before anything is written.
 pub fn check(config: &ModelConfig, decisions: &Decisions, opts: &ExportOptions) -> Result<()> {
+    if config.slicing.is_some() {
+        bail!("this model was sliced by SliceGPT: its shortcut matrices and sliced widths exist in no other runtime's format, so it stays in the engine's HF layout");
+    }
     decisions.validate(config)?;
     let blocks = decisions.pruned_blocks(config);
     if opts.format == Format::Decilm {

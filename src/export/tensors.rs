@@ -187,7 +187,7 @@ fn decoder(dtype: Dtype) -> Result<fn(&[u8]) -> f32> {
 }
 
 /// Appends one f32 as a little-endian element of `dtype` (round to nearest even).
-fn encoder(dtype: Dtype) -> Result<fn(f32, &mut Vec<u8>)> {
+pub(crate) fn encoder(dtype: Dtype) -> Result<fn(f32, &mut Vec<u8>)> {
     Ok(match dtype {
         Dtype::F32 => |v, out| out.extend_from_slice(&v.to_le_bytes()),
         Dtype::BF16 => {

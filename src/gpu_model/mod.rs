@@ -98,6 +98,9 @@ const HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
 /// Refuses, before anything is allocated, a model whose shapes the kernels do not cover.
 pub fn check_supported(config: &ModelConfig) -> anyhow::Result<()> {
+    if config.slicing.is_some() {
+        anyhow::bail!("the GPU backend does not run SliceGPT's sliced widths and shortcut matrices yet; use --device cpu");
+    }
     if !config.hidden.is_multiple_of(8) {
         anyhow::bail!("the GPU backend needs a hidden size that is a multiple of 8 (this model: {}); use --device cpu", config.hidden);
     }

@@ -1,7 +1,7 @@
 //! The forward pass on the CPU backend: embeddings, blocks, final norm, LM head and NLL.
 
 use super::kv_cache::{KvCache, LayerCache};
-use super::{Attention, Ffn, Model};
+use super::{Attention, Ffn, Linear, Model};
 use crate::backend::cpu::attention::{causal_attention, causal_attention_bf16, AttentionShape};
 use crate::backend::cpu::computes_in_bf16;
 use crate::backend::cpu::ops::{self, RopeTable};
@@ -28,6 +28,8 @@ pub struct Workspace {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    shortcut_in: Vec<f32>,
+    shortcut_out: Vec<f32>,
     ropes: Vec<(RopeSpec, RopeTable)>,
 }
 
@@ -60,9 +62,11 @@ impl Workspace {
 pub type FfnObserver<'a> = dyn FnMut(usize, &[f32]) + 'a;
 
 impl Model {
-    /// Embedding rows of `ids` (scaled for Gemma), `[n, hidden]`.
+    /// Embedding rows of `ids` (scaled for Gemma), `[n, hidden]`; a SliceGPT model's narrower
+    /// rows fill the first columns and the rest are zero.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let hidden = self.config.hidden;
+        let width = self.config.embedding_width();
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
             bail!(
                 "token id {bad} is outside the vocabulary of {} tokens",
@@ -78,8 +82,9 @@ impl Model {
         x.par_chunks_mut(hidden)
             .zip(ids.par_iter())
             .for_each(|(row, &id)| {
-                let start = id as usize * hidden;
-                self.embed.widen_range_into(start..start + hidden, row);
+                let start = id as usize * width;
+                self.embed
+                    .widen_range_into(start..start + width, &mut row[..width]);
                 if let Some(s) = scale {
                     row.iter_mut().for_each(|v| *v *= s);
                 }
@@ -131,6 +136,12 @@ impl Model {
 
     /// Applies the final RMSNorm to a residual stream in place.
     pub fn apply_final_norm(&self, x: &mut [f32]) {
+        if let Some(slicing) = &self.config.slicing {
+            let hidden = self.config.hidden;
+            let rows = x.to_vec();
+            ops::sliced_rms_norm_into(&rows, hidden, x, hidden, hidden, slicing.rms_eps);
+            return;
+        }
         ops::rms_norm_rows(
             x,
             &self.final_norm,
@@ -232,12 +243,20 @@ fn attention_forward(
         v,
         attn,
         proj,
+        shortcut_in,
+        shortcut_out,
         ropes,
         ..
     } = ws;
 
-    let normed = sized(normed, n * hidden);
-    ops::rms_norm_into(x, normed, &att.norm, offset, eps);
+    let normed = pre_norm(
+        cfg,
+        x,
+        normed,
+        &att.norm,
+        att.shortcut.as_ref(),
+        att.qkv.in_dim,
+    );
     let qkv = sized(qkv, n * qkv_dim);
     att.qkv.apply(normed, qkv, n);
     let (q, k, v) = (
@@ -289,9 +308,12 @@ fn attention_forward(
     } else {
         causal_attention(q, keys, values, attn, &shape);
     }
-    let proj = sized(proj, n * hidden);
+    let proj = sized(proj, n * att.o.out_dim);
     att.o.apply(attn, proj, n);
-    add_residual(x, proj, att.post_norm.as_deref(), offset, eps);
+    match &att.shortcut {
+        Some(s) => add_sliced_residual(x, hidden, s, proj, shortcut_in, shortcut_out),
+        None => add_residual(x, proj, att.post_norm.as_deref(), offset, eps),
+    }
 }
 
 /// `x += [post_norm](down(act(gate(h)) * up(h)))` with `h = norm(x)`.
@@ -311,10 +333,18 @@ fn ffn_forward(
         gate_up,
         act,
         proj,
+        shortcut_in,
+        shortcut_out,
         ..
     } = ws;
-    let normed = sized(normed, n * hidden);
-    ops::rms_norm_into(x, normed, &ffn.norm, offset, eps);
+    let normed = pre_norm(
+        cfg,
+        x,
+        normed,
+        &ffn.norm,
+        ffn.shortcut.as_ref(),
+        ffn.gate_up.in_dim,
+    );
     let gate_up = sized(gate_up, n * 2 * width);
     ffn.gate_up.apply(normed, gate_up, n);
     let act = sized(act, n * width);
@@ -323,9 +353,64 @@ fn ffn_forward(
     if let Some(obs) = observer {
         obs(block, act);
     }
-    let proj = sized(proj, n * hidden);
+    let proj = sized(proj, n * ffn.down.out_dim);
     ffn.down.apply(act, proj, n);
-    add_residual(x, proj, ffn.post_norm.as_deref(), offset, eps);
+    match &ffn.shortcut {
+        Some(s) => add_sliced_residual(x, hidden, s, proj, shortcut_in, shortcut_out),
+        None => add_residual(x, proj, ffn.post_norm.as_deref(), offset, eps),
+    }
+}
+
+/// A submodule's pre-norm of the residual stream `x` into `normed`: its RMSNorm, or for a
+/// SliceGPT submodule (one with a `shortcut`) the weightless RMSN of the first `width` columns.
+fn pre_norm<'a>(
+    cfg: &ModelConfig,
+    x: &[f32],
+    normed: &'a mut Vec<f32>,
+    weight: &[f32],
+    shortcut: Option<&Linear>,
+    width: usize,
+) -> &'a mut [f32] {
+    let hidden = cfg.hidden;
+    let normed = sized(normed, x.len() / hidden * width);
+    match shortcut {
+        Some(_) => {
+            let eps = cfg.slicing.as_ref().map_or(cfg.norm_eps, |s| s.rms_eps);
+            ops::sliced_rms_norm_into(x, hidden, normed, width, hidden, eps);
+        }
+        None => ops::rms_norm_into(x, normed, weight, cfg.arch.norm_offset, cfg.norm_eps),
+    }
+    normed
+}
+
+/// SliceGPT's residual add: `x[:, :out] = x[:, :in] · shortcutᵀ + branch`, and the columns past
+/// `out` (of the `hidden`-wide rows) zero.
+fn add_sliced_residual(
+    x: &mut [f32],
+    hidden: usize,
+    shortcut: &Linear,
+    branch: &[f32],
+    gathered: &mut Vec<f32>,
+    mapped: &mut Vec<f32>,
+) {
+    let (w_in, w_out) = (shortcut.in_dim, shortcut.out_dim);
+    let n = x.len() / hidden;
+    let gathered = sized(gathered, n * w_in);
+    gathered
+        .par_chunks_mut(w_in)
+        .zip(x.par_chunks(hidden))
+        .for_each(|(g, row)| g.copy_from_slice(&row[..w_in]));
+    let mapped = sized(mapped, n * w_out);
+    shortcut.apply(gathered, mapped, n);
+    x.par_chunks_mut(hidden)
+        .zip(mapped.par_chunks(w_out).zip(branch.par_chunks(w_out)))
+        .for_each(|(row, (m, b))| {
+            let (head, tail) = row.split_at_mut(w_out);
+            head.iter_mut()
+                .zip(m.iter().zip(b))
+                .for_each(|(h, (m, b))| *h = m + b);
+            tail.fill(0.0);
+        });
 }
 
 /// `x += [norm](branch)`: the residual add of a submodule's output, with Gemma's optional post-norm.

@@ -38,11 +38,18 @@ impl Model {
     ) -> Result<Self> {
         check_config_against_tensors(&config, store)?;
         let (hidden, vocab) = (config.hidden, config.vocab);
-        let embed = store.weights("model.embed_tokens.weight", &[vocab, hidden], precision)?;
+        let embed = store.weights(
+            "model.embed_tokens.weight",
+            &[vocab, config.embedding_width()],
+            precision,
+        )?;
         let blocks = (0..config.n_layers())
             .map(|i| load_block(&config, store, i, precision))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = store.f32("model.norm.weight", &[hidden])?;
+        let final_norm = match config.slicing {
+            Some(_) => Vec::new(), // SliceGPT's weightless RMSN
+            None => store.f32("model.norm.weight", &[hidden])?,
+        };
         let lm_head = load_lm_head(&config, store, precision)?;
         let storage_dtype = store
             .dtype("model.embed_tokens.weight")
@@ -69,11 +76,11 @@ pub fn check_config_against_tensors(config: &ModelConfig, store: &TensorStore) -
         );
     }
     if let Some(shape) = store.shape("model.embed_tokens.weight") {
-        if shape != [config.vocab, config.hidden] {
+        if shape != [config.vocab, config.embedding_width()] {
             bail!(
-                "config.json declares vocab_size = {} and hidden_size = {} but model.embed_tokens.weight has shape {shape:?}",
+                "config.json declares vocab_size = {} and an embedding width of {} but model.embed_tokens.weight has shape {shape:?}",
                 config.vocab,
-                config.hidden
+                config.embedding_width()
             );
         }
     }
@@ -109,20 +116,29 @@ pub(crate) fn load_block(
     let stored = config.stored_block(i);
     let prefix = format!("model.layers.{i}");
     let arch = &config.arch;
+    let widths = |w: Option<(usize, usize)>| Widths {
+        io: w.unwrap_or((config.hidden, config.hidden)),
+        sliced: w.is_some(),
+    };
+    let slicing = config.slicing.as_ref();
     let mut attention = stored
         .attention
         .as_ref()
-        .map(|a| load_attention(arch, store, &prefix, a, config.hidden, precision))
+        .map(|a| {
+            let w = widths(slicing.map(|s| s.attention_widths(i)));
+            load_attention(arch, store, &prefix, a, w, precision)
+        })
         .transpose()?;
     let mut ffn = if stored.ffn_width == 0 {
         None
     } else {
+        let w = widths(slicing.map(|s| s.ffn_widths(i)));
         Some(load_ffn(
             arch,
             store,
             &prefix,
             stored.ffn_width,
-            config.hidden,
+            w,
             precision,
         )?)
     };
@@ -156,16 +172,58 @@ pub(crate) fn load_block(
     Ok(Block { attention, ffn })
 }
 
+/// Residual widths a submodule reads and writes, and whether SliceGPT sliced it.
+#[derive(Clone, Copy)]
+struct Widths {
+    io: (usize, usize),
+    sliced: bool,
+}
+
+impl Widths {
+    /// The pre-norm: stored, or none for SliceGPT's weightless RMSN.
+    fn norm(self, store: &TensorStore, name: &str) -> Result<Vec<f32>> {
+        match self.sliced {
+            true => Ok(Vec::new()),
+            false => store.f32(name, &[self.io.0]),
+        }
+    }
+
+    /// SliceGPT's shortcut matrix `{prefix}.{name}`, stored `[in, out]` as its authors store
+    /// it (`residual @ Q`), kept transposed as a linear layer.
+    fn shortcut(
+        self,
+        store: &TensorStore,
+        name: &str,
+        precision: Precision,
+    ) -> Result<Option<Linear>> {
+        if !self.sliced {
+            return Ok(None);
+        }
+        let (w_in, w_out) = self.io;
+        let q = store.f32(name, &[w_in, w_out])?;
+        let transposed: Vec<f32> = (0..w_out * w_in)
+            .map(|k| q[(k % w_in) * w_out + k / w_in])
+            .collect();
+        Ok(Some(Linear {
+            weight: Weights::from_f32(transposed, precision),
+            bias: None,
+            out_dim: w_out,
+            in_dim: w_in,
+        }))
+    }
+}
+
 fn load_attention(
     arch: &ArchTraits,
     store: &TensorStore,
     prefix: &str,
     spec: &AttentionSpec,
-    hidden: usize,
+    widths: Widths,
     precision: Precision,
 ) -> Result<Attention> {
+    let (w_in, w_out) = widths.io;
     let load_linear =
-        |name: &str, out: usize, bias: bool| load_linear(store, name, out, hidden, bias, precision);
+        |name: &str, out: usize, bias: bool| load_linear(store, name, out, w_in, bias, precision);
     let (q_dim, kv_dim) = (spec.q_dim(), spec.kv_dim());
     let qkv_rows = q_dim + 2 * kv_dim;
     let p = format!("{prefix}.self_attn");
@@ -182,7 +240,7 @@ fn load_attention(
     let o = self::load_linear(
         store,
         &format!("{p}.o_proj"),
-        hidden,
+        w_out,
         q_dim,
         arch.o_bias,
         precision,
@@ -197,18 +255,19 @@ fn load_attention(
         .then(|| {
             store.f32(
                 &format!("{prefix}.post_attention_layernorm.weight"),
-                &[hidden],
+                &[w_out],
             )
         })
         .transpose()?;
     Ok(Attention {
         spec: spec.clone(),
-        norm: store.f32(&format!("{prefix}.input_layernorm.weight"), &[hidden])?,
+        norm: widths.norm(store, &format!("{prefix}.input_layernorm.weight"))?,
         qkv,
         o,
         q_norm: head_norm("q_norm")?,
         k_norm: head_norm("k_norm")?,
         post_norm,
+        shortcut: widths.shortcut(store, &format!("{prefix}.attn_shortcut_Q"), precision)?,
     })
 }
 
@@ -217,12 +276,13 @@ fn load_ffn(
     store: &TensorStore,
     prefix: &str,
     width: usize,
-    hidden: usize,
+    widths: Widths,
     precision: Precision,
 ) -> Result<Ffn> {
+    let (w_in, w_out) = widths.io;
     let p = format!("{prefix}.mlp");
     let load_linear =
-        |name: &str, out: usize, bias: bool| load_linear(store, name, out, hidden, bias, precision);
+        |name: &str, out: usize, bias: bool| load_linear(store, name, out, w_in, bias, precision);
     let gate_up = if arch.fused_gate_up {
         load_linear(&format!("{p}.gate_up_proj"), 2 * width, arch.mlp_bias)?
     } else {
@@ -236,24 +296,25 @@ fn load_ffn(
             "pre_feedforward_layernorm",
             Some(store.f32(
                 &format!("{prefix}.post_feedforward_layernorm.weight"),
-                &[hidden],
+                &[w_out],
             )?),
         )
     } else {
         ("post_attention_layernorm", None)
     };
     Ok(Ffn {
-        norm: store.f32(&format!("{prefix}.{norm_name}.weight"), &[hidden])?,
+        norm: widths.norm(store, &format!("{prefix}.{norm_name}.weight"))?,
         gate_up,
         down: self::load_linear(
             store,
             &format!("{p}.down_proj"),
-            hidden,
+            w_out,
             width,
             arch.mlp_bias,
             precision,
         )?,
         post_norm,
+        shortcut: widths.shortcut(store, &format!("{prefix}.mlp_shortcut_Q"), precision)?,
     })
 }
 

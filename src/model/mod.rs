@@ -48,6 +48,9 @@ pub struct Attention {
     pub k_norm: Option<Vec<f32>>,
     /// RMSNorm of the attention output before the residual add (Gemma-3).
     pub post_norm: Option<Vec<f32>>,
+    /// SliceGPT: the matrix on the residual path (`[out, in]` widths); its pre-norm is then the
+    /// weightless RMSN and `norm` is empty.
+    pub shortcut: Option<Linear>,
 }
 
 /// A gated FFN with its pre-norm (and Gemma's post-norm).
@@ -61,6 +64,8 @@ pub struct Ffn {
     pub down: Linear,
     /// RMSNorm of the FFN output before the residual add (Gemma-3).
     pub post_norm: Option<Vec<f32>>,
+    /// SliceGPT: the matrix on the residual path, as for [`Attention::shortcut`].
+    pub shortcut: Option<Linear>,
 }
 
 impl Ffn {
@@ -118,9 +123,15 @@ impl Model {
     /// Every weight matrix: embeddings, the untied LM head and each block's projections.
     pub fn matrices(&self) -> impl Iterator<Item = &Weights> {
         let projections = self.blocks.iter().flat_map(|b| {
-            let a = b.attention.iter().flat_map(|a| [&a.qkv, &a.o]);
-            let f = b.ffn.iter().flat_map(|f| [&f.gate_up, &f.down]);
-            a.chain(f).map(|l| &l.weight)
+            let a = b
+                .attention
+                .iter()
+                .flat_map(|a| [Some(&a.qkv), Some(&a.o), a.shortcut.as_ref()]);
+            let f = b
+                .ffn
+                .iter()
+                .flat_map(|f| [Some(&f.gate_up), Some(&f.down), f.shortcut.as_ref()]);
+            a.chain(f).flatten().map(|l| &l.weight)
         });
         std::iter::once(&self.embed)
             .chain(self.lm_head.iter().map(|h| &h.weight))

@@ -11,6 +11,7 @@ pub mod decisions;
 pub mod evopress;
 pub mod pipeline;
 pub mod report;
+pub mod slicegpt;
 pub mod stage1;
 pub mod stage2;
 
@@ -38,6 +39,8 @@ pub enum Method {
     Blockpruner,
     /// EvoPress.
     Evopress,
+    /// SliceGPT.
+    Slicegpt,
 }
 
 impl Method {
@@ -45,7 +48,7 @@ impl Method {
     pub fn block_method(self) -> Option<block_pipeline::BlockMethod> {
         use block_pipeline::BlockMethod;
         match self {
-            Method::TwoSsp => None,
+            Method::TwoSsp | Method::Slicegpt => None,
             Method::Shortgpt => Some(BlockMethod::ShortGpt),
             Method::Window => Some(BlockMethod::Window),
             Method::Sleb => Some(BlockMethod::Sleb),
@@ -56,7 +59,10 @@ impl Method {
 
     /// Name as `--method` spells it.
     pub fn name(self) -> &'static str {
-        self.block_method().map_or("2ssp", |m| m.name())
+        match self {
+            Method::Slicegpt => "slicegpt",
+            _ => self.block_method().map_or("2ssp", |m| m.name()),
+        }
     }
 }
 

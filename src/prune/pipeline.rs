@@ -267,6 +267,12 @@ pub(super) fn claim_outputs(
     job: &PruneJob,
     config: &ModelConfig,
 ) -> Result<(crate::fsutil::OutputClaim, Format, PathBuf)> {
+    if config.slicing.is_some() {
+        bail!(
+            "{} was sliced by SliceGPT; prune the dense model instead",
+            job.model.display()
+        );
+    }
     let claim = crate::fsutil::claim_output(&job.out, &job.model, job.force)?;
     let format = job.format.unwrap_or_else(|| Format::default_for(config));
     let beside = report_path_beside(&job.out);

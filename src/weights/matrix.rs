@@ -137,6 +137,15 @@ impl Weights {
         })
     }
 
+    /// f32 elements kept at `precision` (narrowing rounds to nearest even).
+    pub fn from_f32(v: Vec<f32>, precision: Precision) -> Weights {
+        match precision {
+            Precision::F32 => Weights::F32(v),
+            Precision::Bf16 => Weights::Bf16(v.into_iter().map(bf16::from_f32).collect()),
+            Precision::F16 => Weights::F16(v.into_iter().map(f16::from_f32).collect()),
+        }
+    }
+
     /// The precision the elements are kept in.
     pub fn precision(&self) -> Precision {
         match self {

@@ -31,6 +31,26 @@ pub fn rms_norm_into(x: &[f32], out: &mut [f32], weight: &[f32], offset: f32, ep
     rms_norm_rows(out, weight, offset, eps);
 }
 
+/// SliceGPT's weightless RMSN: `out[r] = x[r][..width] / rms`, the mean of squares taken over
+/// `mean_dim` (the model's original width) as its RMSN takes it, for `stride`-wide rows of `x`.
+pub fn sliced_rms_norm_into(
+    x: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    width: usize,
+    mean_dim: usize,
+    eps: f32,
+) {
+    out.par_chunks_mut(width)
+        .zip(x.par_chunks(stride))
+        .for_each(|(o, row)| {
+            let row = &row[..width];
+            let sum_sq: f32 = row.iter().map(|v| v * v).sum();
+            let inv = 1.0 / (sum_sq / mean_dim as f32 + eps).sqrt();
+            o.iter_mut().zip(row).for_each(|(o, v)| *o = v * inv);
+        });
+}
+
 /// Cos/sin of every (position, frequency) pair: `[n_positions, n_freq]` each.
 pub struct RopeTable {
     /// cos(pos * inv_freq).
