@@ -236,8 +236,13 @@ fn shortgpt_and_window_remove_the_blocks_the_authors_code_removes() {
 
 /// Runs `prune` on the llama fixture; returns (exit code, stderr, output folder).
 fn prune_cli(tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
+    prune_fixture("llama", tag, args)
+}
+
+/// Runs `prune` on fixture `fixture`; returns (exit code, stderr, output folder).
+fn prune_fixture(fixture: &str, tag: &str, args: &[&str]) -> (i32, String, PathBuf) {
     let out = std::env::temp_dir().join(format!("twossp-baselines-{}-{tag}", std::process::id()));
-    let model = common::fixtures().join("llama");
+    let model = common::fixtures().join(fixture);
     let text = common::fixtures().join("text/sample.txt");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
         .args([
@@ -431,4 +436,74 @@ fn slicegpt_keeps_the_signal_and_perplexity_the_authors_code_keeps() {
     );
     assert!(worst < 1e-4, "discarded signal differs by {worst}");
     assert!(rel(ppl, "ppl_calibration_windows") < 1e-4);
+}
+
+#[test]
+fn slicegpt_writes_verified_models_of_every_family_it_can_slice_and_refuses_the_rest() {
+    use twossp_engine::engine::Engine;
+    for family in ["llama", "llama_tied", "qwen2", "qwen3", "phi3", "mistral"] {
+        let (code, err, out) = prune_fixture(
+            family,
+            &format!("slicegpt-{family}"),
+            &["--method", "slicegpt", "--sparsity", "0.25"],
+        );
+        assert_eq!(code, 0, "{family}: {err}");
+        let report = common::reference_json_file(&out.join("pruning_report.json"));
+        assert!(
+            report["verification"]["identical"].as_bool().unwrap(),
+            "{family}: {report}"
+        );
+        let model = twossp_engine::model::Model::load(&out).unwrap();
+        let hidden = model.config.hidden;
+        let width = report["sliced_width"].as_u64().unwrap() as usize;
+        assert_eq!(width, (hidden * 3 / 4) / 8 * 8, "{family}");
+        let widths = &model.config.slicing.as_ref().unwrap().widths;
+        assert!(
+            widths[..widths.len() - 1].iter().all(|&w| w == width),
+            "{family}: {widths:?}"
+        );
+        assert_eq!(widths.last(), Some(&hidden));
+        assert_eq!(
+            model.params_main(),
+            report["params_main_after"].as_u64().unwrap()
+        );
+        // A sliced model refuses to be pruned again, by any method, before anything is written.
+        for method in ["slicegpt", "2ssp", "shortgpt"] {
+            let again = out.with_extension(method);
+            let run = std::process::Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+                .args(["prune", "--method", method, "--sparsity", "0.25", "--model"])
+                .arg(&out)
+                .arg("--out")
+                .arg(&again)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&run.stderr);
+            assert!(
+                !run.status.success() && err.contains("sliced by SliceGPT"),
+                "{method}: {err}"
+            );
+            assert!(!again.exists());
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let refusals: [(&str, &[&str], &str); 3] = [
+        ("gemma3", &["--sparsity", "0.25"], "post-norms"),
+        ("llama", &["--sparsity", "0.95"], "leaves SliceGPT no width"),
+        (
+            "llama",
+            &["--sparsity", "0.25", "--format", "gguf"],
+            "--format hf",
+        ),
+    ];
+    for (fixture, args, message) in refusals {
+        let mut all = vec!["--method", "slicegpt"];
+        all.extend(args);
+        let (code, err, out) = prune_fixture(fixture, "slicegpt-refused", &all);
+        assert!(
+            code != 0 && err.contains(message),
+            "{fixture} {args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
 }

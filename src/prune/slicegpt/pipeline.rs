@@ -39,7 +39,7 @@ pub struct SliceReport {
     pub residual_widths: Vec<usize>,
     /// Share of the calibration signal kept at every PCA site, in order.
     pub explained_variance: Vec<ExplainedVariance>,
-    /// Mean of `fraction_kept` over the sites.
+    /// Mean of `fraction_kept` over the sliced sites (the last block's output keeps every direction).
     pub mean_fraction_kept: f64,
     /// Smallest `fraction_kept`.
     pub min_fraction_kept: f64,
@@ -142,7 +142,12 @@ pub fn run(job: &PruneJob, samples: Option<usize>, backend: &Backend) -> Result<
             )
         })
         .transpose()?;
-    let fractions = run.sites.iter().map(|s| s.fraction_kept);
+    let sliced: Vec<f64> = run
+        .sites
+        .iter()
+        .filter(|s| s.kept_dims < config.hidden)
+        .map(|s| s.fraction_kept)
+        .collect();
     let report = SliceReport {
         method: "slicegpt".into(),
         sparsity_target: job.options.sparsity,
@@ -150,8 +155,8 @@ pub fn run(job: &PruneJob, samples: Option<usize>, backend: &Backend) -> Result<
         sliced_width: run.width,
         sparsity_achieved: params.sparsity_achieved(),
         residual_widths,
-        mean_fraction_kept: fractions.clone().sum::<f64>() / run.sites.len() as f64,
-        min_fraction_kept: fractions.fold(f64::INFINITY, f64::min),
+        mean_fraction_kept: sliced.iter().sum::<f64>() / sliced.len() as f64,
+        min_fraction_kept: sliced.iter().copied().fold(f64::INFINITY, f64::min),
         explained_variance: run.sites,
         params,
         calibration: BlockCalibration {
