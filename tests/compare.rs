@@ -167,8 +167,13 @@ fn compare_scores_every_cell_as_the_single_commands_do_and_resumes() {
 
 #[test]
 fn compare_refuses_bad_input_before_writing_anything() {
-    let cases: [(&str, &[&str], &str); 6] = [
+    let cases: [(&str, &[&str], &str); 7] = [
         ("method", &["--methods", "2ssp,obs"], "obs"),
+        (
+            "slicegpt",
+            &["--methods", "2ssp,slicegpt"],
+            "slicegpt at sparsity",
+        ),
         (
             "sparsity",
             &["--sparsity", "1.5"],

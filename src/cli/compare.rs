@@ -16,8 +16,9 @@ pub struct CompareArgs {
     /// Dense HF checkpoint folder (never modified).
     #[arg(long)]
     pub model: PathBuf,
-    /// Methods, in table order (each as `prune --method` runs it); evopress is not in the default
-    /// list: its authors' search settings take hours per cell on a CPU (see the --evo-* flags).
+    /// Methods, in table order (each as `prune --method` runs it); evopress and slicegpt are not in
+    /// the default list: EvoPress's authors' search takes hours per cell on a CPU (see the --evo-*
+    /// flags), and SliceGPT runs on the CPU backend only.
     #[arg(
         long,
         value_enum,

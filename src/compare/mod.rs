@@ -150,10 +150,18 @@ impl CompareJob {
     }
 
     /// Refuses, before any work, a budget a method cannot meet.
-    fn check_budgets(&self) -> Result<()> {
+    fn check_budgets(&self, backend: &Backend) -> Result<()> {
         let config = crate::config::ModelConfig::from_dir(&self.model)?;
         for &s in &self.sparsities {
             for &m in &self.methods {
+                if m == Method::Slicegpt {
+                    let samples = self.prune.samples;
+                    crate::prune::slicegpt::pipeline::check_settings(
+                        &config, s, samples, None, backend,
+                    )
+                    .with_context(|| format!("slicegpt at sparsity {s}"))?;
+                    continue;
+                }
                 match m.block_method() {
                     None => {
                         crate::prune::validated_plan(&config, &self.options(s))
@@ -215,6 +223,11 @@ impl CompareJob {
             evopress: self.prune.evopress.clone(),
         };
         let (seconds, removed, achieved) = match method.block_method() {
+            None if method == Method::Slicegpt => {
+                let r = crate::prune::slicegpt::pipeline::run(&job, self.prune.samples, backend)?;
+                let removed = format!("residual width {} -> {}", r.hidden, r.sliced_width);
+                (r.seconds.scoring, removed, r.sparsity_achieved)
+            }
             None => {
                 let r = pipeline::run(&job, backend)?;
                 let removed = format!(
@@ -252,7 +265,7 @@ impl CompareJob {
 
     /// Runs every cell not finished yet (the dense model first), rewriting the summary after each.
     pub fn run(&self, backend: &Backend) -> Result<Vec<Cell>> {
-        self.check_budgets()?;
+        self.check_budgets(backend)?;
         for sub in ["cells", "reports", "models"] {
             std::fs::create_dir_all(self.out.join(sub))
                 .with_context(|| format!("cannot create {}", self.out.join(sub).display()))?;
