@@ -9,7 +9,7 @@ use super::block_similarity::{
 use super::decisions::Decisions;
 use super::evopress::{evopress, EvoPressOptions, Selection, CALIBRATION_TOKENS};
 use super::pipeline::{
-    calibration_corpus, calibration_files, calibration_windows, claim_outputs, commit_with_report,
+    calibration_corpus, calibration_files, calibration_samples, claim_outputs, commit_with_report,
     save_verified, PruneJob,
 };
 use super::report::{CalibrationFile, ParamsChange, Verification};
@@ -354,15 +354,7 @@ pub fn run(
     };
     let (claim, format, beside) = claim_outputs(job, &config)?;
     let (calib_files, corpus) = calibration_corpus(job)?;
-    let windows = calibration_windows(&corpus, job)?;
-    if windows.len() < samples {
-        bail!(
-            "calibration text gives {} windows of {} tokens, but --samples {samples} are needed",
-            windows.len(),
-            job.seq_len
-        );
-    }
-    let windows = &windows[..samples];
+    let windows = &calibration_samples(&corpus, job, samples)?;
     let t_score = Instant::now();
     let job_on_model = ScoreBlocks {
         method,

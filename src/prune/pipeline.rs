@@ -437,6 +437,24 @@ pub(super) fn calibration_windows<'c>(
     Ok(windows)
 }
 
+/// The first `samples` calibration windows of `job`; refuses a text too short for them.
+pub(super) fn calibration_samples<'c>(
+    corpus: &'c Corpus,
+    job: &PruneJob,
+    samples: usize,
+) -> Result<Vec<&'c [u32]>> {
+    let mut windows = calibration_windows(corpus, job)?;
+    if windows.len() < samples {
+        bail!(
+            "calibration text gives {} windows of {} tokens, but --samples {samples} are needed",
+            windows.len(),
+            job.seq_len
+        );
+    }
+    windows.truncate(samples);
+    Ok(windows)
+}
+
 /// Hex SHA-256 of a file.
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -105,16 +105,21 @@ impl Pca {
 mod tests {
     use super::*;
 
-    /// Points along known orthogonal directions: PCA finds them in order of spread.
+    /// Points along known orthogonal directions (5x spread along (1,1,0)/√2, 0.5x along (0,0,1)):
+    /// PCA finds them in order of spread.
     #[test]
     fn finds_directions_by_spread() {
         let dim = 3;
         let mut x = Vec::new();
+        // Each point lies on one direction, so the two are exactly uncorrelated.
+        let s = std::f32::consts::FRAC_1_SQRT_2;
         for t in 0..200 {
-            let (a, b) = ((t as f32 * 0.37).sin() * 5.0, (t as f32 * 1.3).cos() * 0.5);
-            // 5x spread along (1,1,0)/√2, 0.5x along (0,0,1).
-            let s = std::f32::consts::FRAC_1_SQRT_2;
-            x.extend_from_slice(&[a * s, a * s, b]);
+            let sign = if t % 4 < 2 { 1.0 } else { -1.0 };
+            if t % 2 == 0 {
+                x.extend_from_slice(&[5.0 * s * sign, 5.0 * s * sign, 0.0]);
+            } else {
+                x.extend_from_slice(&[0.0, 0.0, 0.5 * sign]);
+            }
         }
         let mut cov = Covariance::new(dim);
         cov.add(&x);

@@ -11,7 +11,7 @@ use crate::export::{self, Format};
 use crate::model::Model;
 use crate::prune::block_pipeline::{BlockCalibration, BlockSeconds};
 use crate::prune::pipeline::{
-    calibration_corpus, calibration_files, calibration_windows, claim_outputs, commit_with_report,
+    calibration_corpus, calibration_files, calibration_samples, claim_outputs, commit_with_report,
     verify, PruneJob,
 };
 use crate::prune::report::{ParamsChange, Verification};
@@ -94,15 +94,7 @@ pub fn run(job: &PruneJob, samples: Option<usize>, backend: &Backend) -> Result<
     };
     let (claim, format, beside) = claim_outputs(job, &config)?;
     let (calib_files, corpus) = calibration_corpus(job)?;
-    let windows = calibration_windows(&corpus, job)?;
-    if windows.len() < samples {
-        bail!(
-            "calibration text gives {} windows of {} tokens, but --samples {samples} are needed",
-            windows.len(),
-            job.seq_len
-        );
-    }
-    let windows = &windows[..samples];
+    let windows = &calibration_samples(&corpus, job, samples)?;
     let Backend::Cpu(precision) = backend else {
         unreachable!("check_settings refused other backends")
     };
