@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's comparison on SmolLM2-135M (BENCHMARKS §14): 2SSP, ShortGPT, Window, SLEB,
-# BlockPruner and EvoPress at 25 / 37.5 / 50 % beside the dense model, perplexity on the three evaluation sets
+# BlockPruner, EvoPress and SliceGPT at 25 / 37.5 / 50 % beside the dense model, perplexity on the three evaluation sets
 # and five zero-shot tasks, then copies the tables and the SVG plots into benches/compare-smollm2/.
 # Settings reduced to fit a 2-core machine (about 2 h): 512-token calibration windows (each
 # method's default number of them), 2 windows of 2048 tokens per evaluation set, the first 40
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench-results/compare-smollm2}"
 cargo build --release --locked >/dev/null
 target/release/twossp-engine compare --model models/SmolLM2-135M-Instruct.Q4_1 --out "$OUT" \
-  --methods 2ssp,shortgpt,window,sleb,blockpruner,evopress \
+  --methods 2ssp,shortgpt,window,sleb,blockpruner,evopress,slicegpt \
   --evo-generations 10 --evo-offspring 16 --evo-initial 32 --evo-initial-tokens 512 \
   --evo-selection-tokens 512,2048 \
   --seq-len 512 --eval-seq-len 2048 --eval-max-windows 2 \

@@ -40,6 +40,14 @@ pub fn check_positions(flags: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of memory the kernel reports available (`MemAvailable`), where it says (Linux).
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

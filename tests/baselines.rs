@@ -486,6 +486,28 @@ fn slicegpt_writes_verified_models_of_every_family_it_can_slice_and_refuses_the_
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
+    // More calibration tokens than memory holds: refused before loading anything.
+    let huge = std::process::Command::new(env!("CARGO_BIN_EXE_twossp-engine"))
+        .args([
+            "prune",
+            "--method",
+            "slicegpt",
+            "--sparsity",
+            "0.25",
+            "--samples",
+            "1000000000000",
+        ])
+        .arg("--model")
+        .arg(common::fixtures().join("llama"))
+        .arg("--out")
+        .arg(std::env::temp_dir().join(format!("twossp-slicegpt-huge-{}", std::process::id())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&huge.stderr);
+    assert!(
+        !huge.status.success() && err.contains("memory available"),
+        "{err}"
+    );
     let refusals: [(&str, &[&str], &str); 3] = [
         ("gemma3", &["--sparsity", "0.25"], "post-norms"),
         ("llama", &["--sparsity", "0.95"], "leaves SliceGPT no width"),

@@ -155,9 +155,9 @@ impl CompareJob {
         for &s in &self.sparsities {
             for &m in &self.methods {
                 if m == Method::Slicegpt {
-                    let samples = self.prune.samples;
+                    let (samples, seq_len) = (self.prune.samples, self.prune.seq_len);
                     crate::prune::slicegpt::pipeline::check_settings(
-                        &config, s, samples, None, backend,
+                        &config, s, samples, seq_len, None, backend,
                     )
                     .with_context(|| format!("slicegpt at sparsity {s}"))?;
                     continue;

@@ -44,7 +44,7 @@ pub enum Method {
 }
 
 impl Method {
-    /// The block-removal baseline this is, or None for 2SSP.
+    /// The block-removal baseline this is, or None for 2SSP and SliceGPT.
     pub fn block_method(self) -> Option<block_pipeline::BlockMethod> {
         use block_pipeline::BlockMethod;
         match self {

@@ -159,7 +159,6 @@ pub fn slicegpt(model: &mut Model, windows: &[&[u32]], width: usize) -> Result<S
                 .iter_mut()
                 .for_each(|x| rotate_rows(x, hidden, q_out));
         }
-        drop(q_mid);
         bar.inc(1);
     }
     bar.finish_and_clear();

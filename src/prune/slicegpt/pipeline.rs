@@ -63,6 +63,7 @@ pub fn check_settings(
     config: &ModelConfig,
     sparsity: f64,
     samples: Option<usize>,
+    seq_len: usize,
     format: Option<Format>,
     backend: &Backend,
 ) -> Result<(usize, usize)> {
@@ -78,6 +79,17 @@ pub fn check_settings(
     if samples == 0 {
         bail!("--samples must be at least 1");
     }
+    // The residual stream of every calibration token is kept from one block to the next.
+    let stream_bytes = (samples as u64)
+        .saturating_mul(seq_len as u64)
+        .saturating_mul(config.hidden as u64 * 4);
+    if let Some(free) = crate::limits::available_memory().filter(|&free| stream_bytes > free) {
+        bail!(
+            "SliceGPT keeps the residual stream of all {samples} x {seq_len} calibration tokens ({:.1} GB), more than the {:.1} GB of memory available; use fewer --samples",
+            stream_bytes as f64 / 1e9,
+            free as f64 / 1e9
+        );
+    }
     Ok((width, samples))
 }
 
@@ -86,8 +98,14 @@ pub fn check_settings(
 pub fn run(job: &PruneJob, samples: Option<usize>, backend: &Backend) -> Result<SliceReport> {
     let start = Instant::now();
     let config = ModelConfig::from_dir(&job.model)?;
-    let (width, samples) =
-        check_settings(&config, job.options.sparsity, samples, job.format, backend)?;
+    let (width, samples) = check_settings(
+        &config,
+        job.options.sparsity,
+        samples,
+        job.seq_len,
+        job.format,
+        backend,
+    )?;
     let job = &PruneJob {
         format: Some(Format::Hf),
         ..job.clone()
