@@ -146,7 +146,9 @@ fn write_chart(out: &Path, stem: &str, chart: &Chart, series: &[Series]) -> Resu
     Ok(())
 }
 
-/// Per method, `value` against sparsity, the dense model as every line's point at 0.
+/// Per method, `value` against the achieved sparsity (the fraction of P_main each cell removed:
+/// whole-block methods remove more than the target, SliceGPT less), the dense model as every
+/// line's point at 0.
 fn by_method(cells: &[Cell], value: impl Fn(&Cell) -> Option<f64>) -> Vec<Series> {
     let dense = cells.iter().find(|c| c.method == "dense");
     let mut methods: Vec<&str> = Vec::new();
@@ -161,7 +163,7 @@ fn by_method(cells: &[Cell], value: impl Fn(&Cell) -> Option<f64>) -> Vec<Series
             let pts = dense
                 .into_iter()
                 .chain(cells.iter().filter(|c| c.method == *m))
-                .filter_map(|c| value(c).map(|v| (c.sparsity, v)))
+                .filter_map(|c| value(c).map(|v| (c.sparsity_achieved, v)))
                 .collect();
             (m.to_string(), pts)
         })
@@ -179,7 +181,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
         let title = format!("Perplexity on {} vs sparsity", corpus.corpus);
         let chart = Chart {
             title: &title,
-            x_desc: "sparsity (fraction of decoder-block parameters removed)",
+            x_desc: "fraction of decoder-block parameters removed (achieved)",
             y_desc: "perplexity (log scale)",
             log_y: true,
             legend: SeriesLabelPosition::UpperLeft,
@@ -189,7 +191,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
     if first.mean_acc.is_some() {
         let chart = Chart {
             title: "Mean zero-shot accuracy vs sparsity",
-            x_desc: "sparsity (fraction of decoder-block parameters removed)",
+            x_desc: "fraction of decoder-block parameters removed (achieved)",
             y_desc: "mean accuracy",
             log_y: false,
             legend: SeriesLabelPosition::LowerLeft,
@@ -208,7 +210,7 @@ pub fn write_all(out: &Path, cells: &[Cell]) -> Result<()> {
         .collect();
     let chart = Chart {
         title: "Pruning time vs sparsity",
-        x_desc: "sparsity",
+        x_desc: "target sparsity",
         y_desc: "seconds (log scale)",
         log_y: true,
         legend: SeriesLabelPosition::UpperLeft,
