@@ -141,6 +141,23 @@ pub struct BlockCalibration {
     pub window_order: String,
 }
 
+impl BlockCalibration {
+    /// The first `samples` windows of `job`'s calibration files (hashed for the report).
+    pub fn of(job: &PruneJob, files: &[std::path::PathBuf], samples: usize) -> Result<Self> {
+        Ok(Self {
+            files: calibration_files(files)?,
+            seq_len: job.seq_len,
+            samples,
+            window_order: if job.seed.is_some() {
+                "shuffled"
+            } else {
+                "first"
+            }
+            .into(),
+        })
+    }
+}
+
 /// How an EvoPress search ran.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvoPressReport {
@@ -423,17 +440,7 @@ pub fn run(
         scores: scored.removed.scores,
         evopress: scored.removed.evopress,
         params: scored.params,
-        calibration: BlockCalibration {
-            files: calibration_files(&calib_files)?,
-            seq_len: job.seq_len,
-            samples,
-            window_order: if job.seed.is_some() {
-                "shuffled"
-            } else {
-                "first"
-            }
-            .into(),
-        },
+        calibration: BlockCalibration::of(job, &calib_files, samples)?,
         seconds: BlockSeconds {
             scoring: seconds_scoring,
             save: saved.seconds,

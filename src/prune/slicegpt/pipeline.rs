@@ -11,8 +11,7 @@ use crate::export::{self, Format};
 use crate::model::Model;
 use crate::prune::block_pipeline::{BlockCalibration, BlockSeconds};
 use crate::prune::pipeline::{
-    calibration_corpus, calibration_files, calibration_samples, claim_outputs, commit_with_report,
-    verify, PruneJob,
+    calibration_corpus, calibration_samples, claim_outputs, commit_with_report, verify, PruneJob,
 };
 use crate::prune::report::{ParamsChange, Verification};
 use anyhow::{bail, Result};
@@ -169,17 +168,7 @@ pub fn run(job: &PruneJob, samples: Option<usize>, backend: &Backend) -> Result<
         min_fraction_kept: sliced.iter().copied().fold(f64::INFINITY, f64::min),
         explained_variance: run.sites,
         params,
-        calibration: BlockCalibration {
-            files: calibration_files(&calib_files)?,
-            seq_len: job.seq_len,
-            samples,
-            window_order: if job.seed.is_some() {
-                "shuffled"
-            } else {
-                "first"
-            }
-            .into(),
-        },
+        calibration: BlockCalibration::of(job, &calib_files, samples)?,
         seconds: BlockSeconds {
             scoring: seconds_slicing,
             save: seconds_save,
