@@ -77,8 +77,12 @@ pub fn check_config_against_tensors(config: &ModelConfig, store: &TensorStore) -
     }
     if let Some(shape) = store.shape("model.embed_tokens.weight") {
         if shape != [config.vocab, config.embedding_width()] {
+            let width = match config.slicing {
+                Some(_) => "a sliced embedding width",
+                None => "hidden_size",
+            };
             bail!(
-                "config.json declares vocab_size = {} and an embedding width of {} but model.embed_tokens.weight has shape {shape:?}",
+                "config.json declares vocab_size = {} and {width} = {} but model.embed_tokens.weight has shape {shape:?}",
                 config.vocab,
                 config.embedding_width()
             );
