@@ -194,11 +194,9 @@ impl Model {
     pub fn target_nlls(&self, hidden_states: &[f32], targets: &[u32]) -> Vec<f32> {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let n_pred = targets.len();
-        let head_rows = if computes_in_bf16(self.precision()) {
-            HEAD_ROWS_BF16
-        } else {
-            HEAD_ROWS
-        };
+        let bf16 = computes_in_bf16(self.precision());
+        let head_rows = if bf16 { HEAD_ROWS_BF16 } else { HEAD_ROWS };
+        let nll = if bf16 { ops::nll_vectorised } else { ops::nll };
         let mut logits = vec![0f32; head_rows * vocab];
         let mut nlls = vec![0f32; n_pred];
         for start in (0..n_pred).step_by(head_rows) {
@@ -208,7 +206,7 @@ impl Model {
             out.par_chunks(vocab)
                 .zip(&mut nlls[start..start + rows])
                 .enumerate()
-                .for_each(|(r, (row, nll))| *nll = ops::nll(row, targets[start + r] as usize));
+                .for_each(|(r, (row, out))| *out = nll(row, targets[start + r] as usize));
         }
         nlls
     }

@@ -175,6 +175,43 @@ pub fn nll(logits: &[f32], target: usize) -> f32 {
     (log_sum_exp(logits) - logits[target] as f64) as f32
 }
 
+/// [`nll`] with 16-lane exponentials (relative error about 2e-7 each, summed in f64) where the CPU
+/// has AVX-512: the bf16 path's NLL, whose scalar `exp` took 5 % of a bf16 forward. The f32 path
+/// keeps [`nll`], whose results are pinned bit for bit.
+pub fn nll_vectorised(logits: &[f32], target: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::isa::detected_isa() == crate::backend::cpu::isa::Isa::Avx512 {
+        // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F, AVX2 and FMA.
+        let lse = unsafe { log_sum_exp_avx512(logits) };
+        return (lse - logits[target] as f64) as f32;
+    }
+    nll(logits, target)
+}
+
+/// `ln(sum(exp(logits)))`, 16 lanes at a time, the sum in f64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn log_sum_exp_avx512(logits: &[f32]) -> f64 {
+    use crate::backend::cpu::attention::softmax::exp512;
+    use std::arch::x86_64::*;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let vm = _mm512_set1_ps(max);
+    let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    for chunk in logits.chunks(16) {
+        let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as u16;
+        let x = _mm512_mask_loadu_ps(vm, mask, chunk.as_ptr());
+        let e = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(x, vm)));
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(
+            hi,
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(e),
+            ))),
+        );
+    }
+    max as f64 + _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)).ln()
+}
+
 /// `ln(sum(exp(logits)))`, accumulated in f64.
 fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -186,5 +223,24 @@ fn log_sum_exp(logits: &[f32]) -> f64 {
 pub fn soft_cap(x: &mut [f32], cap: f32) {
     for v in x.iter_mut() {
         *v = (*v / cap).tanh() * cap;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::test_util::fill;
+
+    #[test]
+    fn vectorised_nll_matches_scalar() {
+        // A vocabulary whose length is not a multiple of 16, with a wide range of logits.
+        let logits: Vec<f32> = fill(49_157, 11).into_iter().map(|x| 40.0 * x).collect();
+        for target in [0, 7, 49_156] {
+            let (want, got) = (nll(&logits, target), nll_vectorised(&logits, target));
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "target {target}: {got} vs {want}"
+            );
+        }
     }
 }
