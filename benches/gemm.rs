@@ -21,7 +21,9 @@
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use twossp_engine::backend::cpu::attention::{causal_attention, AttentionShape};
+use twossp_engine::backend::cpu::attention::{
+    causal_attention, causal_attention_bf16, AttentionShape,
+};
 use twossp_engine::backend::cpu::gemm::linear;
 
 fn fill(len: usize, seed: u32) -> Vec<f32> {
@@ -456,31 +458,38 @@ fn main() {
             scale: 1.0 / (hd as f32).sqrt(),
             window,
         };
-        let (t, runs) = best_of(budget, || {
-            causal_attention(
-                black_box(&q),
-                black_box(&k),
-                black_box(&v),
-                &mut out,
-                &shape,
-            )
-        });
-        black_box(&out);
         // Visible (query, key) pairs: T²/2 causal, or about T·w with a window.
         let pairs = match window {
             None => (t_len * t_len) as f64 / 2.0,
             Some(w) => (t_len * w.min(t_len)) as f64 - (w.min(t_len) * w.min(t_len)) as f64 / 2.0,
         };
-        let gflops = 2.0 * 2.0 * pairs * (hd * heads) as f64 / t.as_secs_f64() / 1e9;
-        println!(
-            "{:<28} {:>7} {:>6} {:>6} {:>11.3} {:>9.1} {}  ({runs} runs)",
-            name,
-            t_len,
-            heads,
-            hd,
-            t.as_secs_f64() * 1e3,
-            gflops,
-            pct(gflops)
-        );
+        // f32, then the bf16 path (AMX tiles where the CPU has them and the shape suits them; the
+        // f32 kernels otherwise, as the model would run it).
+        type Attention = fn(&[f32], &[f32], &[f32], &mut [f32], &AttentionShape);
+        let paths: [(&str, Attention); 2] =
+            [("", causal_attention), (" bf16", causal_attention_bf16)];
+        for (suffix, attend) in paths {
+            let (t, runs) = best_of(budget, || {
+                attend(
+                    black_box(&q),
+                    black_box(&k),
+                    black_box(&v),
+                    &mut out,
+                    &shape,
+                )
+            });
+            black_box(&out);
+            let gflops = 2.0 * 2.0 * pairs * (hd * heads) as f64 / t.as_secs_f64() / 1e9;
+            println!(
+                "{:<28} {:>7} {:>6} {:>6} {:>11.3} {:>9.1} {}  ({runs} runs)",
+                format!("{name}{suffix}"),
+                t_len,
+                heads,
+                hd,
+                t.as_secs_f64() * 1e3,
+                gflops,
+                pct(gflops)
+            );
+        }
     }
 }

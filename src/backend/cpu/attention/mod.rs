@@ -71,7 +71,7 @@ pub fn causal_attention_bf16(
     if super::bf16_kernel() == super::Bf16Kernel::Amx && amx::supports(shape) {
         if check(q, k, v, out, shape) {
             let parallel = parallel_work(shape) && rayon::current_num_threads() > 1;
-            amx::attention(detected_isa(), q, k, v, out, shape, parallel);
+            amx::attention(q, k, v, out, shape, parallel);
         }
         return;
     }
