@@ -10,10 +10,34 @@ pub(crate) fn with_zeroed<T: Copy + Default, R>(
     len: usize,
     f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
+    lend(key, len, true, f)
+}
+
+/// [`with_zeroed`] without the zeroing, for callers that write every element before reading it:
+/// the slice holds whatever this thread's last use left (zeros where it is new).
+pub(crate) fn with_scratch<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    lend(key, len, false, f)
+}
+
+/// Lends `len` elements of `key`'s buffer on a 64-byte boundary, zeroed first when `zero`.
+fn lend<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    zero: bool,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     let aligned = |v: &mut Vec<T>| {
         let slack = 64 / std::mem::size_of::<T>().max(1);
-        v.clear();
-        v.resize(len + slack, T::default());
+        if zero {
+            v.clear();
+        }
+        if v.len() < len + slack {
+            v.resize(len + slack, T::default());
+        }
         let skip = v.as_ptr().align_offset(64).min(slack);
         f(&mut v[skip..skip + len])
     };

@@ -14,7 +14,7 @@
 
 use super::{for_each_task, split_range, Product};
 use crate::backend::cpu::amx::{store_accumulators, zero_accumulators, TileSession, TILE, TK};
-use crate::backend::cpu::bf16::{round_to_bf16, transpose16, with_zeroed};
+use crate::backend::cpu::bf16::{round_to_bf16, transpose16, with_scratch};
 use crate::backend::cpu::out_ptr::OutPtr;
 use half::bf16;
 use rayon::prelude::*;
@@ -45,12 +45,12 @@ pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
     let strips_per_block = (W_BLOCK_BYTES / (STRIP * 2 * kp)).clamp(1, strips);
     let blocks = strips.div_ceil(strips_per_block);
     let c_ptr = OutPtr(c.as_mut_ptr());
-    with_zeroed(&X_BUF, m_padded * kp, |xa| {
+    with_scratch(&X_BUF, m_padded * kp, |xa| {
         round_activations(&p, xa, kp, parallel);
         let xa: &[u16] = xa;
         for b in 0..blocks {
             let (s0, s1) = split_range(strips, blocks, b);
-            with_zeroed(&W_BUF, (s1 - s0) * STRIP * kp / 2, |wb| {
+            with_scratch(&W_BUF, (s1 - s0) * STRIP * kp / 2, |wb| {
                 pack_weights(&p, s0, wb, kp, parallel);
                 // SAFETY: c's size was checked by gemm_nt; the tasks write disjoint rows.
                 unsafe { compute(&p, xa, wb, s0..s1, c_ptr, parallel) };
@@ -59,13 +59,17 @@ pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
     });
 }
 
-/// Rounds the rows of `a` to bf16 into `xa`, rows `kp` apart (rows past `m`, columns past `k` stay 0).
+/// Rounds the rows of `a` to bf16 into `xa`, rows `kp` apart; rows past `m` and columns past `k`
+/// are set to 0.
 fn round_activations(p: &Product<bf16>, xa: &mut [u16], kp: usize, parallel: bool) {
     let round_row = |(i, dst): (usize, &mut [u16])| {
         if i < p.m {
             // SAFETY: AMX CPUs have AVX-512F/BW/VL and AVX512-BF16 (checked by `available`);
             // `dst` holds kp >= k elements.
             unsafe { round_to_bf16(&p.a[i * p.lda..i * p.lda + p.k], dst) };
+            dst[p.k..].fill(0);
+        } else {
+            dst.fill(0);
         }
     };
     if parallel {
@@ -75,7 +79,7 @@ fn round_activations(p: &Product<bf16>, xa: &mut [u16], kp: usize, parallel: boo
     }
 }
 
-/// Packs the weight strips `s0..` (32 outputs each) into `wb`: strip by strip, k-block by k-block,
+/// Packs the weight strips `s0..` (32 outputs each) into `wb` (every element written): strip by strip, k-block by k-block,
 /// two B tiles each; tile `t` holds `[pair q][output o]` = the pair `(2q, 2q + 1)` of k-block `kb`
 /// of weight row `32 s + 16 t + o`. Rows past `n` and pairs past `k` are zero.
 fn pack_weights(p: &Product<bf16>, s0: usize, wb: &mut [u32], kp: usize, parallel: bool) {
