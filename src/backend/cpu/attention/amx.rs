@@ -11,6 +11,7 @@
 //! bf16 probabilities (an A tile is 16 rows x 32 keys), and tmm0-3 accumulate `P · V` 64 columns
 //! at a time, added to the f32 accumulator after its rescaling.
 
+use super::softmax::exp512_nonpositive;
 use super::{first_key, AttentionShape};
 use crate::backend::cpu::amx::{store_accumulators, zero_accumulators, TileSession, TILE, TK};
 use crate::backend::cpu::bf16::{bf16_bits, with_zeroed};
@@ -404,7 +405,7 @@ unsafe fn rescale_add(acc: &mut [f32], pv: &[f32], alpha: &[f32; TILE]) {
 /// One row's online-softmax step, fused with the rounding of its probabilities: over the visible
 /// scores `srow[a..b]` (of [`BK`]), `m_new = max(m_old, max)`, `prow` = bf16 of `exp(score -
 /// m_new)` there and 0 elsewhere; returns `(m_new, Σ exp)` (the f32 values, before rounding).
-/// The exponential is [`exp_bf16`], as accurate as the bf16 probabilities need.
+/// The exponential is [`exp512_nonpositive`].
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW/VL and AVX512-BF16; `a < b <= BK`; `srow` and `prow` hold [`BK`] values.
@@ -432,32 +433,10 @@ unsafe fn softmax_row_bf16(
     let mut vsum = _mm512_setzero_ps();
     for c0 in (0..BK).step_by(16) {
         let x = _mm512_sub_ps(_mm512_loadu_ps(srow.as_ptr().add(c0)), vm);
-        let e = _mm512_maskz_mov_ps(visible(c0), exp_bf16(x));
+        let e = _mm512_maskz_mov_ps(visible(c0), exp512_nonpositive(x));
         vsum = _mm512_add_ps(vsum, e);
         let bits = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e));
         _mm256_storeu_si256(prow.as_mut_ptr().add(c0) as *mut _, bits);
     }
     (m_new, _mm512_reduce_add_ps(vsum))
-}
-
-/// `exp(x)` for 16 lanes with `x <= 0` (scores minus their row maximum): `x = n ln2 + r`,
-/// `|r| <= ln2 / 2`, the degree-6 Taylor polynomial of `e^r` (truncation error `r^7 / 7!` below
-/// 1.3e-7 relative), scaled by `2^n` with `VSCALEFPS` (0 for very negative `x`).
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_bf16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut poly = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
-    }
-    _mm512_scalef_ps(poly, n)
 }

@@ -199,9 +199,16 @@ unsafe fn register_block(
             wk.add(TILE * TILE),
         );
     }
+    let j0 = s * STRIP;
+    if p.bias.is_none() && !p.accumulate && m0 + MPAIR <= p.m && j0 + STRIP <= p.n {
+        // A whole block with nothing to add: the tiles go straight into `c`.
+        let at = |t: usize| c.get().add((m0 + t / 2 * TILE) * p.ldc + j0 + t % 2 * TILE);
+        store_accumulators(std::array::from_fn(at), 4 * p.ldc);
+        return;
+    }
     let mut out = CTiles([[0f32; TILE * TILE]; 4]);
     store_accumulators(out.0.each_mut().map(|t| t.as_mut_ptr()), 4 * TILE);
-    write_block(p, c, m0, s * STRIP, &out.0);
+    write_block(p, c, m0, j0, &out.0);
 }
 
 /// The four C tiles of a register block, on 64-byte boundaries (tile rows on whole cache lines).
