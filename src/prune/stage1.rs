@@ -45,16 +45,46 @@ pub fn column_l2_norms(act: &[f32], width: usize) -> Vec<f32> {
         let start = c * COLS;
         let mut acc = vec![0f64; dst.len()];
         for t in 0..rows {
-            let row = &act[t * width + start..t * width + start + dst.len()];
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += (v as f64) * (v as f64);
-            }
+            add_squares(
+                &mut acc,
+                &act[t * width + start..t * width + start + dst.len()],
+            );
         }
         for (d, a) in dst.iter_mut().zip(acc) {
             *d = a.sqrt() as f32;
         }
     });
     out
+}
+
+/// `acc[j] += row[j]²` in f64. The square of an f32 is exact in f64, so the 8-lane fused multiply-add
+/// (AVX-512F/VL, where the CPU has them) gives the scalar loop's results bit for bit, 4x wider than SSE2.
+fn add_squares(acc: &mut [f64], row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+        // SAFETY: AVX-512F/VL checked just above.
+        return unsafe { add_squares_avx512(acc, row) };
+    }
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += (v as f64) * (v as f64);
+    }
+}
+
+/// [`add_squares`] 8 columns at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn add_squares_avx512(acc: &mut [f64], row: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = acc.len().min(row.len());
+    for j in (0..n).step_by(8) {
+        let mask: __mmask8 = (1u32 << (n - j).min(8)).wrapping_sub(1) as u8;
+        let v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(mask, row.as_ptr().add(j)));
+        let a = _mm512_maskz_loadu_pd(mask, acc.as_ptr().add(j));
+        _mm512_mask_storeu_pd(acc.as_mut_ptr().add(j), mask, _mm512_fmadd_pd(v, v, a));
+    }
 }
 
 /// Per block, the `keep` best-scoring neurons (ascending indices): stage 1's decision.
@@ -79,6 +109,26 @@ mod tests {
     fn column_norms_are_l2_over_rows() {
         let act = [3.0, 1.0, 4.0, -2.0]; // 2 rows x 2 cols
         assert_eq!(column_l2_norms(&act, 2), vec![5.0, (5.0f32).sqrt()]);
+    }
+
+    #[test]
+    fn add_squares_is_the_scalar_sum_bit_for_bit() {
+        // 37 columns: whole 8-lane groups and a tail; values over many magnitudes.
+        let rows: Vec<Vec<f32>> = (0..50)
+            .map(|t| {
+                (0..37)
+                    .map(|j| ((t * 37 + j) as f32 * 0.618).sin() * 10f32.powi((j % 7) as i32 - 3))
+                    .collect()
+            })
+            .collect();
+        let (mut fast, mut scalar) = (vec![0f64; 37], vec![0f64; 37]);
+        for row in &rows {
+            add_squares(&mut fast, row);
+            for (a, &v) in scalar.iter_mut().zip(row) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        assert_eq!(fast, scalar);
     }
 
     #[test]
