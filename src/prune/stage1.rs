@@ -116,8 +116,8 @@ mod tests {
         // 37 columns: whole 8-lane groups and a tail; values over many magnitudes.
         let rows: Vec<Vec<f32>> = (0..50)
             .map(|t| {
-                (0..37)
-                    .map(|j| ((t * 37 + j) as f32 * 0.618).sin() * 10f32.powi((j % 7) as i32 - 3))
+                (0..37i32)
+                    .map(|j| ((t * 37 + j as usize) as f32 * 0.618).sin() * 10f32.powi(j % 7 - 3))
                     .collect()
             })
             .collect();
