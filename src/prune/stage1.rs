@@ -58,11 +58,12 @@ pub fn column_l2_norms(act: &[f32], width: usize) -> Vec<f32> {
 }
 
 /// `acc[j] += row[j]²` in f64. The square of an f32 is exact in f64, so the 8-lane fused multiply-add
-/// (AVX-512F/VL, where the CPU has them) gives the scalar loop's results bit for bit, 4x wider than SSE2.
+/// (where the CPU kernels dispatch to AVX-512) gives the scalar loop's results bit for bit, 4x wider
+/// than SSE2.
 fn add_squares(acc: &mut [f64], row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
-        // SAFETY: AVX-512F/VL checked just above.
+    if crate::backend::cpu::isa::detected_isa() == crate::backend::cpu::isa::Isa::Avx512 {
+        // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F/BW/VL.
         return unsafe { add_squares_avx512(acc, row) };
     }
     for (a, &v) in acc.iter_mut().zip(row) {

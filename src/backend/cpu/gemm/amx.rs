@@ -52,7 +52,8 @@ pub(super) fn gemm(p: Product<bf16>, c: &mut [f32], parallel: bool) {
             let (s0, s1) = split_range(strips, blocks, b);
             with_scratch(&W_BUF, (s1 - s0) * STRIP * kp / 2, |wb| {
                 pack_weights(&p, s0, wb, kp, parallel);
-                // SAFETY: c's size was checked by gemm_nt; the tasks write disjoint rows.
+                // SAFETY: c's size was checked by gemm_nt; the tasks write disjoint blocks of
+                // rows x outputs.
                 unsafe { compute(&p, xa, wb, s0..s1, c_ptr, parallel) };
             });
         }
