@@ -49,9 +49,10 @@ pub struct DeviceArgs {
 pub struct DtypeArg {
     /// Precision of the weight matrices on the CPU: auto (as the checkpoint stores them, like
     /// transformers' dtype="auto"), f32 (the exact reference), bf16 or f16. With bf16, products
-    /// (and on AMX attention) take bf16 operands with f32 accumulation on AMX or AVX512-BF16
-    /// (TWOSSP_BF16_KERNEL=avx512bf16|widen caps the choice; widen = f32 math on the bf16
-    /// weights, also used on CPUs with neither); norms, residuals, softmax and NLL stay f32. f16
+    /// (and on AMX attention) take bf16 operands with f32 accumulation on AMX, or on AVX512-BF16
+    /// where it measurably outruns f32 FMAs (AMD Zen 4/5); otherwise the weights are widened to
+    /// f32 as they are used (f32 math on the bf16 weights). TWOSSP_BF16_KERNEL=amx|avx512bf16|widen
+    /// caps the choice; norms, residuals, softmax and NLL stay f32. f16
     /// weights are widened to f32 as they are used. The CUDA backend always keeps bf16.
     #[arg(long = "dtype", default_value = "auto", value_parser = parse_dtype, value_name = "DTYPE")]
     pub choice: DtypeChoice,

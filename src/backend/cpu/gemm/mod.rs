@@ -281,7 +281,9 @@ fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx512bf16::available as avx512bf16_available;
+pub(crate) use avx512bf16::{
+    available as avx512bf16_available, outruns_fma as avx512bf16_outruns_fma,
+};
 
 /// Runs `f(0..count)`, in parallel on the rayon pool or in order on this thread.
 fn for_each_task(parallel: bool, count: usize, f: impl Fn(usize) + Sync + Send) {
