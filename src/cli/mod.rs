@@ -51,14 +51,26 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
 }
 
+/// Stack of each rayon worker: 8 MiB, as Linux gives the main thread.
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // A worker runs the whole command (below), so the workers get a main thread's stack.
+    let mut pool = rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK_BYTES);
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        pool = pool.num_threads(n);
     }
-    match cli.command {
+    pool.build_global()?;
+    // The command runs on a worker of the pool, so that its parallel kernels share their work
+    // with the other workers directly: called from outside the pool, every product would park this
+    // thread and wake it again (hundreds of times per decoded token).
+    rayon::scope(|_| run_command(cli.command))
+}
+
+/// Runs one subcommand (on a worker of the rayon pool).
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Import(args) => import::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Prune(args) => prune::run(args),
