@@ -188,13 +188,18 @@ pub fn nll_vectorised(logits: &[f32], target: usize) -> f32 {
     nll(logits, target)
 }
 
-/// `ln(sum(exp(logits)))`, 16 lanes at a time, the sum in f64.
+/// `ln(sum(exp(logits)))`, 16 lanes at a time (the maximum too), the sum in f64.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn log_sum_exp_avx512(logits: &[f32]) -> f64 {
     use crate::backend::cpu::attention::softmax::exp512_nonpositive;
     use std::arch::x86_64::*;
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    for chunk in logits.chunks(16) {
+        let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as u16;
+        vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask, chunk.as_ptr()));
+    }
+    let max = _mm512_reduce_max_ps(vmax);
     let vm = _mm512_set1_ps(max);
     let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
     for chunk in logits.chunks(16) {
