@@ -199,25 +199,12 @@ fn amx_peak_single() -> f64 {
 /// AVX512-BF16 peak: 16 lanes x 2 products x 2 flops per instruction), best of 25 tries.
 #[cfg(target_arch = "x86_64")]
 fn vdpbf16ps_peak_single() -> f64 {
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn run(iters: u64) -> f32 {
-        use std::arch::x86_64::*;
-        let mut acc = [_mm512_setzero_ps(); 12];
-        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
-        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm512_dpbf16_ps(*x, a, b);
-            }
-        }
-        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
-    }
-    let iters = 1_000_000u64;
+    use twossp_engine::backend::cpu::gemm::vdpbf16ps_loop;
+    let iters = 1_000_000usize;
     let mut best = 0.0f64;
     for _ in 0..25 {
         let t = Instant::now();
-        // SAFETY: only called when the CPU has AVX512-BF16.
-        black_box(unsafe { run(black_box(iters)) });
+        black_box(vdpbf16ps_loop(black_box(iters)));
         best = best.max((iters * 12 * 16 * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     best

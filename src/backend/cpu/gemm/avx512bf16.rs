@@ -61,9 +61,12 @@ pub(crate) fn outruns_fma() -> bool {
     dot * 1.25 < 2.0 * fma
 }
 
-/// `iters` x 12 independent `VDPBF16PS`.
+/// `iters` x 12 independent `VDPBF16PS` (the AVX512-BF16 peak loop: 64 flops each).
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`available`]).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn dot_loop(iters: usize) -> f32 {
+pub(crate) unsafe fn dot_loop(iters: usize) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 12];
     let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
     let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3380_3380));

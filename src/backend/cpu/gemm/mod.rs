@@ -280,6 +280,14 @@ fn gemm_with<B: Elem>(isa: Isa, bk: Bf16Kernel, p: Product<B>, c: &mut [f32]) {
     }
 }
 
+/// Runs `iters` x 12 independent `VDPBF16PS` (64 flops each; the AVX512-BF16 peak loop of the
+/// benchmarks); `None` where the CPU has no AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+pub fn vdpbf16ps_loop(iters: usize) -> Option<f32> {
+    // SAFETY: only run where the CPU has AVX512-BF16.
+    avx512bf16::available().then(|| unsafe { avx512bf16::dot_loop(iters) })
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx512bf16::{
     available as avx512bf16_available, outruns_fma as avx512bf16_outruns_fma,
