@@ -84,9 +84,7 @@ pub fn bf16_kernel() -> Bf16Kernel {
         order[start..]
             .iter()
             .copied()
-            .find(|&k| {
-                k.available() && (k != Bf16Kernel::Avx512Bf16 || cap == k.name() || k.pays_off())
-            })
+            .find(|&k| k.available() && (cap == k.name() || k.pays_off()))
             .unwrap_or(Bf16Kernel::Widen)
     })
 }
@@ -102,7 +100,7 @@ impl Bf16Kernel {
     }
 
     /// True when the kernel is faster than widening on this CPU (measured once for AVX512-BF16).
-    fn pays_off(self) -> bool {
+    pub(crate) fn pays_off(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx512Bf16 => super::gemm::avx512bf16_outruns_fma(),

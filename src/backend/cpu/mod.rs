@@ -38,9 +38,13 @@ pub fn kernels_for(precision: crate::weights::Precision) -> String {
             format!("bf16 weights: AVX512-BF16 products, f32 attention (decode: widened to f32, {f32_kernels})")
         }
         #[cfg(target_arch = "x86_64")]
-        (Precision::Bf16, Bf16Kernel::Widen) if Bf16Kernel::Avx512Bf16.available() => format!(
-            "bf16 weights widened to f32: {f32_kernels} (AVX512-BF16 measured slower than f32 FMAs on this CPU)"
-        ),
+        (Precision::Bf16, Bf16Kernel::Widen)
+            if Bf16Kernel::Avx512Bf16.available() && !Bf16Kernel::Avx512Bf16.pays_off() =>
+        {
+            format!(
+                "bf16 weights widened to f32: {f32_kernels} (AVX512-BF16 measured slower than f32 FMAs on this CPU)"
+            )
+        }
         (p, _) => format!("{} weights widened to f32: {f32_kernels}", p.name()),
     }
 }

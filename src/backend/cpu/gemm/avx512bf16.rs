@@ -38,9 +38,15 @@ pub(crate) fn available() -> bool {
 /// True when `VDPBF16PS` does clearly more arithmetic per second than f32 FMAs on this CPU, so the
 /// kernel beats widening the weights to f32. Measured, not assumed: on AMD Zen 4/5 a `VDPBF16PS`
 /// costs about what an FMA does (twice its flops), while on the Intel Xeons measured here it issues
-/// once per two cycles against two FMAs per cycle (half the flops). A few milliseconds, once; the
-/// 1.25x margin keeps the choice stable on a given CPU.
+/// once per two cycles against two FMAs per cycle (half the flops). About a millisecond, measured on
+/// the first call and cached; the 1.25x margin keeps the choice stable on a given CPU.
 pub(crate) fn outruns_fma() -> bool {
+    static OUTRUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OUTRUNS.get_or_init(measure_outruns_fma)
+}
+
+/// [`outruns_fma`], measured.
+fn measure_outruns_fma() -> bool {
     const ITERS: usize = 20_000;
     let best_of = |run: unsafe fn(usize) -> f32| {
         (0..5)
