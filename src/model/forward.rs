@@ -10,11 +10,14 @@ use crate::config::ModelConfig;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-/// Rows of logits computed at once when scoring, so the `[T, vocab]` matrix never exists whole.
-const HEAD_ROWS: usize = 64;
-/// The same for bf16 weights: more rows per pass over the LM head (the AMX kernel streams the
-/// whole head once per pass; the f32 path keeps 64, and with it its exact summation order).
-const HEAD_ROWS_BF16: usize = 256;
+/// Rows of logits are computed in whole multiples of this many rows (the last `n % 64` rows apart),
+/// so results do not depend on how many rows one LM-head pass takes (see [`head_passes`]).
+const HEAD_ROW_UNIT: usize = 64;
+/// Bytes of logits one LM-head pass may hold: the `[T, vocab]` matrix never exists whole.
+const HEAD_PASS_BYTES: usize = 64 << 20;
+/// Most rows per LM-head pass. Each pass packs (and for 16-bit weights widens) the whole head
+/// once; at 64 rows that packing took as long as the product itself on SmolLM2's 49k-entry head.
+const HEAD_ROWS_MAX: usize = 512;
 
 /// Reusable scratch buffers, so a forward pass does not reallocate per block.
 #[derive(Default)]
@@ -195,12 +198,12 @@ impl Model {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let n_pred = targets.len();
         let bf16 = computes_in_bf16(self.precision());
-        let head_rows = if bf16 { HEAD_ROWS_BF16 } else { HEAD_ROWS };
         let nll = if bf16 { ops::nll_vectorised } else { ops::nll };
-        let mut logits = vec![0f32; head_rows * vocab];
+        let passes = head_passes(n_pred, vocab);
+        let most = passes.iter().map(|&(_, rows)| rows).max().unwrap_or(0);
+        let mut logits = vec![0f32; most * vocab];
         let mut nlls = vec![0f32; n_pred];
-        for start in (0..n_pred).step_by(head_rows) {
-            let rows = head_rows.min(n_pred - start);
+        for (start, rows) in passes {
             let out = &mut logits[..rows * vocab];
             self.head_rows(&hidden_states[start * hidden..(start + rows) * hidden], out);
             out.par_chunks(vocab)
@@ -216,6 +219,25 @@ impl Model {
         let h = self.final_hidden(ids, ws)?;
         Ok((self.nll_from_hidden(&h, ids), ids.len().saturating_sub(1)))
     }
+}
+
+/// The LM-head passes `(first row, rows)` over `n` rows of a `vocab`-wide head: as many whole
+/// [`HEAD_ROW_UNIT`]s per pass as [`HEAD_PASS_BYTES`] allow (at most [`HEAD_ROWS_MAX`] rows), then
+/// the last `n % HEAD_ROW_UNIT` rows alone. A row's logits depend only on whether its pass has more
+/// than the GEMM's GEMV threshold of rows, and every pass but that last one has at least a unit:
+/// so each row's result is the same as with one unit per pass.
+fn head_passes(n: usize, vocab: usize) -> Vec<(usize, usize)> {
+    let fit = HEAD_PASS_BYTES / (vocab.max(1) * std::mem::size_of::<f32>());
+    let per_pass = (fit / HEAD_ROW_UNIT).clamp(1, HEAD_ROWS_MAX / HEAD_ROW_UNIT) * HEAD_ROW_UNIT;
+    let body = n - n % HEAD_ROW_UNIT;
+    let mut passes: Vec<_> = (0..body)
+        .step_by(per_pass)
+        .map(|start| (start, per_pass.min(body - start)))
+        .collect();
+    if body < n {
+        passes.push((body, n - body));
+    }
+    passes
 }
 
 /// `x += [post_norm](o_proj(attention(rope(qkv(norm(x))))))`; with a cache, `x` continues the cached sequence.
@@ -423,4 +445,54 @@ fn add_residual(
         ops::rms_norm_rows(branch, w, offset, eps);
     }
     ops::add_in_place(x, branch);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_passes_cover_rows_in_whole_units_then_the_tail() {
+        for (n, vocab) in [(2047, 49_152), (200, 317), (64, 317), (5, 262_144), (0, 10)] {
+            let passes = head_passes(n, vocab);
+            let mut next = 0;
+            for (i, &(start, rows)) in passes.iter().enumerate() {
+                assert_eq!(start, next, "n={n}: passes must be consecutive");
+                assert!(rows > 0 && rows <= HEAD_ROWS_MAX);
+                let last = i + 1 == passes.len();
+                assert!(rows.is_multiple_of(HEAD_ROW_UNIT) || (last && rows == n % HEAD_ROW_UNIT));
+                assert!(rows * vocab * 4 <= HEAD_PASS_BYTES.max(HEAD_ROW_UNIT * vocab * 4));
+                next += rows;
+            }
+            assert_eq!(next, n);
+        }
+        // SmolLM2's head: 320 rows per pass (63 MB of logits), the last 63 rows alone.
+        assert_eq!(head_passes(2047, 49_152)[..2], [(0, 320), (320, 320)]);
+        assert_eq!(head_passes(2047, 49_152).last(), Some(&(1984, 63)));
+    }
+
+    #[test]
+    fn nlls_equal_those_of_one_unit_per_pass_bit_for_bit() {
+        // 200 rows = three units and an 8-row tail, which takes the GEMM's GEMV path: the passes
+        // must keep exactly the rows that path sees.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama");
+        let model = Model::load(&dir).unwrap();
+        let (hidden, vocab) = (model.config.hidden, model.config.vocab);
+        let n = 200;
+        let ids: Vec<u32> = (0..=n as u32).map(|i| (i * 37 + 11) % vocab as u32).collect();
+        let mut ws = Workspace::default();
+        let h = model.final_hidden(&ids[..n], &mut ws).unwrap();
+        let got = model.target_nlls(&h, &ids[1..]);
+        let mut want = Vec::new();
+        for start in (0..n).step_by(HEAD_ROW_UNIT) {
+            let rows = HEAD_ROW_UNIT.min(n - start);
+            let mut logits = vec![0f32; rows * vocab];
+            model.head_rows(&h[start * hidden..(start + rows) * hidden], &mut logits);
+            for (r, row) in logits.chunks(vocab).enumerate() {
+                want.push(ops::nll(row, ids[start + r + 1] as usize));
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+    }
 }
