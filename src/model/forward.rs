@@ -198,7 +198,6 @@ impl Model {
         let (hidden, vocab) = (self.config.hidden, self.config.vocab);
         let n_pred = targets.len();
         let bf16 = computes_in_bf16(self.precision());
-        let nll = if bf16 { ops::nll_vectorised } else { ops::nll };
         let passes = head_passes(n_pred, vocab);
         let most = passes.iter().map(|&(_, rows)| rows).max().unwrap_or(0);
         let mut logits = vec![0f32; most * vocab];
@@ -206,10 +205,8 @@ impl Model {
         for (start, rows) in passes {
             let out = &mut logits[..rows * vocab];
             self.head_rows(&hidden_states[start * hidden..(start + rows) * hidden], out);
-            out.par_chunks(vocab)
-                .zip(&mut nlls[start..start + rows])
-                .enumerate()
-                .for_each(|(r, (row, out))| *out = nll(row, targets[start + r] as usize));
+            let span = start..start + rows;
+            ops::nll_rows(out, vocab, &targets[span.clone()], &mut nlls[span], bf16);
         }
         nlls
     }
@@ -479,7 +476,9 @@ mod tests {
         let model = Model::load(&dir).unwrap();
         let (hidden, vocab) = (model.config.hidden, model.config.vocab);
         let n = 200;
-        let ids: Vec<u32> = (0..=n as u32).map(|i| (i * 37 + 11) % vocab as u32).collect();
+        let ids: Vec<u32> = (0..=n as u32)
+            .map(|i| (i * 37 + 11) % vocab as u32)
+            .collect();
         let mut ws = Workspace::default();
         let h = model.final_hidden(&ids[..n], &mut ws).unwrap();
         let got = model.target_nlls(&h, &ids[1..]);

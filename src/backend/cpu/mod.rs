@@ -5,6 +5,8 @@ mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod exact_exp;
 pub mod gemm;
 pub(crate) mod isa;
 pub mod ops;

@@ -111,7 +111,10 @@ pub fn gated_activation(
     vector_exp: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    let vector_exp = vector_exp && super::isa::detected_isa() == super::isa::Isa::Avx512;
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = super::isa::detected_isa() == super::isa::Isa::Avx512;
+    #[cfg(target_arch = "x86_64")]
+    let vector_exp = vector_exp && avx512;
     out.par_chunks_mut(width)
         .zip(gate_up.par_chunks(2 * width))
         .for_each(|(o, gu)| {
@@ -119,7 +122,10 @@ pub fn gated_activation(
             match act {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512 was detected.
-                Activation::Silu if vector_exp => unsafe { silu_mul_avx512(gate, up, o) },
+                Activation::Silu if vector_exp => unsafe { silu_mul_avx512::<false>(gate, up, o) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512 was detected.
+                Activation::Silu if avx512 => unsafe { silu_mul_avx512::<true>(gate, up, o) },
                 Activation::Silu => {
                     for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
                         *o = g / (1.0 + (-g).exp()) * u;
@@ -136,22 +142,30 @@ pub fn gated_activation(
         });
 }
 
-/// `o = silu(g) * u` element-wise with the 16-lane exponential.
+/// `o = silu(g) * u` element-wise, 16 lanes at a time: with libm's `expf` bit for bit (`EXACT`,
+/// the f32 path) or with the faster approximate exponential (the bf16 path).
 ///
 /// # Safety
 /// AVX-512F present; `up` and `o` are as long as `gate`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], o: &mut [f32]) {
+unsafe fn silu_mul_avx512<const EXACT: bool>(gate: &[f32], up: &[f32], o: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(up.len() >= gate.len() && o.len() >= gate.len());
     let one = _mm512_set1_ps(1.0);
+    let table = super::exact_exp::ExpTable::load();
     for start in (0..gate.len()).step_by(16) {
         let n = (gate.len() - start).min(16);
         let mask: __mmask16 = (1u32 << n).wrapping_sub(1) as u16;
         let g = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(start));
         let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(start));
-        let e = super::attention::exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let minus_g = _mm512_sub_ps(_mm512_setzero_ps(), g);
+        let e = if EXACT {
+            super::exact_exp::exp16(table, minus_g)
+        } else {
+            super::attention::exp512(minus_g)
+        };
+        // The scalar form's operations in its order: g / (1 + e) * u.
         let silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
         _mm512_mask_storeu_ps(o.as_mut_ptr().add(start), mask, _mm512_mul_ps(silu, u));
     }
@@ -194,12 +208,7 @@ pub fn nll_vectorised(logits: &[f32], target: usize) -> f32 {
 unsafe fn log_sum_exp_avx512(logits: &[f32]) -> f64 {
     use crate::backend::cpu::attention::softmax::exp512_nonpositive;
     use std::arch::x86_64::*;
-    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-    for chunk in logits.chunks(16) {
-        let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as u16;
-        vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask, chunk.as_ptr()));
-    }
-    let max = _mm512_reduce_max_ps(vmax);
+    let max = max_avx512(logits);
     let vm = _mm512_set1_ps(max);
     let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
     for chunk in logits.chunks(16) {
@@ -217,8 +226,95 @@ unsafe fn log_sum_exp_avx512(logits: &[f32]) -> f64 {
     max as f64 + _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)).ln()
 }
 
-/// `ln(sum(exp(logits)))`, accumulated in f64.
+/// The largest of `logits` (negative infinity when empty), 16 lanes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_avx512(logits: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+    for chunk in logits.chunks(16) {
+        let mask: __mmask16 = (1u32 << chunk.len()).wrapping_sub(1) as u16;
+        vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask, chunk.as_ptr()));
+    }
+    _mm512_reduce_max_ps(vmax)
+}
+
+/// [`log_sum_exp`] of `R` rows at once, bit for bit: the maxima and exponentials 16 lanes at a
+/// time (libm's exponentials, see `exact_exp`), each row's f64 sum in the same sequential order;
+/// the `R` sums are independent chains, so their additions overlap instead of waiting on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn log_sum_exp_exact_avx512<const R: usize>(rows: [&[f32]; R]) -> [f64; R] {
+    use super::exact_exp::{exp16, ExpTable};
+    use std::arch::x86_64::*;
+    let len = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == len));
+    let max = rows.map(|r| max_avx512(r));
+    let table = ExpTable::load();
+    let mut sums = [0f64; R];
+    let mut e = [[0f32; 16]; R];
+    for start in (0..len).step_by(16) {
+        let n = (len - start).min(16);
+        let mask: __mmask16 = (1u32 << n).wrapping_sub(1) as u16;
+        for r in 0..R {
+            let vm = _mm512_set1_ps(max[r]);
+            let x = _mm512_mask_loadu_ps(vm, mask, rows[r].as_ptr().add(start));
+            _mm512_storeu_ps(e[r].as_mut_ptr(), exp16(table, _mm512_sub_ps(x, vm)));
+        }
+        for i in 0..n {
+            for r in 0..R {
+                sums[r] += e[r][i] as f64;
+            }
+        }
+    }
+    std::array::from_fn(|r| max[r] as f64 + sums[r].ln())
+}
+
+/// Rows interleaved by the exact vectorised log-sum-exp (enough independent sums to fill the adders).
+const NLL_ROWS_AT_ONCE: usize = 8;
+
+/// NLL of `targets[r]` under each `vocab`-wide row `r` of `logits`, into `out[r]`, rows in
+/// parallel: bit for bit [`nll`] of each row, or [`nll_vectorised`] with `approx_exp`.
+pub fn nll_rows(logits: &[f32], vocab: usize, targets: &[u32], out: &mut [f32], approx_exp: bool) {
+    assert!(logits.len() == out.len() * vocab && targets.len() == out.len());
+    let group = NLL_ROWS_AT_ONCE;
+    out.par_chunks_mut(group)
+        .zip(logits.par_chunks(group * vocab))
+        .zip(targets.par_chunks(group))
+        .for_each(|((out, logits), targets)| {
+            #[cfg(target_arch = "x86_64")]
+            if !approx_exp
+                && out.len() == group
+                && super::isa::detected_isa() == super::isa::Isa::Avx512
+            {
+                let rows: [&[f32]; NLL_ROWS_AT_ONCE] =
+                    std::array::from_fn(|r| &logits[r * vocab..(r + 1) * vocab]);
+                // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F.
+                let lse = unsafe { log_sum_exp_exact_avx512(rows) };
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = (lse[r] - rows[r][targets[r] as usize] as f64) as f32;
+                }
+                return;
+            }
+            let nll = if approx_exp { nll_vectorised } else { nll };
+            for ((o, row), &t) in out.iter_mut().zip(logits.chunks(vocab)).zip(targets) {
+                *o = nll(row, t as usize);
+            }
+        });
+}
+
+/// `ln(sum(exp(logits)))`, accumulated in f64 (in order).
 fn log_sum_exp(logits: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::cpu::isa::detected_isa() == crate::backend::cpu::isa::Isa::Avx512 {
+        // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F.
+        return unsafe { log_sum_exp_exact_avx512([logits]) }[0];
+    }
+    log_sum_exp_scalar(logits)
+}
+
+/// [`log_sum_exp`] one element at a time: the reference the vectorised form must equal.
+fn log_sum_exp_scalar(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     max as f64 + sum.ln()
@@ -234,6 +330,7 @@ pub fn soft_cap(x: &mut [f32], cap: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::isa::{detected_isa, Isa};
     use crate::backend::cpu::test_util::fill;
 
     #[test]
@@ -246,6 +343,51 @@ mod tests {
                 (got - want).abs() <= 1e-6 * want.abs().max(1.0),
                 "target {target}: {got} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn f32_nll_and_silu_are_bit_for_bit_the_scalar_forms() {
+        if detected_isa() != Isa::Avx512 {
+            eprintln!("SKIPPED exact 16-lane expf in NLL and SiLU: this CPU has no AVX-512 (the scalar forms ran)");
+            return;
+        }
+        // Logits over a wide range, some rows with a tail that is not a multiple of 16.
+        for (len, seed, scale) in [
+            (49_157, 11, 40.0),
+            (1_000, 3, 3.0),
+            (17, 5, 100.0),
+            (1, 2, 1.0),
+        ] {
+            let logits: Vec<f32> = fill(len, seed).into_iter().map(|x| scale * x).collect();
+            let (got, want) = (log_sum_exp(&logits), log_sum_exp_scalar(&logits));
+            assert_eq!(got.to_bits(), want.to_bits(), "len {len}: {got} vs {want}");
+        }
+        // Rows eight at a time and the rest one at a time: each row's scalar NLL, bit for bit.
+        let (rows, vocab) = (19, 1_003);
+        let logits: Vec<f32> = fill(rows * vocab, 9).into_iter().map(|x| 30.0 * x).collect();
+        let targets: Vec<u32> = (0..rows as u32).map(|r| r * 51 % vocab as u32).collect();
+        let mut got = vec![0f32; rows];
+        nll_rows(&logits, vocab, &targets, &mut got, false);
+        for (r, row) in logits.chunks(vocab).enumerate() {
+            let want = (log_sum_exp_scalar(row) - row[targets[r] as usize] as f64) as f32;
+            assert_eq!(got[r].to_bits(), want.to_bits(), "row {r}");
+        }
+        // Gates from -120 to 120 (exp(-g) overflows and underflows at the ends), a ragged width.
+        let width = 1_003;
+        let gate: Vec<f32> = fill(2 * width, 7).into_iter().map(|x| 120.0 * x).collect();
+        let gate_up: Vec<f32> = gate.iter().flat_map(|&g| [g, 0.5 * g + 1.0]).collect();
+        let mut got = vec![0f32; 2 * width];
+        gated_activation(&gate_up, &mut got, width, Activation::Silu, false);
+        for (row, gu) in got.chunks(width).zip(gate_up.chunks(2 * width)) {
+            let (g, u) = gu.split_at(width);
+            for ((o, &g), &u) in row.iter().zip(g).zip(u) {
+                assert_eq!(
+                    o.to_bits(),
+                    (g / (1.0 + (-g).exp()) * u).to_bits(),
+                    "gate {g}"
+                );
+            }
         }
     }
 }
