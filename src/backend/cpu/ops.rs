@@ -261,9 +261,10 @@ unsafe fn log_sum_exp_exact_avx512<const R: usize>(rows: [&[f32]; R]) -> [f64; R
             let x = _mm512_mask_loadu_ps(vm, mask, rows[r].as_ptr().add(start));
             _mm512_storeu_ps(e[r].as_mut_ptr(), exp16(table, _mm512_sub_ps(x, vm)));
         }
+        // Element by element, the rows side by side: each row's sum stays in order.
         for i in 0..n {
-            for r in 0..R {
-                sums[r] += e[r][i] as f64;
+            for (sum, e) in sums.iter_mut().zip(&e) {
+                *sum += e[i] as f64;
             }
         }
     }
