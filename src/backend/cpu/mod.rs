@@ -16,8 +16,8 @@ mod out_ptr;
 mod test_util;
 
 /// True when matrices at `precision` are multiplied with bf16 operands (AMX or AVX512-BF16); the
-/// model then also takes the other bf16-only shortcuts (16-lane SiLU exponential, larger LM-head
-/// passes). False for the widening kernel, which is f32 math exactly.
+/// model then also takes the other bf16-only shortcut (SiLU and NLL with the approximate 16-lane
+/// exponential instead of libm's). False for the widening kernel, which is f32 math exactly.
 pub fn computes_in_bf16(precision: crate::weights::Precision) -> bool {
     precision == crate::weights::Precision::Bf16 && bf16_kernel() != Bf16Kernel::Widen
 }
