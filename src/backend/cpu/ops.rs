@@ -111,7 +111,6 @@ pub fn gated_activation(
     vector_exp: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    #[cfg(target_arch = "x86_64")]
     let avx512 = super::isa::detected_isa() == super::isa::Isa::Avx512;
     #[cfg(target_arch = "x86_64")]
     let vector_exp = vector_exp && avx512;
