@@ -152,17 +152,21 @@ unsafe fn silu_mul_avx512<const EXACT: bool>(gate: &[f32], up: &[f32], o: &mut [
     use std::arch::x86_64::*;
     assert!(up.len() >= gate.len() && o.len() >= gate.len());
     let one = _mm512_set1_ps(1.0);
-    let table = super::exact_exp::ExpTable::load();
+    // Only the exact form reads the table.
+    let table = if EXACT {
+        Some(super::exact_exp::ExpTable::load())
+    } else {
+        None
+    };
     for start in (0..gate.len()).step_by(16) {
         let n = (gate.len() - start).min(16);
         let mask: __mmask16 = (1u32 << n).wrapping_sub(1) as u16;
         let g = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(start));
         let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(start));
         let minus_g = _mm512_sub_ps(_mm512_setzero_ps(), g);
-        let e = if EXACT {
-            super::exact_exp::exp16(table, minus_g)
-        } else {
-            super::attention::exp512(minus_g)
+        let e = match table {
+            Some(table) => super::exact_exp::exp16(table, minus_g),
+            None => super::attention::exp512(minus_g),
         };
         // The scalar form's operations in its order: g / (1 + e) * u.
         let silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
@@ -185,7 +189,12 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 /// summed in f64. A sequential f32 sum over a large vocabulary drops the many terms smaller than half
 /// an ulp of the running sum and so under-estimates it (SmolLM2: perplexity 1.2e-4 too low).
 pub fn nll(logits: &[f32], target: usize) -> f32 {
-    (log_sum_exp(logits) - logits[target] as f64) as f32
+    nll_from_log_sum_exp(log_sum_exp(logits), logits, target)
+}
+
+/// The NLL of `target` given the row's log-sum-exp: the one rounding every NLL form shares.
+fn nll_from_log_sum_exp(lse: f64, logits: &[f32], target: usize) -> f32 {
+    (lse - logits[target] as f64) as f32
 }
 
 /// [`nll`] with 16-lane exponentials (relative error about 1.3e-7 each, summed in f64) where the CPU
@@ -196,7 +205,7 @@ pub fn nll_vectorised(logits: &[f32], target: usize) -> f32 {
     if crate::backend::cpu::isa::detected_isa() == crate::backend::cpu::isa::Isa::Avx512 {
         // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F, AVX2 and FMA.
         let lse = unsafe { log_sum_exp_avx512(logits) };
-        return (lse - logits[target] as f64) as f32;
+        return nll_from_log_sum_exp(lse, logits, target);
     }
     nll(logits, target)
 }
@@ -292,7 +301,7 @@ pub fn nll_rows(logits: &[f32], vocab: usize, targets: &[u32], out: &mut [f32], 
                 // SAFETY: the Avx512 ISA is only detected on CPUs with AVX-512F.
                 let lse = unsafe { log_sum_exp_exact_avx512(rows) };
                 for (r, o) in out.iter_mut().enumerate() {
-                    *o = (lse[r] - rows[r][targets[r] as usize] as f64) as f32;
+                    *o = nll_from_log_sum_exp(lse[r], rows[r], targets[r] as usize);
                 }
                 return;
             }
@@ -365,7 +374,10 @@ mod tests {
         }
         // Rows eight at a time and the rest one at a time: each row's scalar NLL, bit for bit.
         let (rows, vocab) = (19, 1_003);
-        let logits: Vec<f32> = fill(rows * vocab, 9).into_iter().map(|x| 30.0 * x).collect();
+        let logits: Vec<f32> = fill(rows * vocab, 9)
+            .into_iter()
+            .map(|x| 30.0 * x)
+            .collect();
         let targets: Vec<u32> = (0..rows as u32).map(|r| r * 51 % vocab as u32).collect();
         let mut got = vec![0f32; rows];
         nll_rows(&logits, vocab, &targets, &mut got, false);
