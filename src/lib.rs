@@ -18,6 +18,7 @@ pub mod gguf;
 pub mod gpu_model;
 pub mod limits;
 pub mod model;
+pub mod parallel;
 pub mod progress;
 pub mod prune;
 pub mod tokenizer;

@@ -269,3 +269,88 @@ fn prune_refuses_an_unknown_architecture_and_writes_nothing() {
     );
     assert!(!out_dir.exists());
 }
+
+/// Runs `f` on a rayon pool of `threads` threads (the engine reads its thread count from the pool).
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Stage 2 scores its candidates side by side, each bypassing its submodule in a shared model: each
+/// perplexity must be, bit for bit, that of the model with the submodule taken out, evaluated one
+/// window after another on one thread. Llama and Gemma-3 (sliding-window attention), two windows.
+#[test]
+fn candidates_scored_side_by_side_equal_each_part_taken_out() {
+    use twossp_engine::engine::{Engine, SubModule};
+    use twossp_engine::prune::stage2::Suffix;
+    for fixture in ["llama", "gemma3"] {
+        let dir = common::fixtures().join(fixture);
+        let windows = common::calibration(&dir, 64);
+        let w: Vec<&[u32]> = windows.iter().take(2).map(Vec::as_slice).collect();
+        assert_eq!(w.len(), 2);
+        let mut shared = Model::load(&dir).unwrap();
+        let n_blocks = shared.blocks.len();
+        let skips: Vec<_> = [SubModule::Attention, SubModule::Mlp]
+            .into_iter()
+            .flat_map(|part| (0..n_blocks).map(move |i| Some((part, i))))
+            .chain([None])
+            .collect();
+        let side_by_side = on_threads(4, || {
+            assert!(
+                shared.concurrent_passes(skips.len(), 64) > 1,
+                "{fixture}: no concurrency"
+            );
+            let mut suffix = Suffix::new(&mut shared, &w).unwrap();
+            let done = indicatif::ProgressBar::hidden();
+            suffix.ppl_without_each_part(&skips, &done).unwrap()
+        });
+        let mut model = Model::load(&dir).unwrap();
+        for (skip, got) in skips.iter().zip(&side_by_side) {
+            let want = on_threads(1, || match *skip {
+                Some((SubModule::Attention, i)) => {
+                    let held = model.take_attention(i);
+                    let ppl = model.perplexity(&w, "one by one").unwrap();
+                    model.restore_attention(i, held);
+                    ppl
+                }
+                Some((SubModule::Mlp, i)) => {
+                    let held = model.take_ffn(i);
+                    let ppl = model.perplexity(&w, "one by one").unwrap();
+                    model.restore_ffn(i, held);
+                    ppl
+                }
+                None => model.perplexity(&w, "one by one").unwrap(),
+            });
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{fixture} {skip:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+/// Stage 1's scores and a perplexity over several windows, computed with windows side by side on
+/// four threads, equal one window after another on one thread bit for bit.
+#[test]
+fn side_by_side_windows_give_the_sequential_scores_and_perplexity() {
+    use twossp_engine::engine::Engine;
+    let dir = common::fixtures().join("gemma3");
+    let windows = common::calibration(&dir, 64);
+    let w: Vec<&[u32]> = windows.iter().take(5).map(Vec::as_slice).collect();
+    assert_eq!(w.len(), 5);
+    let model = Model::load(&dir).unwrap();
+    let run = |threads| {
+        on_threads(threads, || {
+            let scores = model.score_neurons(&w).unwrap();
+            let ppl = twossp_engine::eval::perplexity::perplexity(&model, &w, "t").unwrap();
+            (scores, ppl.mean_nll.to_bits(), ppl.predicted_tokens)
+        })
+    };
+    let (one, four) = (run(1), run(4));
+    assert!(on_threads(4, || model.concurrent_passes(w.len(), 64)) > 1);
+    assert_eq!(one, four);
+}

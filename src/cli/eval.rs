@@ -4,7 +4,7 @@ use super::device::{random_windows, Backend, DeviceArgs};
 use super::output::{print_json, print_table};
 use crate::data::Corpus;
 use crate::engine::Engine;
-use crate::eval::perplexity::{perplexity_with, Perplexity};
+use crate::eval::perplexity::{perplexity, Perplexity};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -80,14 +80,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// Perplexity of every file of `args` (or of random tokens) on `model`, printed.
 fn evaluate<E: Engine>(args: &EvalArgs, backend: &Backend, model: E) -> Result<()> {
-    let mut ws = model.workspace(args.seq_len, args.seq_len)?;
     let mut rows = Vec::new();
     if let Some(config) = &args.device.synthetic_weights {
         let vocab = model.config().vocab;
         let n = args.max_windows.unwrap_or(8);
         let windows = random_windows(n, args.seq_len, vocab, args.device.synthetic_seed);
         let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-        let result = perplexity_with(&refs, "random tokens", |w| model.window_nll(&mut ws, w))?;
+        let result = perplexity(&model, &refs, "random tokens")?;
         rows.push(Row {
             dataset: "random-tokens".into(),
             file: config.clone(),
@@ -105,7 +104,7 @@ fn evaluate<E: Engine>(args: &EvalArgs, backend: &Backend, model: E) -> Result<(
             let dataset = file
                 .file_stem()
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            let result = perplexity_with(&windows, &dataset, |w| model.window_nll(&mut ws, w))?;
+            let result = perplexity(&model, &windows, &dataset)?;
             rows.push(Row {
                 dataset,
                 file: file.clone(),

@@ -2,7 +2,6 @@
 //! tasks, on any backend.
 
 use crate::engine::{Engine, EngineJob};
-use crate::eval::perplexity::perplexity_with;
 use crate::eval::tasks::{score_docs, Doc, TaskSpec};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -77,24 +76,16 @@ impl EngineJob for Evaluate<'_> {
     type Output = Scores;
 
     fn run<E: Engine>(self, model: E) -> Result<Scores> {
-        let longest = self
-            .corpora
-            .iter()
-            .flat_map(|c| c.windows.iter().map(Vec::len))
-            .max()
-            .unwrap_or(1);
-        let mut ws = model.workspace(longest, longest)?;
         let mut perplexity = Vec::new();
         for corpus in self.corpora {
             let windows: Vec<&[u32]> = corpus.windows.iter().map(Vec::as_slice).collect();
-            let result = perplexity_with(&windows, &corpus.name, |w| model.window_nll(&mut ws, w))?;
+            let result = crate::eval::perplexity::perplexity(&model, &windows, &corpus.name)?;
             perplexity.push(CorpusScore {
                 corpus: corpus.name.clone(),
                 ppl: result.ppl,
                 windows: result.windows,
             });
         }
-        drop(ws);
         let mut tasks = Vec::new();
         for task in self.tasks {
             let r = score_docs(

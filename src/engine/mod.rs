@@ -20,12 +20,13 @@ pub enum SubModule {
     Mlp,
 }
 
-/// What prune and eval need from a loaded model, on any backend.
-pub trait Engine {
+/// What prune and eval need from a loaded model, on any backend. A model is shared between threads
+/// only by reference (`&self` passes never change it), each pass with its own workspace.
+pub trait Engine: Sync {
     /// A residual stream `[tokens, hidden]` kept aside between blocks (host memory or a device buffer).
-    type Hidden;
+    type Hidden: Send + Sync;
     /// Scratch of one forward pass; it holds the live residual stream.
-    type Workspace;
+    type Workspace: Send;
     /// An attention submodule held out while a model without it is evaluated.
     type Attention;
     /// An FFN (MLP) submodule held out while a model without it is evaluated.
@@ -47,8 +48,20 @@ pub trait Engine {
     fn workspace(&self, max_tokens: usize, positions: usize) -> Result<Self::Workspace>;
     /// Writes the embeddings of `ids` into the workspace's residual stream.
     fn embed(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<()>;
-    /// Runs blocks `range` over the first `n` rows of the workspace's residual stream.
-    fn run_blocks(&self, ws: &mut Self::Workspace, n: usize, range: Range<usize>) -> Result<()>;
+    /// Runs blocks `range` over the first `n` rows of the workspace's residual stream, skipping the
+    /// submodule `bypass` names (block `i`'s `part`) as if it were removed.
+    fn run_blocks_bypassing(
+        &self,
+        ws: &mut Self::Workspace,
+        n: usize,
+        range: Range<usize>,
+        bypass: Option<(SubModule, usize)>,
+    ) -> Result<()>;
+    /// How many independent passes of `tokens` tokens run side by side best, each in its own
+    /// workspace, when `passes` are waiting (1: one after the other, each using the whole machine).
+    fn concurrent_passes(&self, _passes: usize, _tokens: usize) -> usize {
+        1
+    }
     /// A copy of the first `n` rows of the residual stream.
     fn save_hidden(&self, ws: &Self::Workspace, n: usize) -> Result<Self::Hidden>;
     /// Overwrites `dst` with the first `n` rows of the residual stream.
@@ -129,6 +142,11 @@ pub trait Engine {
         self.config().params_total()
     }
 
+    /// Runs blocks `range` over the first `n` rows of the workspace's residual stream.
+    fn run_blocks(&self, ws: &mut Self::Workspace, n: usize, range: Range<usize>) -> Result<()> {
+        self.run_blocks_bypassing(ws, n, range, None)
+    }
+
     /// Sum of the next-token NLLs of `ids` from the residual stream after the last block
     /// (accumulated in f64).
     fn nll_from_hidden(&self, ws: &mut Self::Workspace, ids: &[u32]) -> Result<f64> {
@@ -144,11 +162,11 @@ pub trait Engine {
     }
 
     /// Perplexity over `windows` (with a progress bar labelled `label`).
-    fn perplexity(&self, windows: &[&[u32]], label: &str) -> Result<f64> {
-        let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
-        let mut ws = self.workspace(longest, longest)?;
-        crate::eval::perplexity::perplexity_with(windows, label, |w| self.window_nll(&mut ws, w))
-            .map(|p| p.ppl)
+    fn perplexity(&self, windows: &[&[u32]], label: &str) -> Result<f64>
+    where
+        Self: Sized,
+    {
+        crate::eval::perplexity::perplexity(self, windows, label).map(|p| p.ppl)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Perplexity with the reference protocol: mean next-token NLL per window, token-weighted, exp.
 
-use crate::model::{Model, Workspace};
-use crate::progress;
+use crate::engine::Engine;
+use crate::{parallel, progress};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -25,30 +25,30 @@ pub struct Perplexity {
     pub tokens_per_second: f64,
 }
 
-/// Evaluates `windows` (each `seq_len` ids) on the CPU and returns the perplexity, showing progress on stderr.
-pub fn perplexity(model: &Model, windows: &[&[u32]], label: &str) -> Result<Perplexity> {
-    let mut ws = Workspace::default();
-    perplexity_with(windows, label, |w| model.window_nll(w, &mut ws))
-}
-
-/// Perplexity from any backend: `window_nll` returns a window's summed NLL and predicted-token count.
-pub fn perplexity_with(
-    windows: &[&[u32]],
-    label: &str,
-    mut window_nll: impl FnMut(&[u32]) -> Result<(f64, usize)>,
-) -> Result<Perplexity> {
+/// Perplexity of `model` (any backend) over `windows`, showing progress on stderr. Windows run side
+/// by side where the backend gains from it ([`Engine::concurrent_passes`]); their NLLs are summed
+/// in window order, so the result is what one window after another gives, bit for bit.
+pub fn perplexity<E: Engine>(model: &E, windows: &[&[u32]], label: &str) -> Result<Perplexity> {
     let seq_len = windows.first().map_or(0, |w| w.len());
+    let longest = windows.iter().map(|w| w.len()).max().unwrap_or(1);
+    let passes = model.concurrent_passes(windows.len(), longest);
+    let mut workspaces = (0..passes)
+        .map(|_| model.workspace(longest, longest))
+        .collect::<Result<Vec<_>>>()?;
     let bar = progress::bar(windows.len() as u64, &format!("eval {label}"));
     let start = Instant::now();
-    let (mut total, mut count) = (0f64, 0usize);
-    for w in windows {
-        let (nll, n) = window_nll(w)?;
-        total += nll;
-        count += n;
+    let per_window = parallel::map_tasks(&mut workspaces, windows.len(), |ws, i| {
+        let nll = model.window_nll(ws, windows[i]);
         bar.inc(1);
-    }
+        nll
+    })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    let (mut total, mut count) = (0f64, 0usize);
+    for (nll, n) in per_window {
+        total += nll;
+        count += n;
+    }
     let mean_nll = total / count.max(1) as f64;
     Ok(Perplexity {
         windows: windows.len(),

@@ -4,7 +4,7 @@
 use super::{FfnStats, GpuAttention, GpuFfn, GpuKvCache, GpuModel, GpuWorkspace};
 use crate::backend::cuda::GpuBuffer;
 use crate::config::ModelConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, SubModule};
 use crate::progress;
 use crate::prune::stage1::NeuronScores;
 use crate::weights::Precision;
@@ -43,8 +43,14 @@ impl Engine for GpuModel {
         GpuModel::embed(self, ws, ids)
     }
 
-    fn run_blocks(&self, ws: &mut GpuWorkspace, n: usize, range: Range<usize>) -> Result<()> {
-        GpuModel::run_blocks(self, ws, n, range, None, None)
+    fn run_blocks_bypassing(
+        &self,
+        ws: &mut GpuWorkspace,
+        n: usize,
+        range: Range<usize>,
+        bypass: Option<(SubModule, usize)>,
+    ) -> Result<()> {
+        GpuModel::run_blocks(self, ws, n, range, None, None, bypass)
     }
 
     fn save_hidden(&self, ws: &GpuWorkspace, n: usize) -> Result<GpuBuffer<f32>> {
@@ -94,6 +100,7 @@ impl Engine for GpuModel {
                 0..self.blocks.len(),
                 None,
                 Some(&stats),
+                None,
             )?;
             self.gpu.sync()?;
             bar.inc(1);

@@ -8,6 +8,7 @@ use crate::backend::cuda::kernels::{
 };
 use crate::backend::cuda::GpuBuffer;
 use crate::config::rope::RopeSpec;
+use crate::engine::SubModule;
 use anyhow::{bail, Result};
 
 /// Most key splits decoding attention may use (its scratch is sized for this many).
@@ -232,6 +233,7 @@ impl GpuModel {
         range: std::ops::Range<usize>,
         mut cache: Option<&mut GpuKvCache>,
         stats: Option<&FfnStats>,
+        bypass: Option<(SubModule, usize)>,
     ) -> Result<()> {
         let first = cache.as_ref().map_or(0, |c| c.len);
         if first + n > ws.positions || cache.as_ref().is_some_and(|c| first + n > c.capacity) {
@@ -243,7 +245,11 @@ impl GpuModel {
         }
         for i in range {
             let block = &self.blocks[i];
-            if let Some(att) = &block.attention {
+            let attention = block.attention.as_ref();
+            let ffn = block.ffn.as_ref();
+            let attention = attention.filter(|_| bypass != Some((SubModule::Attention, i)));
+            let ffn = ffn.filter(|_| bypass != Some((SubModule::Mlp, i)));
+            if let Some(att) = attention {
                 let kv = match cache.as_mut() {
                     Some(c) => {
                         let (k, v) = c.layers[i].as_ref().expect("cache matches the model");
@@ -261,7 +267,7 @@ impl GpuModel {
                 };
                 self.attention_forward(att, ws, n, &kv)?;
             }
-            if let Some(ffn) = &block.ffn {
+            if let Some(ffn) = ffn {
                 self.ffn_forward(ffn, ws, n, stats.map(|s| (s, i)))?;
             }
         }
@@ -516,7 +522,7 @@ impl GpuModel {
         cache: &mut GpuKvCache,
     ) -> Result<()> {
         self.embed(ws, ids)?;
-        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None)
+        self.run_blocks(ws, ids.len(), 0..self.blocks.len(), Some(cache), None, None)
     }
 
     /// Logits `[rows, vocab]` of rows `first..first + rows` of the residual stream, on the host

@@ -3,7 +3,7 @@
 
 use crate::backend::cuda::Gpu;
 use crate::config::ModelConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, SubModule};
 use crate::prune::stage1::NeuronScores;
 use crate::weights::Precision;
 use anyhow::Result;
@@ -58,7 +58,13 @@ impl Engine for GpuModel {
     fn embed(&self, _: &mut Infallible, _: &[u32]) -> Result<()> {
         match *self {}
     }
-    fn run_blocks(&self, _: &mut Infallible, _: usize, _: Range<usize>) -> Result<()> {
+    fn run_blocks_bypassing(
+        &self,
+        _: &mut Infallible,
+        _: usize,
+        _: Range<usize>,
+        _: Option<(SubModule, usize)>,
+    ) -> Result<()> {
         match *self {}
     }
     fn save_hidden(&self, _: &Infallible, _: usize) -> Result<Infallible> {

@@ -2,11 +2,16 @@
 
 use super::{Attention, Ffn, KvCache, Model, Workspace};
 use crate::config::ModelConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, SubModule};
 use crate::prune::stage1::{self, NeuronScores};
 use crate::weights::Precision;
 use anyhow::Result;
 use std::ops::Range;
+
+/// Activation memory the side-by-side passes of [`Engine::concurrent_passes`] may take together:
+/// small models (whose single pass cannot keep every core busy) get one pass per thread, a 7B
+/// model's 2048-token pass (about 0.7 GB) runs alone and splits its products across the threads.
+const CONCURRENT_PASS_BYTES: u64 = 1 << 30;
 
 /// The CPU forward pass's scratch plus the live residual stream.
 #[derive(Default)]
@@ -48,10 +53,26 @@ impl Engine for Model {
         Ok(())
     }
 
-    fn run_blocks(&self, ws: &mut CpuWorkspace, n: usize, range: Range<usize>) -> Result<()> {
+    fn run_blocks_bypassing(
+        &self,
+        ws: &mut CpuWorkspace,
+        n: usize,
+        range: Range<usize>,
+        bypass: Option<(SubModule, usize)>,
+    ) -> Result<()> {
         let rows = n * self.config.hidden;
-        Model::run_blocks(self, &mut ws.x[..rows], range, &mut ws.scratch, None);
+        let x = &mut ws.x[..rows];
+        Model::run_blocks_cached(self, x, range, &mut ws.scratch, None, None, bypass);
         Ok(())
+    }
+
+    fn concurrent_passes(&self, passes: usize, tokens: usize) -> usize {
+        let per_pass = self.pass_bytes(tokens).max(1);
+        let fit = (CONCURRENT_PASS_BYTES / per_pass).max(1);
+        passes
+            .min(rayon::current_num_threads())
+            .min(fit as usize)
+            .max(1)
     }
 
     fn save_hidden(&self, ws: &CpuWorkspace, n: usize) -> Result<Vec<f32>> {
@@ -171,6 +192,7 @@ impl Engine for Model {
             &mut ws.scratch,
             None,
             Some(cache),
+            None,
         );
         cache.advance(ids.len());
         Ok(())

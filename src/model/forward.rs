@@ -7,6 +7,7 @@ use crate::backend::cpu::computes_in_bf16;
 use crate::backend::cpu::ops::{self, RopeTable};
 use crate::config::rope::RopeSpec;
 use crate::config::ModelConfig;
+use crate::engine::SubModule;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -34,6 +35,23 @@ pub struct Workspace {
     shortcut_in: Vec<f32>,
     shortcut_out: Vec<f32>,
     ropes: Vec<(RopeSpec, RopeTable)>,
+}
+
+impl Model {
+    /// Bytes one forward pass of `tokens` tokens holds beside the weights, at most: the residual
+    /// stream, the workspace's buffers for the widest block, and one LM-head pass of logits.
+    pub(crate) fn pass_bytes(&self, tokens: usize) -> u64 {
+        let blocks = &self.config.blocks;
+        let ffn = blocks.iter().map(|b| b.ffn_width).max().unwrap_or(0);
+        let attention = blocks
+            .iter()
+            .filter_map(|b| b.attention.as_ref())
+            .map(|a| 2 * (a.q_dim() + 2 * a.kv_dim()) + a.q_dim())
+            .max()
+            .unwrap_or(0);
+        let floats_per_token = 5 * self.config.hidden + attention + 3 * ffn;
+        (tokens * floats_per_token * std::mem::size_of::<f32>() + HEAD_PASS_BYTES) as u64
+    }
 }
 
 /// Resizes `buf` to `len` without caring about its contents.
@@ -103,10 +121,11 @@ impl Model {
         ws: &mut Workspace,
         observer: Option<&mut FfnObserver<'_>>,
     ) {
-        self.run_blocks_cached(x, range, ws, observer, None);
+        self.run_blocks_cached(x, range, ws, observer, None, None);
     }
 
-    /// Like [`Model::run_blocks`], continuing the sequence held in `cache` when one is given.
+    /// Like [`Model::run_blocks`], continuing the sequence held in `cache` when one is given and
+    /// skipping the submodule `bypass` names as if it were removed.
     pub fn run_blocks_cached(
         &self,
         x: &mut [f32],
@@ -114,15 +133,20 @@ impl Model {
         ws: &mut Workspace,
         mut observer: Option<&mut FfnObserver<'_>>,
         mut cache: Option<&mut KvCache>,
+        bypass: Option<(SubModule, usize)>,
     ) {
         let n = x.len() / self.config.hidden;
         for i in range {
             let block = &self.blocks[i];
-            if let Some(att) = &block.attention {
+            let attention = block.attention.as_ref();
+            let ffn = block.ffn.as_ref();
+            let attention = attention.filter(|_| bypass != Some((SubModule::Attention, i)));
+            let ffn = ffn.filter(|_| bypass != Some((SubModule::Mlp, i)));
+            if let Some(att) = attention {
                 let layer_cache = cache.as_mut().map(|c| c.layer(i));
                 attention_forward(&self.config, att, x, n, ws, layer_cache);
             }
-            if let Some(ffn) = &block.ffn {
+            if let Some(ffn) = ffn {
                 let obs = observer.as_mut().map(|o| &mut **o as &mut FfnObserver<'_>);
                 ffn_forward(&self.config, ffn, x, n, ws, i, obs);
             }

@@ -89,7 +89,7 @@ impl Model {
         ws: &mut super::Workspace,
     ) -> anyhow::Result<Vec<f32>> {
         let mut x = self.embed_tokens(ids)?;
-        self.run_blocks_cached(&mut x, 0..self.blocks.len(), ws, None, Some(cache));
+        self.run_blocks_cached(&mut x, 0..self.blocks.len(), ws, None, Some(cache), None);
         cache.advance(ids.len());
         let hidden = self.config.hidden;
         let last = &mut x[(ids.len() - 1) * hidden..];

@@ -11,7 +11,7 @@
 //! goes, then the MLP chosen the same way (ties: the lower index). Candidates are scored with
 //! stage 2's suffix evaluator, so a candidate in block `i` recomputes only blocks `i..L`.
 
-use super::stage2::Suffix;
+use super::stage2::{lowest, Suffix};
 use crate::engine::{Engine, SubModule};
 use crate::progress;
 use anyhow::Result;
@@ -106,18 +106,12 @@ pub fn blockpruner<E: Engine>(
     let mut steps = Vec::with_capacity(2 * n);
     for _ in 0..n {
         for part in [SubModule::Attention, SubModule::Mlp] {
-            let mut best: Option<(usize, f64)> = None;
             let present: Vec<usize> = (0..n_blocks)
                 .filter(|&i| suffix.has_part(part, i))
                 .collect();
-            for i in present {
-                let ppl = suffix.ppl_without_part(Some((part, i)))?;
-                if best.is_none_or(|(_, b)| ppl < b) {
-                    best = Some((i, ppl));
-                }
-                bar.inc(1);
-            }
-            let Some((block, ppl)) = best else {
+            let skips: Vec<_> = present.iter().map(|&i| Some((part, i))).collect();
+            let ppls = suffix.ppl_without_each_part(&skips, &bar)?;
+            let Some((block, ppl)) = lowest(&present, &ppls) else {
                 anyhow::bail!("BlockPruner: no {part:?} submodule is left to remove");
             };
             suffix.remove_part(part, block)?;

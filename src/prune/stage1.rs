@@ -1,13 +1,16 @@
 //! Stage 1: FFN neuron scores on the dense model (mean over samples of the per-sample L2 norm over tokens).
 
+use crate::engine::Engine;
 use crate::model::{Model, Workspace};
-use crate::progress;
+use crate::{parallel, progress};
 use rayon::prelude::*;
 
 /// Per-block neuron scores, `scores[block][neuron]`.
 pub type NeuronScores = Vec<Vec<f32>>;
 
-/// Scores every FFN neuron of every block on `samples` (one forward pass each, no LM head).
+/// Scores every FFN neuron of every block on `samples` (one forward pass each, no LM head). Samples
+/// run side by side where that gains ([`Engine::concurrent_passes`]); their norms are summed in
+/// sample order, so the scores are what one pass after another gives, bit for bit.
 pub fn score_neurons(model: &Model, samples: &[&[u32]]) -> anyhow::Result<NeuronScores> {
     let widths: Vec<usize> = model
         .blocks
@@ -16,17 +19,28 @@ pub fn score_neurons(model: &Model, samples: &[&[u32]]) -> anyhow::Result<Neuron
         .collect();
     let mut sums: Vec<Vec<f64>> = widths.iter().map(|&w| vec![0f64; w]).collect();
     let bar = progress::bar(samples.len() as u64, "stage 1");
-    let mut ws = Workspace::default();
-    for sample in samples {
-        let mut x = model.embed_tokens(sample)?;
-        let mut observe = |block: usize, act: &[f32]| {
-            let norms = column_l2_norms(act, widths[block]);
-            for (s, n) in sums[block].iter_mut().zip(norms) {
-                *s += n as f64;
+    let longest = samples.iter().map(|s| s.len()).max().unwrap_or(1);
+    let passes = model.concurrent_passes(samples.len(), longest);
+    let mut workspaces: Vec<Workspace> = (0..passes).map(|_| Workspace::default()).collect();
+    // A batch of samples at a time: only `passes` samples' norms are held at once.
+    for batch in samples.chunks(passes) {
+        let norms = parallel::map_tasks(&mut workspaces, batch.len(), |ws, s| {
+            let mut x = model.embed_tokens(batch[s])?;
+            let mut norms = vec![Vec::new(); widths.len()];
+            let mut observe = |block: usize, act: &[f32]| {
+                norms[block] = column_l2_norms(act, widths[block]);
+            };
+            model.run_blocks(&mut x, 0..model.blocks.len(), ws, Some(&mut observe));
+            bar.inc(1);
+            Ok(norms)
+        })?;
+        for sample in norms {
+            for (sum, block) in sums.iter_mut().zip(sample) {
+                for (s, n) in sum.iter_mut().zip(block) {
+                    *s += n as f64;
+                }
             }
-        };
-        model.run_blocks(&mut x, 0..model.blocks.len(), &mut ws, Some(&mut observe));
-        bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     let n = samples.len().max(1) as f64;

@@ -5,8 +5,10 @@
 
 use super::cache::{Stage2Journal, Stage2Progress};
 use crate::engine::{Engine, SubModule};
+use crate::parallel;
 use crate::progress;
 use anyhow::{bail, Result};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 /// What stage 2 decided and what it cost.
@@ -36,8 +38,10 @@ pub trait SuffixEvaluator {
     fn n_windows(&self) -> usize;
     /// Whether block `i` still has its attention.
     fn has_attention(&self, i: usize) -> bool;
-    /// Calibration perplexity with block `skip`'s attention bypassed (None: the model as it is).
-    fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64>;
+    /// Calibration perplexity with each `skips[c]`'s attention bypassed (None: the model as it
+    /// is), one result per entry; `done` advances as each is scored.
+    fn ppl_without_each(&mut self, skips: &[Option<usize>], done: &ProgressBar)
+        -> Result<Vec<f64>>;
     /// Removes block `i`'s attention for good and refreshes the cached inputs after it.
     fn remove(&mut self, i: usize) -> Result<()>;
 }
@@ -77,7 +81,7 @@ pub fn greedy_removal(
         None => {
             outcome.block_evals = (n_layers * n_windows) as u64;
             let p = Stage2Progress {
-                ppl_before: eval.ppl_without(None)?,
+                ppl_before: eval.ppl_without_each(&[None], &ProgressBar::hidden())?[0],
                 ..Default::default()
             };
             if let Some(j) = journal {
@@ -100,17 +104,14 @@ pub fn greedy_removal(
     let total_candidates: usize = searched.clone().map(|s| available - s).sum();
     let bar = progress::bar(total_candidates as u64, "stage 2");
     for _ in searched {
-        let mut best: Option<(usize, f64)> = None;
-        for i in candidates(&|i| eval.has_attention(i)) {
-            let ppl = eval.ppl_without(Some(i))?;
+        let present = candidates(&|i| eval.has_attention(i));
+        let skips: Vec<_> = present.iter().map(|&i| Some(i)).collect();
+        let ppls = eval.ppl_without_each(&skips, &bar)?;
+        for &i in &present {
             outcome.block_evals += ((n_layers - i) * n_windows) as u64;
             outcome.block_evals_reference += (n_layers * n_windows) as u64;
-            if best.is_none_or(|(_, b)| ppl < b) {
-                best = Some((i, ppl));
-            }
-            bar.inc(1);
         }
-        let (chosen, ppl) = best.expect("at least one candidate");
+        let (chosen, ppl) = lowest(&present, &ppls).expect("at least one candidate");
         eval.remove(chosen)?;
         outcome.removed.push(chosen);
         outcome.ppl_after.push(ppl);
@@ -124,6 +125,17 @@ pub fn greedy_removal(
     }
     bar.finish_and_clear();
     Ok(outcome)
+}
+
+/// The candidate with the lowest perplexity, ties to the earliest (the reference's strict `<`).
+pub(crate) fn lowest(candidates: &[usize], ppls: &[f64]) -> Option<(usize, f64)> {
+    let mut best: Option<(usize, f64)> = None;
+    for (&i, &ppl) in candidates.iter().zip(ppls) {
+        if best.is_none_or(|(_, b)| ppl < b) {
+            best = Some((i, ppl));
+        }
+    }
+    best
 }
 
 /// Whether a recorded search can be replayed on this model: distinct, removable blocks, one
@@ -148,11 +160,15 @@ fn replayable(
 
 /// The stage-2 evaluator of every backend: the residual stream entering each block of each window
 /// is kept (L + 1 entries per window, the last the output), so a candidate is scored by running only
-/// the blocks from it on, and a removal recomputes only the suffix after it.
+/// the blocks from it on, and a removal recomputes only the suffix after it. Candidates are scored
+/// side by side where the backend gains from it ([`Engine::concurrent_passes`]), each with its own
+/// workspace, the model shared unchanged (a candidate bypasses its submodule instead of taking it out).
 pub struct Suffix<'a, E: Engine> {
     model: &'a mut E,
-    ws: E::Workspace,
+    /// One workspace per pass that runs at once (the first also serves the sequential work).
+    workspaces: Vec<E::Workspace>,
     windows: &'a [&'a [u32]],
+    longest: usize,
     inputs: Vec<Vec<E::Hidden>>,
 }
 
@@ -179,8 +195,9 @@ impl<'a, E: Engine> Suffix<'a, E> {
         }
         Ok(Self {
             model,
-            ws,
+            workspaces: vec![ws],
             windows,
+            longest,
             inputs,
         })
     }
@@ -199,8 +216,16 @@ impl<E: Engine> SuffixEvaluator for Suffix<'_, E> {
         self.model.has_attention(i)
     }
 
-    fn ppl_without(&mut self, skip: Option<usize>) -> Result<f64> {
-        self.ppl_without_part(skip.map(|i| (SubModule::Attention, i)))
+    fn ppl_without_each(
+        &mut self,
+        skips: &[Option<usize>],
+        done: &ProgressBar,
+    ) -> Result<Vec<f64>> {
+        let skips: Vec<_> = skips
+            .iter()
+            .map(|s| s.map(|i| (SubModule::Attention, i)))
+            .collect();
+        self.ppl_without_each_part(&skips, done)
     }
 
     fn remove(&mut self, chosen: usize) -> Result<()> {
@@ -217,33 +242,25 @@ impl<E: Engine> Suffix<'_, E> {
         }
     }
 
-    /// Calibration perplexity with one block's `part` bypassed (None: the model as it is).
-    pub fn ppl_without_part(&mut self, skip: Option<(SubModule, usize)>) -> Result<f64> {
-        let n_blocks = self.model.n_blocks();
-        let first = skip.map_or(n_blocks, |(_, i)| i);
-        let (attention, ffn) = match skip {
-            Some((SubModule::Attention, i)) => (self.model.take_attention(i), None),
-            Some((SubModule::Mlp, i)) => (None, self.model.take_ffn(i)),
-            None => (None, None),
-        };
-        let result = (|| {
-            let (mut nll, mut count) = (0f64, 0usize);
-            for (cached, w) in self.inputs.iter().zip(self.windows) {
-                self.model
-                    .load_hidden(&mut self.ws, &cached[first], w.len())?;
-                self.model
-                    .run_blocks(&mut self.ws, w.len(), first..n_blocks)?;
-                nll += self.model.nll_from_hidden(&mut self.ws, w)?;
-                count += w.len() - 1;
-            }
-            Ok((nll / count as f64).exp())
-        })();
-        match skip {
-            Some((SubModule::Attention, i)) => self.model.restore_attention(i, attention),
-            Some((SubModule::Mlp, i)) => self.model.restore_ffn(i, ffn),
-            None => {}
+    /// Calibration perplexity with each `skips[c]` (a block's `part`) bypassed (None: the model as
+    /// it is), one result per entry, scored side by side where the backend gains from it; `done`
+    /// advances as each is scored. Each result is what scoring it alone gives, bit for bit.
+    pub fn ppl_without_each_part(
+        &mut self,
+        skips: &[Option<(SubModule, usize)>],
+        done: &ProgressBar,
+    ) -> Result<Vec<f64>> {
+        let passes = self.model.concurrent_passes(skips.len(), self.longest);
+        while self.workspaces.len() < passes {
+            let ws = self.model.workspace(self.longest, self.longest)?;
+            self.workspaces.push(ws);
         }
-        result
+        let (model, inputs, windows) = (&*self.model, &self.inputs, self.windows);
+        parallel::map_tasks(&mut self.workspaces[..passes], skips.len(), |ws, c| {
+            let ppl = ppl_bypassing(model, ws, inputs, windows, skips[c]);
+            done.inc(1);
+            ppl
+        })
     }
 
     /// Removes block `chosen`'s `part` for good and refreshes the cached inputs after it.
@@ -253,15 +270,36 @@ impl<E: Engine> Suffix<'_, E> {
             SubModule::Mlp => self.model.remove_ffn(chosen),
         }
         let n_blocks = self.model.n_blocks();
+        let ws = &mut self.workspaces[0];
         for (per_block, w) in self.inputs.iter_mut().zip(self.windows) {
-            self.model
-                .load_hidden(&mut self.ws, &per_block[chosen], w.len())?;
+            self.model.load_hidden(ws, &per_block[chosen], w.len())?;
             for j in chosen..n_blocks {
-                self.model.run_blocks(&mut self.ws, w.len(), j..j + 1)?;
+                self.model.run_blocks(ws, w.len(), j..j + 1)?;
                 self.model
-                    .store_hidden(&self.ws, &mut per_block[j + 1], w.len())?;
+                    .store_hidden(ws, &mut per_block[j + 1], w.len())?;
             }
         }
         Ok(())
     }
+}
+
+/// Calibration perplexity of `model` with `skip` bypassed, each window's suffix run from the cached
+/// input of the first block it changes (the windows' NLLs summed in order).
+fn ppl_bypassing<E: Engine>(
+    model: &E,
+    ws: &mut E::Workspace,
+    inputs: &[Vec<E::Hidden>],
+    windows: &[&[u32]],
+    skip: Option<(SubModule, usize)>,
+) -> Result<f64> {
+    let n_blocks = model.n_blocks();
+    let first = skip.map_or(n_blocks, |(_, i)| i);
+    let (mut nll, mut count) = (0f64, 0usize);
+    for (cached, w) in inputs.iter().zip(windows) {
+        model.load_hidden(ws, &cached[first], w.len())?;
+        model.run_blocks_bypassing(ws, w.len(), first..n_blocks, skip)?;
+        nll += model.nll_from_hidden(ws, w)?;
+        count += w.len() - 1;
+    }
+    Ok((nll / count as f64).exp())
 }
