@@ -245,10 +245,14 @@ impl GpuModel {
         }
         for i in range {
             let block = &self.blocks[i];
-            let attention = block.attention.as_ref();
-            let ffn = block.ffn.as_ref();
-            let attention = attention.filter(|_| bypass != Some((SubModule::Attention, i)));
-            let ffn = ffn.filter(|_| bypass != Some((SubModule::Mlp, i)));
+            let attention = block
+                .attention
+                .as_ref()
+                .filter(|_| bypass != Some((SubModule::Attention, i)));
+            let ffn = block
+                .ffn
+                .as_ref()
+                .filter(|_| bypass != Some((SubModule::Mlp, i)));
             if let Some(att) = attention {
                 let kv = match cache.as_mut() {
                     Some(c) => {

@@ -138,10 +138,14 @@ impl Model {
         let n = x.len() / self.config.hidden;
         for i in range {
             let block = &self.blocks[i];
-            let attention = block.attention.as_ref();
-            let ffn = block.ffn.as_ref();
-            let attention = attention.filter(|_| bypass != Some((SubModule::Attention, i)));
-            let ffn = ffn.filter(|_| bypass != Some((SubModule::Mlp, i)));
+            let attention = block
+                .attention
+                .as_ref()
+                .filter(|_| bypass != Some((SubModule::Attention, i)));
+            let ffn = block
+                .ffn
+                .as_ref()
+                .filter(|_| bypass != Some((SubModule::Mlp, i)));
             if let Some(att) = attention {
                 let layer_cache = cache.as_mut().map(|c| c.layer(i));
                 attention_forward(&self.config, att, x, n, ws, layer_cache);
