@@ -20,6 +20,18 @@ pub enum SubModule {
     Mlp,
 }
 
+impl SubModule {
+    /// `part`, this submodule of block `block`, unless `bypass` names it (a pass that skips it).
+    pub(crate) fn unless_bypassed<T>(
+        self,
+        part: Option<&T>,
+        block: usize,
+        bypass: Option<(SubModule, usize)>,
+    ) -> Option<&T> {
+        part.filter(|_| bypass != Some((self, block)))
+    }
+}
+
 /// What prune and eval need from a loaded model, on any backend. A model is shared between threads
 /// only by reference (`&self` passes never change it), each pass with its own workspace.
 pub trait Engine: Sync {

@@ -245,14 +245,9 @@ impl GpuModel {
         }
         for i in range {
             let block = &self.blocks[i];
-            let attention = block
-                .attention
-                .as_ref()
-                .filter(|_| bypass != Some((SubModule::Attention, i)));
-            let ffn = block
-                .ffn
-                .as_ref()
-                .filter(|_| bypass != Some((SubModule::Mlp, i)));
+            let attention =
+                SubModule::Attention.unless_bypassed(block.attention.as_ref(), i, bypass);
+            let ffn = SubModule::Mlp.unless_bypassed(block.ffn.as_ref(), i, bypass);
             if let Some(att) = attention {
                 let kv = match cache.as_mut() {
                     Some(c) => {

@@ -138,14 +138,9 @@ impl Model {
         let n = x.len() / self.config.hidden;
         for i in range {
             let block = &self.blocks[i];
-            let attention = block
-                .attention
-                .as_ref()
-                .filter(|_| bypass != Some((SubModule::Attention, i)));
-            let ffn = block
-                .ffn
-                .as_ref()
-                .filter(|_| bypass != Some((SubModule::Mlp, i)));
+            let attention =
+                SubModule::Attention.unless_bypassed(block.attention.as_ref(), i, bypass);
+            let ffn = SubModule::Mlp.unless_bypassed(block.ffn.as_ref(), i, bypass);
             if let Some(att) = attention {
                 let layer_cache = cache.as_mut().map(|c| c.layer(i));
                 attention_forward(&self.config, att, x, n, ws, layer_cache);
