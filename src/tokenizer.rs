@@ -201,7 +201,10 @@ mod tests {
         let mut value: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         edit(&mut value);
-        let dir = std::env::temp_dir().join(format!("twossp-tok-{}", std::process::id()));
+        // One folder per call: the tests of this module run in parallel in one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("twossp-tok-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("tokenizer.json"), value.to_string()).unwrap();
         let tokenizer = Tokenizer::from_dir(&dir).unwrap();
