@@ -26,12 +26,17 @@ impl Tokenizer {
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::from_json(&text, &path)
+    }
+
+    /// The tokenizer described by `text`, the contents of `path` (named in errors).
+    fn from_json(text: &str, path: &Path) -> Result<Self> {
         // The syntax is checked first (without building a tree: Gemma-3's 14 MB file would take
         // 4 s and 350 MB as a `serde_json::Value`): the tokenizers crate panics (instead of
         // returning an error) on some syntax errors inside its decoder section (found by fuzzing).
-        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
             .map_err(|e| anyhow!("{} is not valid JSON: {e}", path.display()))?;
-        let mut inner: tokenizers::Tokenizer = serde_json::from_str(&text)
+        let mut inner: tokenizers::Tokenizer = serde_json::from_str(text)
             .map_err(|e| anyhow!("cannot load {}: {e}", path.display()))?;
         // A corpus is tokenized whole: a truncation or padding set in the file must not apply.
         inner
@@ -110,8 +115,8 @@ impl Tokenizer {
     /// assumes merges that stay local, true of word-splitting tokenizers and checked for the
     /// real SmolLM2 and Gemma-3 ones (whole corpora against llama.cpp in tests/real_model.rs).
     fn cut_is_exact(&self, text: &str, cut: usize) -> Result<bool> {
-        let lo = floor_char_boundary(text, cut.saturating_sub(2 * CUT_CHECK_BYTES));
-        let hi = ceil_char_boundary(text, (cut + 2 * CUT_CHECK_BYTES).min(text.len()));
+        let lo = text.floor_char_boundary(cut.saturating_sub(2 * CUT_CHECK_BYTES));
+        let hi = text.ceil_char_boundary(cut + 2 * CUT_CHECK_BYTES);
         let (near_lo, near_hi) = (cut.saturating_sub(CUT_CHECK_BYTES), cut + CUT_CHECK_BYTES);
         let near = |piece: &str, base: usize| -> Result<Vec<(usize, usize, u32)>> {
             let enc = self
@@ -146,22 +151,6 @@ impl Tokenizer {
             .decode(ids, true)
             .map_err(|e| anyhow!("detokenization failed: {e}"))
     }
-}
-
-/// The largest char boundary of `text` at or below byte `i`.
-fn floor_char_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// The smallest char boundary of `text` at or above byte `i` (`i` ≤ its length).
-fn ceil_char_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
 }
 
 #[cfg(test)]
@@ -199,17 +188,9 @@ mod tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama/tokenizer.json");
         let mut value: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         edit(&mut value);
-        // One folder per call: the tests of this module run in parallel in one process.
-        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("twossp-tok-{}-{call}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), value.to_string()).unwrap();
-        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        tokenizer
+        Tokenizer::from_json(&value.to_string(), &path).unwrap()
     }
 
     fn one_call(t: &Tokenizer, text: &str) -> Vec<u32> {
